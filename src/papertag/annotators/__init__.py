@@ -1,0 +1,50 @@
+"""Annotators: one module per ``--annotator`` value.
+
+An annotator turns a paper's title and abstract into a validated
+:class:`papertag.schema.Annotation` or raises :class:`papertag.errors.AnnotationError`.
+Its ``name``, ``model`` and ``prompt_version`` are part of the annotation key, so
+any change to them (or to the taxonomy) gives new annotations instead of
+overwriting old ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import ConfigError
+from ..schema import Annotation
+from ..taxonomy import Taxonomy
+
+
+@dataclass(frozen=True)
+class PaperInput:
+    paper_id: str
+    title: str
+    abstract: str
+
+
+class Annotator(Protocol):
+    name: str
+    model: str
+    prompt_version: str
+    taxonomy: Taxonomy
+
+    def annotate(self, paper: PaperInput) -> Annotation: ...
+
+
+ANNOTATORS = ("rules",)
+
+
+def get_annotator(
+    name: str = "rules", *, taxonomy: Taxonomy | None = None, **options: Any
+) -> Annotator:
+    """Build the annotator called ``name`` (``rules`` is the offline default)."""
+    if name == "rules":
+        from .rules import RulesAnnotator
+
+        return RulesAnnotator(taxonomy=taxonomy, **options)
+    raise ConfigError(f"unknown annotator {name!r}; choose one of: {', '.join(ANNOTATORS)}")
+
+
+__all__ = ["ANNOTATORS", "Annotator", "PaperInput", "get_annotator"]

@@ -1,0 +1,386 @@
+"""The ``papertag`` command: parses arguments, calls the library, prints results.
+
+Every error papertag raises on purpose becomes one line on stderr and exit
+code 1 (2 for usage errors); nothing here holds logic of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from . import __version__
+from .annotate import annotate as run_annotate
+from .errors import PapertagError
+from .evaluate import evaluate as run_evaluate
+from .ingest import FileReport, ingest_file
+from .query import QueryResult, read_sql_file, run_sql, stats, to_csv, to_json
+from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
+from .store import DB_ENV, DEFAULT_DB, Store
+from .taxonomy import FIELDS
+
+app = typer.Typer(
+    name="papertag",
+    help="Turn research-paper digests into a queryable, human-checked label database.\n\n"
+    "Typical use: `papertag ingest digests/*.txt`, then `papertag annotate`, then "
+    '`papertag sql "SELECT * FROM labels LIMIT 5"`.',
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+T = TypeVar("T")
+
+
+class State:
+    db: Path | None = None
+
+
+state = State()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]Error:[/] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except PapertagError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", 130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"papertag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            envvar=DB_ENV,
+            help=f"DuckDB file to use (default: ./{DEFAULT_DB}).",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    state.db = db
+
+
+def _store(read_only: bool = False) -> Store:
+    return _run(lambda: Store(state.db, read_only=read_only))
+
+
+@contextmanager
+def _progress(description: str, total: int | None) -> Iterator[tuple[Progress, TaskID]]:
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[extra]}"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    with progress:
+        task = progress.add_task(description, total=total, extra="")
+        yield progress, task
+
+
+# --------------------------------------------------------------------- ingest
+@app.command()
+def ingest(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Digest files: Hugging Face Daily Papers page text, HF API JSON, JSONL/JSON or CSV "
+            "(the format is detected from the content).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Add papers from digest files to the database, once per paper.
+
+    Papers are keyed on their arXiv id when known, else on a normalised title;
+    every listing is recorded in `digest_papers`. Running it again adds nothing.
+    Each file lands in its own transaction: a bad file adds nothing and is
+    reported on one line, the others still land, and the exit code is 1.
+    """
+    store = _store()
+    reports: list[FileReport] = []
+    with store, _progress("ingest", len(files)) as (progress, task):
+        for path in files:
+            progress.update(task, description=f"ingest {path.name}")
+            try:
+                fr = ingest_file(store, path)
+            except PapertagError as exc:
+                fr = FileReport(path=str(path), error=str(exc))
+            reports.append(fr)
+            progress.advance(task)
+            if fr.error:
+                err.print(f"[red]✗[/] {fr.error}")
+            else:
+                note = f" [yellow]({fr.note})[/]" if fr.note else ""
+                out.print(
+                    f"[green]✓[/] {fr.path} [dim]({fr.format})[/]: {fr.entries} entries, "
+                    f"{fr.new_papers} new papers, {fr.updated_papers} updated, {fr.new_links} new links, "
+                    f"{fr.unchanged} unchanged{note}"
+                )
+    ok = [r for r in reports if not r.error]
+    failed = len(reports) - len(ok)
+
+    def total(attr: str) -> int:
+        return sum(int(getattr(r, attr)) for r in ok)
+
+    out.print(
+        f"{len(reports)} files read: {total('new_papers')} new papers, {total('updated_papers')} updated, "
+        f"{total('new_links')} new links, {total('unchanged')} unchanged, {failed} failed"
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------- annotate
+class AnnotatorName(StrEnum):
+    rules = "rules"
+
+
+@app.command()
+def annotate(
+    annotator: Annotated[
+        AnnotatorName,
+        typer.Option(
+            "--annotator", "-a", help="Which annotator: `rules` is offline and needs no key."
+        ),
+    ] = AnnotatorName.rules,
+    limit: Annotated[int | None, typer.Option(help="Annotate at most N papers.", min=0)] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Re-annotate papers that already have an annotation for this key."
+        ),
+    ] = False,
+) -> None:
+    """Label every paper that lacks an annotation for the annotator's current key.
+
+    The key is (paper text, annotator, model, prompt version, taxonomy version):
+    a second run does nothing; an edited abstract, prompt or taxonomy gives new
+    annotations and marks the old ones `current = false` in the `labels` view.
+    """
+    store = _store()
+    with store, _progress(f"annotate ({annotator.value})", None) as (progress, task):
+
+        def start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def step(done: int, failed: int) -> None:
+            progress.update(
+                task, completed=done + failed, extra=f"failed {failed}" if failed else ""
+            )
+
+        report = _run(
+            lambda: run_annotate(
+                store, annotator.value, limit=limit, force=force, on_start=start, on_progress=step
+            )
+        )
+    rate = (report.done + report.failed) / report.seconds if report.seconds else 0.0
+    out.print(
+        f"annotated {report.done}, skipped {report.skipped} (already done), failed {report.failed} "
+        f"[dim]({report.annotator}/{report.model}, prompt {report.prompt_version}, taxonomy "
+        f"{report.taxonomy_version}; {report.seconds:.1f}s, {rate:,.0f} papers/s)[/]"
+    )
+    for pid, reason in report.failures[:10]:
+        err.print(f"[red]✗[/] {pid}: {reason}")
+    if report.failed > 10:
+        err.print(f"… and {report.failed - 10} more; see the annotation_failures table")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------- eval
+@app.command("eval")
+def eval_(
+    gold: Annotated[
+        Path,
+        typer.Option(
+            "--gold", help="Gold labels, JSONL (see shared/gold/dev.jsonl).", show_default=False
+        ),
+    ],
+    annotator: Annotated[
+        AnnotatorName, typer.Option("--annotator", "-a", help="Whose annotations to score.")
+    ] = AnnotatorName.rules,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+    accept: Annotated[
+        float,
+        typer.Option(help="Accept threshold: labels at or above it skip review.", min=0, max=1),
+    ] = ACCEPT_THRESHOLD,
+    drop: Annotated[
+        float,
+        typer.Option(help="Drop threshold: candidates below it are not reviewed.", min=0, max=1),
+    ] = DROP_THRESHOLD,
+) -> None:
+    """Score stored annotations against a gold set (papers matched by normalised title).
+
+    Gold papers missing from the database are added and annotated first. Prints
+    per-field micro precision/recall/F1 and macro-F1, a per-label table, the
+    expected calibration error, and what review at the thresholds would cost.
+    """
+    store = _store()
+    with store:
+        result = _run(
+            lambda: run_evaluate(store, gold, annotator=annotator.value, accept=accept, drop=drop)
+        )
+    if as_json:
+        out.print_json(json.dumps(result.as_dict()))
+        return
+    if result.ingested or result.annotated:
+        err.print(
+            f"added {result.ingested} gold papers missing from the database; annotated {result.annotated}"
+        )
+    t = Table(title=f"{result.n_papers} gold papers, annotator {result.annotator}/{result.model}")
+    for col in ("field", "precision", "recall", "micro-F1", "macro-F1", "tp", "fp", "fn"):
+        t.add_column(col, justify="left" if col == "field" else "right")
+    for f in FIELDS:
+        s = result.fields[f]
+        t.add_row(
+            f,
+            f"{s.precision:.3f}",
+            f"{s.recall:.3f}",
+            f"{s.micro_f1:.3f}",
+            f"{s.macro_f1:.3f}",
+            str(s.tp),
+            str(s.fp),
+            str(s.fn),
+        )
+    out.print(t)
+    lt = Table(title="per label")
+    for col in ("field", "label", "support", "precision", "recall", "F1"):
+        lt.add_column(col, justify="left" if col in ("field", "label") else "right")
+    for f in FIELDS:
+        for lab, v in sorted(result.fields[f].per_label.items(), key=lambda kv: -kv[1]["support"]):
+            lt.add_row(
+                f,
+                lab,
+                str(int(v["support"])),
+                f"{v['precision']:.2f}",
+                f"{v['recall']:.2f}",
+                f"{v['f1']:.2f}",
+            )
+    out.print(lt)
+    out.print(
+        f"ECE (10 bins, {result.n_items} labels and candidates): {result.ece:.3f}\n"
+        f"accept ≥ {result.accept_threshold}: auto-accepted labels {result.auto_precision:.1%} right; "
+        f"review share {result.review_share:.1%}, of which {result.review_yield:.1%} wrong (review yield)"
+    )
+
+
+# ------------------------------------------------------------------------ sql
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _print_result(result: QueryResult, fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.csv:
+        sys.stdout.write(to_csv(result))
+    elif fmt is OutputFormat.json:
+        sys.stdout.write(to_json(result) + "\n")
+    else:
+        t = Table(show_lines=False)
+        for col in result.columns:
+            t.add_column(col, overflow="fold")
+        for row in result.rows:
+            t.add_row(*("" if v is None else str(v) for v in row))
+        out.print(t)
+        out.print(f"[dim]{len(result.rows)} row{'s' if len(result.rows) != 1 else ''}[/]")
+
+
+@app.command()
+def sql(
+    query: Annotated[
+        str | None,
+        typer.Argument(help='SQL to run, e.g. "SELECT * FROM labels LIMIT 5".', show_default=False),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Read the SQL from a file.", show_default=False),
+    ] = None,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", help="Output format.")
+    ] = OutputFormat.table,
+    write: Annotated[
+        bool, typer.Option("--write", help="Open the database read-write (for CREATE/INSERT/...).")
+    ] = False,
+) -> None:
+    """Run SQL against the database (DuckDB dialect) and print the result.
+
+    Views to start from: papers, digest_papers, labels, candidates, annotations.
+    The database is opened read-only unless --write is given.
+    """
+    if (query is None) == (file is None):
+        raise _fail("give either a SQL string or --file", 2)
+    text = query if query is not None else _run(lambda: read_sql_file(file))  # type: ignore[arg-type]
+    store = _store(read_only=not write)
+    with store:
+        result = _run(lambda: run_sql(store, text))
+    _print_result(result, fmt)
+
+
+@app.command("stats")
+def stats_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Print counts: papers, digests, links, annotations, labels per field."""
+    store = _store(read_only=True)
+    with store:
+        data: dict[str, Any] = _run(lambda: stats(store))
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    t = Table(show_header=False, box=None)
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+        t.add_row(key.replace("_", " "), str(value))
+    out.print(t)
+
+
+def main() -> None:
+    app()

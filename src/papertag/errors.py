@@ -1,0 +1,76 @@
+"""papertag's exceptions, one tree rooted at :class:`PapertagError`.
+
+::
+
+    PapertagError                 anything papertag raises on purpose
+    ├── InputError                a file or row we cannot ingest (path, line, reason)
+    ├── StoreError                the database cannot be opened or written
+    │   └── DatabaseBusy          another papertag process holds the database
+    ├── ConfigError               bad option or environment (unknown annotator, threshold out of range)
+    ├── QueryError                SQL that DuckDB rejected
+    └── AnnotationError           one paper could not be annotated (paper_id, reason, attempts, last_completion)
+        └── ValidationFailed      the annotator's answer broke the schema
+
+The CLI turns each of these into one line on stderr and a non-zero exit; nothing
+else should reach a user as a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PapertagError(Exception):
+    """Base class of every error papertag raises on purpose."""
+
+
+class InputError(PapertagError):
+    """A file (or one of its rows) that cannot be ingested."""
+
+    def __init__(
+        self, path: str | Path, reason: str, *, line: int | None = None, kind: str = "line"
+    ) -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.line = line
+        self.kind = kind
+        where = f"{self.path}: {kind} {line}" if line is not None else self.path
+        super().__init__(f"{where}: {reason}")
+
+
+class StoreError(PapertagError):
+    """The database file cannot be opened, migrated or written."""
+
+
+class DatabaseBusy(StoreError):
+    """Another process holds the database open for writing."""
+
+
+class ConfigError(PapertagError):
+    """An option, environment variable or setting that papertag cannot use."""
+
+
+class QueryError(PapertagError):
+    """SQL that DuckDB rejected; the message is DuckDB's own."""
+
+
+class AnnotationError(PapertagError):
+    """One paper could not be annotated; carries what is needed to debug it."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        paper_id: str | None = None,
+        attempts: int = 1,
+        last_completion: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.paper_id = paper_id
+        self.attempts = attempts
+        self.last_completion = last_completion
+        super().__init__(reason)
+
+
+class ValidationFailed(AnnotationError):
+    """The annotator's answer did not pass :class:`papertag.schema.Annotation` validation."""

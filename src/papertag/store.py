@@ -1,0 +1,260 @@
+"""The DuckDB file: opening it, migrating it, and writing to it in bulk.
+
+Migrations are an append-only list of named functions recorded in the
+``_migrations`` table and applied on open, so a database written by an older
+papertag opens and upgrades. Never edit a shipped migration; add a new one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from .errors import DatabaseBusy, StoreError
+
+DEFAULT_DB = "papertag.duckdb"
+DB_ENV = "PAPERTAG_DB"
+
+
+def default_db_path() -> Path:
+    """``$PAPERTAG_DB`` if set, else ``papertag.duckdb`` in the working directory."""
+    return Path(os.environ.get(DB_ENV) or DEFAULT_DB)
+
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_papers_and_digests(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE papers (
+            paper_id VARCHAR PRIMARY KEY,
+            title VARCHAR NOT NULL,
+            abstract VARCHAR NOT NULL,
+            arxiv_id VARCHAR,
+            title_key VARCHAR NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            url VARCHAR,
+            published_at DATE,
+            upvotes INTEGER,
+            keywords VARCHAR[],
+            first_seen TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL
+        );
+        -- Every text a paper has had; annotations on an older hash are stale.
+        CREATE TABLE paper_versions (
+            paper_id VARCHAR NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            title VARCHAR NOT NULL,
+            abstract VARCHAR NOT NULL,
+            seen_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE digests (
+            digest_id VARCHAR PRIMARY KEY,
+            source VARCHAR NOT NULL,
+            format VARCHAR NOT NULL,
+            digest_date DATE,
+            sha256 VARCHAR NOT NULL,
+            entries INTEGER NOT NULL,
+            ingested_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE digest_papers (
+            digest_id VARCHAR NOT NULL,
+            position INTEGER NOT NULL,
+            paper_id VARCHAR NOT NULL,
+            listed_on DATE,
+            PRIMARY KEY (digest_id, position)
+        );
+        """
+    )
+
+
+@migration
+def m002_annotations(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE annotation_runs (
+            run_id VARCHAR PRIMARY KEY,
+            annotator VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            prompt_version VARCHAR NOT NULL,
+            taxonomy_version VARCHAR NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP,
+            done INTEGER DEFAULT 0,
+            skipped INTEGER DEFAULT 0,
+            failed INTEGER DEFAULT 0
+        );
+        CREATE TABLE annotations (
+            annotation_id VARCHAR PRIMARY KEY,
+            paper_id VARCHAR NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            annotator VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            prompt_version VARCHAR NOT NULL,
+            taxonomy_version VARCHAR NOT NULL,
+            run_id VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            duration_ms DOUBLE
+        );
+        -- kind = 'label' (assigned) or 'candidate' (runner-up offered for review).
+        CREATE TABLE annotation_labels (
+            annotation_id VARCHAR NOT NULL,
+            field VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            rank INTEGER NOT NULL,
+            label VARCHAR NOT NULL,
+            confidence DOUBLE NOT NULL,
+            evidence VARCHAR NOT NULL,
+            note VARCHAR
+        );
+        CREATE TABLE annotation_failures (
+            paper_id VARCHAR NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            annotator VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            prompt_version VARCHAR NOT NULL,
+            taxonomy_version VARCHAR NOT NULL,
+            run_id VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            last_completion VARCHAR,
+            attempts INTEGER NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+        -- The newest run of each (annotator, model) defines its current prompt/taxonomy versions.
+        CREATE VIEW current_versions AS
+        SELECT annotator, model,
+               arg_max(prompt_version, started_at) AS prompt_version,
+               arg_max(taxonomy_version, started_at) AS taxonomy_version
+        FROM annotation_runs GROUP BY annotator, model;
+        CREATE VIEW annotation_status AS
+        SELECT a.*,
+               (a.content_hash = p.content_hash
+                AND a.prompt_version = v.prompt_version
+                AND a.taxonomy_version = v.taxonomy_version) AS current
+        FROM annotations a
+        JOIN papers p USING (paper_id)
+        JOIN current_versions v USING (annotator, model);
+        CREATE VIEW labels AS
+        SELECT s.paper_id, l.field, l.label, l.confidence, l.evidence, l.note, l.rank,
+               s.annotator, s.model, s.prompt_version, s.taxonomy_version,
+               s.annotation_id, s.created_at, s.current
+        FROM annotation_labels l JOIN annotation_status s USING (annotation_id)
+        WHERE l.kind = 'label';
+        CREATE VIEW candidates AS
+        SELECT s.paper_id, l.field, l.label, l.confidence, l.evidence, l.note, l.rank,
+               s.annotator, s.model, s.prompt_version, s.taxonomy_version,
+               s.annotation_id, s.created_at, s.current
+        FROM annotation_labels l JOIN annotation_status s USING (annotation_id)
+        WHERE l.kind = 'candidate';
+        """
+    )
+
+
+def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
+    msg = str(exc)
+    if "lock" in msg.lower():
+        return DatabaseBusy(
+            f"{path}: the database is in use by another process (another papertag run or a DuckDB "
+            "session); wait for it to finish or close it, then try again"
+        )
+    first = msg.splitlines()[0] if msg else type(exc).__name__
+    return StoreError(f"{path}: cannot open database: {first}")
+
+
+class Store:
+    """An open papertag database. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | Path | None = None, *, read_only: bool = False) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        if read_only and not self.path.exists():
+            raise StoreError(f"{self.path}: no such database; run `papertag ingest` first")
+        if not read_only and self.path.parent and not self.path.parent.exists():
+            raise StoreError(f"{self.path}: directory {self.path.parent} does not exist")
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise _translate_open_error(self.path, exc) from None
+        self.read_only = read_only
+        if not read_only:
+            self.migrate()
+        elif self._pending_migrations():
+            # A file written by an older papertag: upgrade it once, then reopen read-only.
+            self.con.close()
+            Store(self.path).close()
+            self.con = duckdb.connect(str(self.path), read_only=True)
+
+    def _pending_migrations(self) -> list[str]:
+        try:
+            done = {row[0] for row in self.con.execute("SELECT name FROM _migrations").fetchall()}
+        except duckdb.CatalogException:
+            done = set()
+        return [name for name, _ in MIGRATIONS if name not in done]
+
+    # -- lifecycle -------------------------------------------------------
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All-or-nothing block: a failure rolls back everything written in it."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    # -- migrations ------------------------------------------------------
+    def migrate(self) -> list[str]:
+        """Apply the migrations this file has not seen; returns their names."""
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
+        )
+        done = {row[0] for row in self.con.execute("SELECT name FROM _migrations").fetchall()}
+        applied = []
+        for name, fn in MIGRATIONS:
+            if name in done:
+                continue
+            with self.transaction() as con:
+                fn(con)
+                con.execute("INSERT INTO _migrations VALUES (?, current_timestamp)", [name])
+            applied.append(name)
+        return applied
+
+    # -- helpers ---------------------------------------------------------
+    def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
+        row = self.con.execute(sql, params or []).fetchone()
+        return None if row is None else row[0]
+
+    def insert_arrow(self, table: str, data: Any) -> None:
+        """Bulk-insert a pyarrow Table (columnar path, never row by row)."""
+        self.con.register("_papertag_batch", data)
+        try:
+            cols = ", ".join(data.column_names)
+            self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _papertag_batch")
+        finally:
+            self.con.unregister("_papertag_batch")
+
+
+def open_store(path: str | Path | None = None, *, read_only: bool = False) -> Store:
+    return Store(path, read_only=read_only)

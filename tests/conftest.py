@@ -1,0 +1,55 @@
+"""Shared fixtures. Every test gets its own database file and a clean environment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from papertag.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DIGESTS = sorted((SHARED / "digests").glob("*.txt"))
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Own working directory and database; no keys or papertag settings leak in."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("OPENAI_", "PAPERTAG_", "AZURE_OPENAI", "OPENROUTER_")):
+            monkeypatch.delenv(name)
+    db = tmp_path / "test.duckdb"
+    monkeypatch.setenv("PAPERTAG_DB", str(db))
+    monkeypatch.chdir(tmp_path)
+    yield db
+
+
+@pytest.fixture
+def db_path(isolated: Path) -> Path:
+    return isolated
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    with Store(db_path) as s:
+        yield s
+
+
+def snapshot(db: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the data tables, to prove a failed command changed nothing."""
+    with Store(db) as s:
+        return {
+            t: s.con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+            for t in (
+                "papers",
+                "paper_versions",
+                "digests",
+                "digest_papers",
+                "annotations",
+                "annotation_labels",
+            )
+        }
