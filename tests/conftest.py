@@ -53,3 +53,41 @@ def snapshot(db: Path) -> dict[str, list[tuple[object, ...]]]:
                 "annotation_labels",
             )
         }
+
+
+# --- cassettes (pytest-recording / vcrpy) -----------------------------------
+# Recorded HTTP lives in the top-level cassettes/ folder, one subfolder per test
+# module. CI replays with --record-mode=none and --block-network (pyproject);
+# `make record` re-records against a local llama.cpp server.
+_REQUEST_HEADERS = [
+    "authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "openai-organization",
+    "openai-project",
+]
+_RESPONSE_HEADERS = {"set-cookie", "openai-organization", "openai-project"}
+
+
+def _scrub_response(response: dict[str, object]) -> dict[str, object]:
+    headers = response.get("headers")
+    if isinstance(headers, dict):
+        for name in list(headers):
+            if name.lower() in _RESPONSE_HEADERS:
+                del headers[name]
+    return response
+
+
+@pytest.fixture(scope="module")
+def vcr_config() -> dict[str, object]:
+    return {
+        "filter_headers": _REQUEST_HEADERS,
+        "before_record_response": _scrub_response,
+        "decode_compressed_response": True,
+    }
+
+
+@pytest.fixture(scope="module")
+def vcr_cassette_dir(request: pytest.FixtureRequest) -> str:
+    return str(ROOT / "cassettes" / request.module.__name__.rsplit(".", 1)[-1])

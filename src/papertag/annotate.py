@@ -10,6 +10,7 @@ in small transactions, so a crash loses at most the batch in flight.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +43,35 @@ class AnnotateReport:
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+_CALL_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("paper_id", pa.string()),
+        ("annotation_id", pa.string()),
+        ("annotator", pa.string()),
+        ("model", pa.string()),
+        ("host", pa.string()),
+        ("path", pa.string()),
+        ("prompt_version", pa.string()),
+        ("taxonomy_version", pa.string()),
+        ("options", pa.string()),
+        ("request_hash", pa.string()),
+        ("request_body", pa.string()),
+        ("status", pa.int32()),
+        ("response_body", pa.string()),
+        ("finish_reason", pa.string()),
+        ("refusal", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("cost_usd", pa.float64()),
+        ("duration_ms", pa.float64()),
+        ("attempt", pa.int32()),
+        ("error", pa.string()),
+        ("started_at", pa.timestamp("us")),
+    ]
+)
 
 
 def annotation_id(paper_id: str, content_hash: str, annotator: Annotator) -> str:
@@ -113,6 +143,40 @@ class _Writer:
         self.ann_rows: list[dict[str, Any]] = []
         self.label_rows: list[dict[str, Any]] = []
         self.fail_rows: list[dict[str, Any]] = []
+        self.call_rows: list[dict[str, Any]] = []
+
+    def calls(self, paper: _Pending, annotation: str | None, records: Sequence[Any]) -> None:
+        """Queue the HTTP exchanges that produced (or failed to produce) one annotation."""
+        a = self.annotator
+        options = json.dumps(getattr(a, "options", dict)())
+        for r in records:
+            self.call_rows.append(
+                {
+                    "run_id": self.run_id,
+                    "paper_id": paper.paper_id,
+                    "annotation_id": annotation,
+                    "annotator": a.name,
+                    "model": a.model,
+                    "host": r.host,
+                    "path": r.path,
+                    "prompt_version": a.prompt_version,
+                    "taxonomy_version": a.taxonomy.version,
+                    "options": options,
+                    "request_hash": r.request_hash,
+                    "request_body": r.request_body,
+                    "status": r.status,
+                    "response_body": r.response_body,
+                    "finish_reason": r.finish_reason,
+                    "refusal": r.refusal,
+                    "prompt_tokens": r.prompt_tokens,
+                    "completion_tokens": r.completion_tokens,
+                    "cost_usd": r.cost_usd,
+                    "duration_ms": r.duration_ms,
+                    "attempt": r.attempt,
+                    "error": r.error,
+                    "started_at": r.started_at,
+                }
+            )
 
     def add(self, paper: _Pending, result: Annotation, duration_ms: float, now: datetime) -> None:
         a = self.annotator
@@ -178,7 +242,7 @@ class _Writer:
         )
 
     def __len__(self) -> int:
-        return len(self.ann_rows) + len(self.fail_rows)
+        return len(self.ann_rows) + len(self.fail_rows) + len(self.call_rows)
 
     def flush(self) -> None:
         if not len(self):
@@ -201,7 +265,11 @@ class _Writer:
                 store.insert_arrow("annotation_labels", pa.Table.from_pylist(self.label_rows))
             if self.fail_rows:
                 store.insert_arrow("annotation_failures", pa.Table.from_pylist(self.fail_rows))
-        self.ann_rows, self.label_rows, self.fail_rows = [], [], []
+            if self.call_rows:
+                store.insert_arrow(
+                    "llm_calls", pa.Table.from_pylist(self.call_rows, schema=_CALL_SCHEMA)
+                )
+        self.ann_rows, self.label_rows, self.fail_rows, self.call_rows = [], [], [], []
 
 
 def annotate(
@@ -241,6 +309,7 @@ def annotate(
         if on_start:
             on_start(len(todo))
         writer = _Writer(store, ann, run_id)
+        drain: Callable[[], Sequence[Any]] = getattr(ann, "drain_calls", tuple)
         try:
             for paper in todo:
                 t0 = time.perf_counter()
@@ -250,10 +319,18 @@ def annotate(
                 except AnnotationError as exc:
                     exc.paper_id = paper.paper_id
                     writer.fail(paper, exc, now)
+                    writer.calls(paper, None, drain())
                     report.failed += 1
                     report.failures.append((paper.paper_id, exc.reason))
+                except BaseException:
+                    # A fatal error (bad key, Ctrl-C): keep the log of what was sent.
+                    writer.calls(paper, None, drain())
+                    raise
                 else:
                     writer.add(paper, result, (time.perf_counter() - t0) * 1000, now)
+                    writer.calls(
+                        paper, annotation_id(paper.paper_id, paper.content_hash, ann), drain()
+                    )
                     report.done += 1
                 if len(writer) >= WRITE_BATCH:
                     writer.flush()
@@ -269,6 +346,8 @@ def annotate(
             )
         return report
     finally:
+        if isinstance(annotator, str) and "ann" in locals():
+            getattr(ann, "close", lambda: None)()
         if not isinstance(db, Store):
             store.close()
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -61,7 +62,8 @@ state = State()
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]Error:[/] {message}", markup=True, highlight=False)
+    # Messages carry user text (paths, titles, SQL): print it verbatim, not as markup.
+    err.print(f"[bold red]Error:[/] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
 
@@ -154,11 +156,11 @@ def ingest(
             reports.append(fr)
             progress.advance(task)
             if fr.error:
-                err.print(f"[red]✗[/] {fr.error}")
+                err.print(f"[red]✗[/] {escape(fr.error)}")
             else:
-                note = f" [yellow]({fr.note})[/]" if fr.note else ""
+                note = f" [yellow]({escape(fr.note)})[/]" if fr.note else ""
                 out.print(
-                    f"[green]✓[/] {fr.path} [dim]({fr.format})[/]: {fr.entries} entries, "
+                    f"[green]✓[/] {escape(fr.path)} [dim]({fr.format})[/]: {fr.entries} entries, "
                     f"{fr.new_papers} new papers, {fr.updated_papers} updated, {fr.new_links} new links, "
                     f"{fr.unchanged} unchanged{note}"
                 )
@@ -179,6 +181,7 @@ def ingest(
 # ------------------------------------------------------------------- annotate
 class AnnotatorName(StrEnum):
     rules = "rules"
+    llm = "llm"
 
 
 @app.command()
@@ -196,13 +199,61 @@ def annotate(
             "--force", help="Re-annotate papers that already have an annotation for this key."
         ),
     ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="llm: model name, e.g. gpt-4o-mini or the name a local server serves.",
+            show_default=False,
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="llm: OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1 (default $OPENAI_BASE_URL, else OpenAI).",
+            show_default=False,
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str,
+        typer.Option(
+            help="llm: environment variable holding the API key (a local server needs none)."
+        ),
+    ] = "OPENAI_API_KEY",
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="llm: structured-output mode: tools, json_schema, json or md_json "
+            "(default: tools on OpenAI, json with a schema elsewhere).",
+            show_default=False,
+        ),
+    ] = None,
+    max_reasks: Annotated[
+        int,
+        typer.Option(
+            help="llm: re-asks after an answer fails validation, before a failure row.", min=0
+        ),
+    ] = 2,
 ) -> None:
     """Label every paper that lacks an annotation for the annotator's current key.
 
     The key is (paper text, annotator, model, prompt version, taxonomy version):
     a second run does nothing; an edited abstract, prompt or taxonomy gives new
     annotations and marks the old ones `current = false` in the `labels` view.
+
+    `--annotator llm` calls OpenAI or any OpenAI-compatible server (vLLM, Ollama,
+    llama.cpp); every HTTP call is logged in the `llm_calls` table.
     """
+    options: dict[str, Any] = {}
+    if annotator is AnnotatorName.llm:
+        options = {
+            "model": model,
+            "base_url": base_url,
+            "api_key_env": api_key_env,
+            "mode": mode,
+            "max_reasks": max_reasks,
+        }
+    elif model or base_url or mode:
+        raise _fail("--model, --base-url and --mode apply to --annotator llm only", 2)
     store = _store()
     with store, _progress(f"annotate ({annotator.value})", None) as (progress, task):
 
@@ -216,7 +267,13 @@ def annotate(
 
         report = _run(
             lambda: run_annotate(
-                store, annotator.value, limit=limit, force=force, on_start=start, on_progress=step
+                store,
+                annotator.value,
+                limit=limit,
+                force=force,
+                on_start=start,
+                on_progress=step,
+                **options,
             )
         )
     rate = (report.done + report.failed) / report.seconds if report.seconds else 0.0
@@ -226,7 +283,7 @@ def annotate(
         f"{report.taxonomy_version}; {report.seconds:.1f}s, {rate:,.0f} papers/s)[/]"
     )
     for pid, reason in report.failures[:10]:
-        err.print(f"[red]✗[/] {pid}: {reason}")
+        err.print(f"[red]✗[/] {pid}: {escape(reason)}")
     if report.failed > 10:
         err.print(f"… and {report.failed - 10} more; see the annotation_failures table")
     if report.failed:
@@ -327,9 +384,9 @@ def _print_result(result: QueryResult, fmt: OutputFormat) -> None:
     else:
         t = Table(show_lines=False)
         for col in result.columns:
-            t.add_column(col, overflow="fold")
+            t.add_column(escape(col), overflow="fold")
         for row in result.rows:
-            t.add_row(*("" if v is None else str(v) for v in row))
+            t.add_row(*("" if v is None else escape(str(v)) for v in row))
         out.print(t)
         out.print(f"[dim]{len(result.rows)} row{'s' if len(result.rows) != 1 else ''}[/]")
 
@@ -362,6 +419,31 @@ def sql(
     store = _store(read_only=not write)
     with store:
         result = _run(lambda: run_sql(store, text))
+    _print_result(result, fmt)
+
+
+@app.command()
+def calls(
+    limit: Annotated[int, typer.Option(help="Show the N most recent calls.", min=1)] = 20,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", help="Output format.")
+    ] = OutputFormat.table,
+) -> None:
+    """Show the most recent LLM calls (the `llm_calls` table): model, host, status, tokens, cost, time.
+
+    Full request and response bodies are in the table: `papertag sql "SELECT * FROM llm_calls"`.
+    """
+    store = _store(read_only=True)
+    with store:
+        result = _run(
+            lambda: run_sql(
+                store,
+                "SELECT call_id, started_at, paper_id, model, host, status, attempt, finish_reason, "
+                "prompt_tokens AS tok_in, completion_tokens AS tok_out, round(cost_usd, 6) AS cost_usd, "
+                "round(duration_ms) AS ms, error FROM llm_calls ORDER BY call_id DESC LIMIT ?",
+                [limit],
+            )
+        )
     _print_result(result, fmt)
 
 

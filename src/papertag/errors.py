@@ -8,6 +8,7 @@
     │   └── DatabaseBusy          another papertag process holds the database
     ├── ConfigError               bad option or environment (unknown annotator, threshold out of range)
     ├── QueryError                SQL that DuckDB rejected
+    ├── ProviderError             the model server refuses every request (bad key, unknown model): stops the run
     └── AnnotationError           one paper could not be annotated (paper_id, reason, attempts, last_completion)
         └── ValidationFailed      the annotator's answer broke the schema
 
@@ -52,6 +53,10 @@ class ConfigError(PapertagError):
 
 class QueryError(PapertagError):
     """SQL that DuckDB rejected; the message is DuckDB's own."""
+
+
+class ProviderError(PapertagError):
+    """The model server refused the request itself (401/403/404/400/422); retrying cannot help."""
 
 
 class AnnotationError(PapertagError):

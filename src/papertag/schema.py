@@ -32,7 +32,7 @@ MAX_EVIDENCE_CHARS = 300
 #: Labels at or above this confidence are accepted without review.
 ACCEPT_THRESHOLD = 0.8
 #: Labels and candidates below this confidence are not worth a reviewer's time.
-DROP_THRESHOLD = 0.25
+DROP_THRESHOLD = 0.3
 
 FieldName = Literal["technique", "modality", "target_metric"]
 

@@ -163,6 +163,42 @@ def m002_annotations(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m003_llm_calls(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE SEQUENCE llm_call_seq;
+        -- One row per HTTP exchange with a model server (re-asks and transport retries included).
+        CREATE TABLE llm_calls (
+            call_id BIGINT PRIMARY KEY DEFAULT nextval('llm_call_seq'),
+            run_id VARCHAR NOT NULL,
+            paper_id VARCHAR,
+            annotation_id VARCHAR,
+            annotator VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            host VARCHAR NOT NULL,
+            path VARCHAR,
+            prompt_version VARCHAR NOT NULL,
+            taxonomy_version VARCHAR NOT NULL,
+            options JSON,
+            request_hash VARCHAR NOT NULL,
+            request_body VARCHAR,
+            status INTEGER,
+            response_body VARCHAR,
+            finish_reason VARCHAR,
+            refusal VARCHAR,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cost_usd DOUBLE,
+            duration_ms DOUBLE,
+            attempt INTEGER NOT NULL,
+            error VARCHAR,
+            started_at TIMESTAMP NOT NULL
+        );
+        """
+    )
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     if "lock" in msg.lower():
@@ -248,12 +284,12 @@ class Store:
 
     def insert_arrow(self, table: str, data: Any) -> None:
         """Bulk-insert a pyarrow Table (columnar path, never row by row)."""
-        self.con.register("_papertag_batch", data)
-        try:
-            cols = ", ".join(data.column_names)
-            self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _papertag_batch")
-        finally:
-            self.con.unregister("_papertag_batch")
+        cols = ", ".join(data.column_names)
+        # Through a relation, not register(): DuckDB holds on to a registered object's memory
+        # until the transaction ends, so a file written in many batches grew without bound.
+        self.con.from_arrow(data).query(
+            "_papertag_batch", f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _papertag_batch"
+        )
 
 
 def open_store(path: str | Path | None = None, *, read_only: bool = False) -> Store:

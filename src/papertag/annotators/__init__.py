@@ -33,7 +33,7 @@ class Annotator(Protocol):
     def annotate(self, paper: PaperInput) -> Annotation: ...
 
 
-ANNOTATORS = ("rules",)
+ANNOTATORS = ("rules", "llm")
 
 
 def get_annotator(
@@ -44,6 +44,10 @@ def get_annotator(
         from .rules import RulesAnnotator
 
         return RulesAnnotator(taxonomy=taxonomy, **options)
+    if name == "llm":
+        from .llm import LLMAnnotator
+
+        return LLMAnnotator(taxonomy=taxonomy, **options)
     raise ConfigError(f"unknown annotator {name!r}; choose one of: {', '.join(ANNOTATORS)}")
 
 

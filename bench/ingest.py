@@ -1,0 +1,220 @@
+"""Benchmark: ingest of synthetic digests, speed and peak memory.
+
+Generates N synthetic digest entries (default 100,000) as JSONL and as Hugging
+Face page text in a temporary directory: distinct titles, abstracts of 1,000 to
+1,500 characters assembled from sentences of the real digests in ../shared. Then,
+for each format and for N/4 and N entries, it measures
+
+* ingest into a new database, and
+* a repeat ingest of the same file, which must add nothing,
+
+each in a fresh process, so that peak RSS (``resource.getrusage``) belongs to that
+phase alone. Peak Python heap (``tracemalloc``) is measured in separate runs,
+since tracing slows Python down. Target: at least 20,000 papers/s, and memory that
+does not grow with the input beyond a bounded batch.
+
+    .venv/bin/python bench/ingest.py [--n 100000] [--no-trace] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
+TARGET = 20_000
+
+
+# --------------------------------------------------------------------------- data
+def _corpus() -> tuple[list[str], list[str]]:
+    """Sentences and title words of the real digests."""
+    from papertag.ingest import parse_file
+
+    sentences: list[str] = []
+    words: set[str] = set()
+    for path in DIGESTS:
+        for e in parse_file(path).entries:
+            sentences += [s for s in re.split(r"(?<=[.!?])\s+", e.abstract) if 40 <= len(s) <= 400]
+            words.update(w for w in re.findall(r"[A-Za-z][A-Za-z-]{2,}", e.title))
+    return sentences, sorted(words)
+
+
+def _name(i: int) -> str:
+    """A distinct pronounceable word per number, so every title (and title key) differs."""
+    syllables = ["ka", "ro", "ven", "ti", "mal", "su", "dex", "no", "pra", "lu", "zen", "qua"]
+    out = ""
+    i += 1
+    while i:
+        i, r = divmod(i, len(syllables))
+        out += syllables[r]
+    return out.capitalize()
+
+
+def generate(n: int, seed: int = 7) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    sentences, words = _corpus()
+    entries = []
+    for i in range(n):
+        target = rng.randint(1_000, 1_500)
+        parts: list[str] = []
+        size = 0
+        while size < target:
+            s = rng.choice(sentences)
+            parts.append(s)
+            size += len(s) + 1
+        abstract = " ".join(parts)[:target].rstrip() + "."
+        title_words = rng.sample(words, rng.randint(5, 10))
+        title = f"{_name(i)}: {' '.join(title_words).capitalize()}"
+        arxiv = f"{23 + i // 1_200_000}{(i // 100_000) % 12 + 1:02d}.{i % 100_000:05d}"
+        entries.append({"title": title, "abstract": abstract, "arxiv_id": arxiv})
+    return entries
+
+
+def write_jsonl(path: Path, entries: list[dict[str, str]]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for e in entries:
+            fh.write(json.dumps(e, ensure_ascii=False) + "\n")
+
+
+def write_page_text(path: Path, entries: list[dict[str, str]]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\n")
+        fh.write("byAK and the research community\n\nMar 11\n\n")
+        for e in entries:
+            fh.write(f"{e['title']}\n\n{e['abstract']}\n\n")
+
+
+# -------------------------------------------------------------------- one phase
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(path: str, db: str, trace: bool) -> dict[str, Any]:
+    """Runs in its own process: one ingest of one file, measured."""
+    import tracemalloc
+
+    from papertag.ingest import ingest
+
+    baseline = _rss_mb()
+    if trace:
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    report = ingest([path], db)
+    seconds = time.perf_counter() - t0
+    heap = tracemalloc.get_traced_memory()[1] / 2**20 if trace else None
+    if not report.ok:
+        raise SystemExit(report.failed[0].error)
+    fr = report.files[0]
+    return {
+        "entries": fr.entries,
+        "new_papers": fr.new_papers,
+        "new_links": fr.new_links,
+        "unchanged": fr.unchanged,
+        "seconds": seconds,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_heap_mb": heap,
+    }
+
+
+def run_phase(path: Path, db: Path, *, trace: bool = False) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", str(path), str(db)] + (["--trace"] if trace else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+# -------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000, help="entries (default 100,000)")
+    ap.add_argument("--no-trace", action="store_true", help="skip the tracemalloc runs")
+    ap.add_argument("--keep", type=Path, help="write the files and databases here and keep them")
+    ap.add_argument("--child", nargs=2, metavar=("FILE", "DB"), help=argparse.SUPPRESS)
+    ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child, trace=args.trace)))
+        return
+
+    sizes = sorted({max(1, args.n // 4), args.n})
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = args.keep or Path(tmp_name)
+        tmp.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        entries = generate(args.n)
+        files: dict[tuple[str, int], Path] = {}
+        for size in sizes:
+            for fmt, writer, ext in (
+                ("jsonl", write_jsonl, "jsonl"),
+                ("page-text", write_page_text, "txt"),
+            ):
+                path = tmp / f"digest-{size}.{ext}"
+                writer(path, entries[:size])
+                files[fmt, size] = path
+        mean = sum(len(e["abstract"]) for e in entries) / len(entries)
+        print(
+            f"generated {args.n:,} entries (abstracts {mean:,.0f} chars on average, "
+            f"{len({e['title'] for e in entries}):,} distinct titles) in "
+            f"{time.perf_counter() - t0:.1f}s; files: "
+            + ", ".join(f"{p.name} {p.stat().st_size / 2**20:.0f} MB" for p in files.values())
+        )
+        rows = []
+        for (fmt, size), path in files.items():
+            db = tmp / f"{fmt}-{size}.duckdb"
+            new = run_phase(path, db)
+            again = run_phase(path, db)
+            assert new["new_papers"] == size and new["new_links"] == size, new
+            assert again["new_papers"] == again["new_links"] == 0, again
+            assert again["unchanged"] == size, again
+            heaps: list[Any] = [None, None]
+            if not args.no_trace:
+                tdb = tmp / f"{fmt}-{size}-traced.duckdb"
+                heaps = [run_phase(path, tdb, trace=True)["peak_heap_mb"] for _ in range(2)]
+            rows.append((fmt, size, "new db", new, heaps[0]))
+            rows.append((fmt, size, "repeat", again, heaps[1]))
+        _print_table(rows)
+        best = min(r[3]["entries"] / r[3]["seconds"] for r in rows if r[1] == args.n)
+        print(
+            f"\nslowest at {args.n:,} entries: {best:,.0f} papers/s "
+            f"({'meets' if best >= TARGET else 'BELOW'} the {TARGET:,} papers/s target)"
+        )
+
+
+def _print_table(rows: list[tuple[str, int, str, dict[str, Any], Any]]) -> None:
+    head = (
+        f"\n{'format':<10} {'entries':>8} {'phase':<7} {'seconds':>8} {'papers/s':>9} "
+        f"{'new':>7} {'unchanged':>9} {'peak RSS':>9} {'RSS base':>9} {'py heap':>8}"
+    )
+    print(head)
+    print("-" * (len(head) - 1))
+    for fmt, size, phase, r, heap in rows:
+        heap_s = f"{heap:,.0f} MB" if heap is not None else "-"
+        print(
+            f"{fmt:<10} {size:>8,} {phase:<7} {r['seconds']:>8.2f} "
+            f"{r['entries'] / r['seconds']:>9,.0f} {r['new_papers']:>7,} {r['unchanged']:>9,} "
+            f"{r['peak_rss_mb']:>6,.0f} MB {r['baseline_rss_mb']:>6,.0f} MB {heap_s:>8}"
+        )
+    print(
+        "\npeak RSS: the whole process (Python, pyarrow, DuckDB) at its highest; RSS base: after "
+        "imports, before ingest;\npy heap: tracemalloc peak of Python allocations during ingest "
+        "(separate run). Each phase runs in a fresh process."
+    )
+
+
+if __name__ == "__main__":
+    main()

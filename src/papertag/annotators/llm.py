@@ -1,0 +1,586 @@
+"""``--annotator llm``: a structured-output prompt on OpenAI or any OpenAI-compatible server.
+
+instructor (over the official ``openai`` client) asks for an :class:`Annotation`
+and re-asks with the validation error a bounded number of times. Transport
+faults are retried by tenacity inside :class:`CallTransport`, which also records
+every HTTP exchange for the ``llm_calls`` table. The ``openai`` client's own
+retries are turned off (``max_retries=0``) so the two never multiply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import string
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx2
+import instructor
+import openai
+from instructor.core import IncompleteOutputException, InstructorRetryException
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
+
+from ..errors import AnnotationError, ConfigError, PapertagError, ProviderError, ValidationFailed
+from ..schema import Annotation, ValidationContext, paper_text
+from ..taxonomy import FIELDS, Taxonomy, content_hash, load_taxonomy, prompts_dir
+from . import PaperInput
+
+# instructor logs every failed attempt at ERROR; we record them in llm_calls instead of
+# letting Python's last-resort handler print them over the progress bar.
+logging.getLogger("instructor").addHandler(logging.NullHandler())
+
+#: Statuses worth another try: timeouts, conflicts, rate limits, server faults.
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+#: Longest abstract sent to a model; longer ones are cut and the prompt says so.
+MAX_ABSTRACT_CHARS = 20_000
+#: Longest wait we accept from a server's Retry-After.
+MAX_SERVER_WAIT = 120.0
+
+#: USD per million (prompt, completion) tokens; override with PAPERTAG_PRICES='{"model": [in, out]}'.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-5": (1.25, 10.00),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5-nano": (0.05, 0.40),
+}
+
+MODES = {
+    "tools": instructor.Mode.TOOLS,
+    "json_schema": instructor.Mode.JSON_SCHEMA,
+    "json": instructor.Mode.JSON,
+    "md_json": instructor.Mode.MD_JSON,
+}
+
+
+def price_for(model: str) -> tuple[float, float] | None:
+    prices = dict(PRICES)
+    override = os.environ.get("PAPERTAG_PRICES")
+    if override:
+        try:
+            prices.update({k: (float(v[0]), float(v[1])) for k, v in json.loads(override).items()})
+        except (ValueError, TypeError, IndexError, AttributeError):
+            raise ConfigError(
+                'PAPERTAG_PRICES must be JSON like {"model": [usd_per_1M_in, usd_per_1M_out]}'
+            ) from None
+    # Dated snapshots (gpt-4o-2024-08-06) cost what their family costs.
+    for name in sorted(prices, key=len, reverse=True):
+        if model == name or model.startswith(name + "-"):
+            return prices[name]
+    return None
+
+
+def estimate_cost(
+    model: str, prompt_tokens: int | None, completion_tokens: int | None
+) -> float | None:
+    price = price_for(model)
+    if price is None or prompt_tokens is None:
+        return None
+    return (prompt_tokens * price[0] + (completion_tokens or 0) * price[1]) / 1_000_000
+
+
+# --------------------------------------------------------------------------- transport
+
+
+@dataclass
+class CallRecord:
+    """One HTTP exchange with the model server, as stored in ``llm_calls``."""
+
+    started_at: datetime
+    host: str
+    path: str
+    request_hash: str
+    request_body: str
+    attempt: int
+    duration_ms: float
+    status: int | None = None
+    response_body: str | None = None
+    finish_reason: str | None = None
+    refusal: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    cost_usd: float | None = None
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, response: httpx2.Response) -> None:
+        self.response = response
+        super().__init__(f"HTTP {response.status_code}")
+
+
+def _parse_duration(text: str) -> float | None:
+    """OpenAI's reset headers look like '1s', '6m0s', '20ms', '0.5s'."""
+    total, found = 0.0, False
+    for num, unit in re.findall(r"([\d.]+)\s*(ms|s|m|h)", text):
+        found = True
+        total += float(num) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    if found:
+        return total
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def server_wait(headers: httpx2.Headers) -> float | None:
+    """Seconds the server asks us to wait, from Retry-After-Ms, Retry-After or x-ratelimit-reset-*."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            value = float(ms) / 1000
+            if value > 0:
+                return value
+        except ValueError:
+            pass
+    if (ra := headers.get("retry-after")) is not None:
+        try:
+            return max(float(ra), 0.0)
+        except ValueError:
+            try:
+                return max((parsedate_to_datetime(ra) - datetime.now(UTC)).total_seconds(), 0.0)
+            except (TypeError, ValueError):
+                pass
+    resets = [
+        d
+        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+        if (v := headers.get(name)) and (d := _parse_duration(v)) is not None
+    ]
+    return max(resets) if resets else None
+
+
+def _summarise_response(record: CallRecord, body: bytes) -> None:
+    record.response_body = body.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return
+    if not isinstance(data, dict):
+        return
+    usage = data.get("usage") or {}
+    if isinstance(usage, dict):
+        record.prompt_tokens = usage.get("prompt_tokens")
+        record.completion_tokens = usage.get("completion_tokens")
+    choices = data.get("choices") or []
+    if choices and isinstance(choices[0], dict):
+        record.finish_reason = choices[0].get("finish_reason")
+        message = choices[0].get("message") or {}
+        record.refusal = message.get("refusal") if isinstance(message, dict) else None
+    err = data.get("error")
+    if err:
+        record.error = (err.get("message") if isinstance(err, dict) else str(err)) or str(err)
+
+
+class CallTransport(httpx2.BaseTransport):
+    """Retries transient faults with tenacity and records every exchange.
+
+    Wraps the real transport (so recorded cassettes replay through it). Retries
+    408/409/429/5xx, connection errors and timeouts with exponential backoff and
+    jitter, waiting what the server asks when it says (Retry-After, Retry-After-Ms,
+    x-ratelimit-reset-*). 400/401/403/404/422 are returned at once.
+    """
+
+    def __init__(
+        self,
+        inner: httpx2.BaseTransport | None = None,
+        *,
+        max_attempts: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        on_call: Callable[[CallRecord], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.inner = inner or httpx2.HTTPTransport()
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.on_call = on_call
+        self.sleep = sleep
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _RetryableStatus):
+            asked = server_wait(exc.response.headers)
+            if asked is not None:
+                return min(asked, MAX_SERVER_WAIT)
+        # Exponential backoff with jitter (tenacity's wait_exponential_jitter warns on this version).
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** (state.attempt_number - 1))
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = request.read()
+        host = request.url.host + (f":{request.url.port}" if request.url.port else "")
+        request_hash = hashlib.sha256(body).hexdigest()[:16]
+        attempt_no = 0
+
+        def once() -> httpx2.Response:
+            nonlocal attempt_no
+            attempt_no += 1
+            record = CallRecord(
+                started_at=datetime.now(UTC).replace(tzinfo=None),
+                host=host,
+                path=request.url.path,
+                request_hash=request_hash,
+                request_body=body.decode("utf-8", errors="replace"),
+                attempt=attempt_no,
+                duration_ms=0.0,
+            )
+            t0 = time.perf_counter()
+            try:
+                response = self.inner.handle_request(request)
+                content = response.read()
+            except httpx2.TransportError as exc:
+                record.duration_ms = (time.perf_counter() - t0) * 1000
+                record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self._emit(record)
+                raise
+            record.duration_ms = (time.perf_counter() - t0) * 1000
+            record.status = response.status_code
+            _summarise_response(record, content)
+            if response.status_code >= 400 and record.error is None:
+                record.error = f"HTTP {response.status_code}"
+            record.retry_after = server_wait(response.headers)
+            self._emit(record)
+            if response.status_code in RETRY_STATUSES:
+                raise _RetryableStatus(response)
+            return response
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            sleep=self.sleep,
+            retry=retry_if_exception_type((_RetryableStatus, httpx2.TransportError)),
+            reraise=True,
+        )
+        try:
+            return retrying(once)
+        except _RetryableStatus as exc:
+            # Out of attempts: hand the last answer to openai, which raises its typed error.
+            return exc.response
+
+    def _emit(self, record: CallRecord) -> None:
+        if self.on_call is not None:
+            self.on_call(record)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# --------------------------------------------------------------------------- prompt
+
+
+def _load_template(name: str) -> str:
+    path = prompts_dir() / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read prompt template: {exc.strerror}") from None
+
+
+_DELIMS = re.compile(r"</?\s*(paper|title|abstract)\s*>", re.IGNORECASE)
+
+
+def _as_data(text: str) -> str:
+    """Neutralise our delimiter tags inside paper text so it cannot close the data block."""
+    return _DELIMS.sub(lambda m: m.group(0).replace("<", "(").replace(">", ")"), text)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    system: str
+    user: str
+    version: str
+
+    @classmethod
+    def load(cls, taxonomy: Taxonomy) -> Prompt:
+        system, user = _load_template("annotate.system.txt"), _load_template("annotate.user.txt")
+        version = content_hash(f"{system}\0{user}".encode())
+        return cls(system, user, version)
+
+    def messages(self, taxonomy: Taxonomy, title: str, abstract: str) -> list[dict[str, str]]:
+        fields_text = []
+        for f in FIELDS:
+            spec = taxonomy.fields[f]
+            lines = [f"{f} ({spec.description}):"]
+            lines += [f"  - {lab.id}: {lab.definition}" for lab in spec.labels.values()]
+            fields_text.append("\n".join(lines))
+        system = string.Template(self.system).safe_substitute(fields="\n\n".join(fields_text))
+        user = string.Template(self.user).safe_substitute(
+            title=_as_data(title), abstract=_as_data(abstract)
+        )
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------- annotator
+
+
+def _default_mode(base_url: str | None) -> str:
+    """tools for OpenAI's own API; schema-constrained JSON for local/compatible servers."""
+    host = urlparse(base_url).hostname if base_url else "api.openai.com"
+    if host and (
+        host.endswith("openai.com") or host.endswith("openai.azure.com") or host == "openrouter.ai"
+    ):
+        return "tools"
+    return "json"
+
+
+class LLMAnnotator:
+    """Annotate through a chat-completions endpoint with instructor."""
+
+    name = "llm"
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        mode: str | None = None,
+        max_reasks: int = 2,
+        max_attempts: int = 5,
+        backoff: float = 1.0,
+        timeout: float = 120.0,
+        max_tokens: int = 1024,
+        temperature: float = 0.0,
+        seed: int | None = 0,
+        taxonomy: Taxonomy | None = None,
+        transport: httpx2.BaseTransport | None = None,
+    ) -> None:
+        if not model:
+            raise ConfigError(
+                "--annotator llm needs --model NAME (e.g. gpt-4o-mini, or the name your server serves)"
+            )
+        self.model = model
+        self.taxonomy = taxonomy or load_taxonomy()
+        self.prompt = Prompt.load(self.taxonomy)
+        self.prompt_version = self.prompt.version
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self.mode = mode or _default_mode(self.base_url)
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown --mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        key = os.environ.get(api_key_env)
+        if not key and not self.base_url:
+            raise ConfigError(
+                f"no API key: set {api_key_env} (or --api-key-env NAME), or point --base-url at a local server"
+            )
+        self.max_reasks = max_reasks
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.seed = seed
+        self._calls: list[CallRecord] = []
+        self.transport = CallTransport(
+            transport, max_attempts=max_attempts, backoff=backoff, on_call=self._calls.append
+        )
+        # max_retries=0: tenacity in CallTransport owns transport retries, so they never multiply.
+        self.client = openai.OpenAI(
+            api_key=key or "no-key",
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=timeout,
+            http_client=httpx2.Client(transport=self.transport, timeout=timeout),
+        )
+        self.instructor = instructor.from_openai(self.client, mode=MODES[self.mode])
+        host = urlparse(self.base_url).netloc if self.base_url else "api.openai.com"
+        self.host = host
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "max_tokens": self.max_tokens,
+            "max_reasks": self.max_reasks,
+        }
+
+    def close(self) -> None:
+        self.client.close()
+
+    @property
+    def output_schema(self) -> dict[str, Any]:
+        """The Annotation schema with each field's ids as an enum, for servers that decode by schema."""
+        return constrained_schema(self.taxonomy)
+
+    def drain_calls(self) -> list[CallRecord]:
+        calls, self._calls[:] = list(self._calls), []
+        for c in calls:
+            c.cost_usd = estimate_cost(self.model, c.prompt_tokens, c.completion_tokens)
+        return calls
+
+    def _request_extras(self) -> dict[str, Any]:
+        extras: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            extras["seed"] = self.seed
+        if self.mode == "json":
+            # llama.cpp's server constrains output by a schema given inside json_object
+            # (it refuses OpenAI's json_schema type); servers that don't know the key ignore it.
+            extras["extra_body"] = {
+                "response_format": {"type": "json_object", "schema": self.output_schema}
+            }
+        return extras
+
+    def annotate(self, paper: PaperInput) -> Annotation:
+        abstract = paper.abstract
+        if len(abstract) > MAX_ABSTRACT_CHARS:
+            abstract = abstract[:MAX_ABSTRACT_CHARS] + " [abstract truncated by papertag]"
+        ctx: ValidationContext = {
+            "text": paper_text(paper.title, paper.abstract),
+            "taxonomy": self.taxonomy,
+        }
+        messages = self.prompt.messages(self.taxonomy, paper.title, abstract)
+        try:
+            result, _completion = self.instructor.chat.completions.create_with_completion(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                response_model=Annotation,
+                # instructor makes max_retries + 1 attempts in all.
+                max_retries=self.max_reasks,
+                context=dict(ctx),
+                **self._request_extras(),
+            )
+        except InstructorRetryException as exc:
+            api_error = _api_error_in(exc)
+            if api_error is not None:
+                raise self._api_failure(api_error, paper) from None
+            raise self._failure(exc, paper) from None
+        except IncompleteOutputException:
+            raise self._truncated(paper, 1) from None
+        except openai.APIError as exc:
+            raise self._api_failure(exc, paper) from None
+        return result
+
+    def _truncated(self, paper: PaperInput, attempts: int) -> AnnotationError:
+        return AnnotationError(
+            f"the model's answer was cut off (finish_reason=length at max_tokens={self.max_tokens})",
+            paper_id=paper.paper_id,
+            attempts=attempts,
+            last_completion=self._last_body(),
+        )
+
+    def _api_failure(self, exc: openai.APIError, paper: PaperInput) -> PapertagError:
+        """Client errors stop the run (ProviderError); transient ones end in a failure row."""
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            return ProviderError(
+                f"{self.host} refused the API key ({exc.status_code}); check the key"
+            )
+        if isinstance(exc, openai.NotFoundError):
+            return ProviderError(f"{self.host}: model {self.model!r} or endpoint not found (404)")
+        if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
+            return ProviderError(
+                f"{self.host} rejected the request ({exc.status_code}): {_api_message(exc)}"
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return AnnotationError(
+                f"server error after {len(self._calls)} attempts: HTTP {exc.status_code}: {_api_message(exc)}",
+                paper_id=paper.paper_id,
+                attempts=len(self._calls),
+                last_completion=self._last_body(),
+            )
+        if isinstance(exc, openai.APIResponseValidationError | openai.APIConnectionError):
+            what = (
+                "no answer"
+                if isinstance(exc, openai.APIConnectionError)
+                else "an unreadable answer"
+            )
+            last_error = (
+                self._calls[-1].error
+                if self._calls and self._calls[-1].error
+                else type(exc).__name__
+            )
+            return AnnotationError(
+                f"{what} from {self.host} after {len(self._calls)} attempts: {last_error}",
+                paper_id=paper.paper_id,
+                attempts=len(self._calls),
+                last_completion=self._last_body(),
+            )
+        return AnnotationError(
+            f"{type(exc).__name__}: {exc}", paper_id=paper.paper_id, attempts=len(self._calls)
+        )
+
+    def _last_body(self) -> str | None:
+        return self._calls[-1].response_body if self._calls else None
+
+    def _failure(self, exc: InstructorRetryException, paper: PaperInput) -> AnnotationError:
+        last = self._calls[-1] if self._calls else None
+        if last is not None and last.refusal:
+            return AnnotationError(
+                f"the model refused: {last.refusal}",
+                paper_id=paper.paper_id,
+                attempts=exc.n_attempts,
+                last_completion=last.response_body,
+            )
+        if last is not None and last.finish_reason == "length":
+            return AnnotationError(
+                f"the model's answer was cut off (finish_reason=length at max_tokens={self.max_tokens})",
+                paper_id=paper.paper_id,
+                attempts=exc.n_attempts,
+                last_completion=last.response_body,
+            )
+        attempts = exc.failed_attempts or []
+        reason = str(attempts[-1].exception) if attempts else str(exc)
+        return ValidationFailed(
+            f"no valid annotation after {exc.n_attempts} attempts; last error: {' '.join(reason.split())[:2000]}",
+            paper_id=paper.paper_id,
+            attempts=exc.n_attempts,
+            last_completion=last.response_body if last else None,
+        )
+
+
+def constrained_schema(taxonomy: Taxonomy) -> dict[str, Any]:
+    """Annotation's JSON schema, inlined, with the allowed ids of each field as an enum.
+
+    The pydantic schema shares one ``Label`` definition across fields; a grammar-
+    constrained server can only keep ids valid if each field lists its own.
+    """
+    schema = Annotation.model_json_schema()
+    defs = schema.pop("$defs", {})
+    label = {k: v for k, v in defs["Label"].items() if k != "title"}
+    for f in FIELDS:
+        prop = schema["properties"][f]
+        item = json.loads(json.dumps(label))
+        item["properties"]["id"]["enum"] = list(taxonomy.ids(f))
+        prop["items"] = item
+    cand = json.loads(json.dumps({k: v for k, v in defs["Candidate"].items() if k != "title"}))
+    cand["properties"]["id"]["enum"] = sorted({i for f in FIELDS for i in taxonomy.ids(f)})
+    schema["properties"]["candidates"]["items"] = cand
+    return schema
+
+
+def _api_error_in(exc: BaseException) -> openai.APIError | None:
+    """The openai error instructor wrapped, if the attempt failed at the HTTP level."""
+    seen: BaseException | None = exc
+    for attempt in getattr(exc, "failed_attempts", None) or []:
+        if isinstance(attempt.exception, openai.APIError):
+            return attempt.exception
+    while seen is not None:
+        if isinstance(seen, openai.APIError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _api_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error")
+        msg = inner.get("message") if isinstance(inner, dict) else body.get("message")
+        if msg:
+            return " ".join(str(msg).split())
+    return exc.message
