@@ -8,6 +8,7 @@ DIGESTS ?= ../shared/digests
 DEMO_DB ?= papertag.duckdb
 
 RECORD_PORT ?= 8765
+DEMO_SQL := SELECT field, label, papers FROM (SELECT field, label, count(*) AS papers, row_number() OVER (PARTITION BY field ORDER BY count(*) DESC, label) AS r FROM labels WHERE current GROUP BY field, label) WHERE r <= 4 ORDER BY field, papers DESC
 
 .PHONY: venv demo test lint bench clean lock record
 
@@ -23,8 +24,8 @@ demo: venv
 	$(BIN)/papertag --db $(DEMO_DB) ingest $(DIGESTS)/*.txt
 	$(BIN)/papertag --db $(DEMO_DB) annotate
 	$(BIN)/papertag --db $(DEMO_DB) stats
-	@echo "Example: papertag sql \"SELECT field, label, count(*) ... FROM labels WHERE current GROUP BY ALL\""
-	$(BIN)/papertag --db $(DEMO_DB) sql "SELECT field, label, count(*) AS papers FROM labels WHERE current GROUP BY ALL QUALIFY row_number() OVER (PARTITION BY field ORDER BY papers DESC) <= 4 ORDER BY field, papers DESC"
+	@echo 'Example query: the top labels of each field'
+	$(BIN)/papertag --db $(DEMO_DB) sql "$(DEMO_SQL)"
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc

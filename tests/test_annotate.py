@@ -162,8 +162,10 @@ def test_invalid_answer_gives_a_failure_row_not_a_label(two_papers: Path, db_pat
         assert s.scalar("SELECT count(*) FROM annotations WHERE annotator = 'broken'") == 0
         reasons = [r[0] for r in s.con.execute("SELECT reason FROM annotation_failures").fetchall()]
     assert len(reasons) == 2 and all("'quantisation' is not a technique id" in r for r in reasons)
-    # A failed paper is retried on the next run.
-    assert annotate(db_path, WrongIdAnnotator(load_taxonomy())).failed == 2
+    # Asking again would repeat the same invalid answer: only --retry-failed does.
+    again = annotate(db_path, WrongIdAnnotator(load_taxonomy()))
+    assert (again.failed, again.skipped) == (0, 2)
+    assert annotate(db_path, WrongIdAnnotator(load_taxonomy()), retry_failed=True).failed == 2
 
 
 def test_unknown_annotator_is_a_config_error() -> None:

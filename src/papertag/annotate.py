@@ -101,34 +101,44 @@ def pending_papers(
     annotator: Annotator,
     *,
     force: bool = False,
+    retry_failed: bool = False,
     limit: int | None = None,
     paper_ids: Sequence[str] | None = None,
 ) -> tuple[list[_Pending], int]:
-    """Papers to annotate, and how many were skipped because their key is already done."""
+    """Papers to annotate, and how many were skipped because their key is already settled.
+
+    A key is settled by an annotation, or by a failure that asking again would only
+    repeat (an answer that failed validation, a refusal, a cut-off answer): those are
+    retried only with ``retry_failed``. Transport failures are always retried.
+    """
     where = ["TRUE"]
     params: list[Any] = []
     if paper_ids is not None:
         where.append("p.paper_id IN (SELECT unnest(?::VARCHAR[]))")
         params.append(list(paper_ids))
-    base = " AND ".join(where)
-    eligible = int(store.scalar(f"SELECT count(*) FROM papers p WHERE {base}", params))
-    done_filter = (
-        ""
-        if force
-        else """AND NOT EXISTS (
-            SELECT 1 FROM annotations a WHERE a.paper_id = p.paper_id AND a.content_hash = p.content_hash
-            AND a.annotator = ? AND a.model = ? AND a.prompt_version = ? AND a.taxonomy_version = ?)"""
+    key = "paper_id = p.paper_id AND content_hash = p.content_hash AND annotator = ? AND model = ? AND prompt_version = ? AND taxonomy_version = ?"
+    key_params = [
+        annotator.name,
+        annotator.model,
+        annotator.prompt_version,
+        annotator.taxonomy.version,
+    ]
+    eligible = int(
+        store.scalar(f"SELECT count(*) FROM papers p WHERE {' AND '.join(where)}", params)
     )
-    q_params = list(params)
     if not force:
-        q_params += [
-            annotator.name,
-            annotator.model,
-            annotator.prompt_version,
-            annotator.taxonomy.version,
-        ]
-    sql = f"SELECT p.paper_id, p.title, p.abstract, p.content_hash FROM papers p WHERE {base} {done_filter} ORDER BY p.first_seen, p.paper_id"
-    rows = store.con.execute(sql, q_params).fetchall()
+        where.append(f"NOT EXISTS (SELECT 1 FROM annotations WHERE {key})")
+        params += key_params
+        if not retry_failed:
+            where.append(
+                f"NOT EXISTS (SELECT 1 FROM annotation_failures WHERE {key} AND NOT retryable)"
+            )
+            params += key_params
+    sql = (
+        f"SELECT p.paper_id, p.title, p.abstract, p.content_hash FROM papers p WHERE {' AND '.join(where)} "
+        "ORDER BY p.first_seen, p.paper_id"
+    )
+    rows = store.con.execute(sql, params).fetchall()
     skipped = eligible - len(rows)
     if limit is not None:
         rows = rows[:limit]
@@ -238,6 +248,7 @@ class _Writer:
                 "last_completion": exc.last_completion,
                 "attempts": exc.attempts,
                 "created_at": now,
+                "retryable": exc.retryable,
             }
         )
 
@@ -278,6 +289,7 @@ def annotate(
     *,
     limit: int | None = None,
     force: bool = False,
+    retry_failed: bool = False,
     paper_ids: Iterable[str] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -304,7 +316,9 @@ def annotate(
             [run_id, ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, _now()],
         )
         ids = list(paper_ids) if paper_ids is not None else None
-        todo, report.skipped = pending_papers(store, ann, force=force, limit=limit, paper_ids=ids)
+        todo, report.skipped = pending_papers(
+            store, ann, force=force, retry_failed=retry_failed, limit=limit, paper_ids=ids
+        )
         report.total = len(todo)
         if on_start:
             on_start(len(todo))

@@ -199,6 +199,14 @@ def annotate(
             "--force", help="Re-annotate papers that already have an annotation for this key."
         ),
     ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Ask again for papers whose last answer failed validation, was refused or cut off "
+            "(network and server failures are always retried).",
+        ),
+    ] = False,
     model: Annotated[
         str | None,
         typer.Option(
@@ -271,6 +279,7 @@ def annotate(
                 annotator.value,
                 limit=limit,
                 force=force,
+                retry_failed=retry_failed,
                 on_start=start,
                 on_progress=step,
                 **options,

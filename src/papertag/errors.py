@@ -69,8 +69,12 @@ class AnnotationError(PapertagError):
         paper_id: str | None = None,
         attempts: int = 1,
         last_completion: str | None = None,
+        retryable: bool = False,
     ) -> None:
         self.reason = reason
+        # True when asking again may succeed (server or network fault), False when it
+        # would only repeat the answer (validation failure, refusal, cut-off answer).
+        self.retryable = retryable
         self.paper_id = paper_id
         self.attempts = attempts
         self.last_completion = last_completion

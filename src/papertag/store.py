@@ -199,6 +199,12 @@ def m003_llm_calls(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m004_failure_retryable(con: duckdb.DuckDBPyConnection) -> None:
+    # Failures from before this column were all treated as retryable; keep that.
+    con.execute("ALTER TABLE annotation_failures ADD COLUMN retryable BOOLEAN DEFAULT TRUE")
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     if "lock" in msg.lower():

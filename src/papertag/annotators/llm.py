@@ -492,6 +492,7 @@ class LLMAnnotator:
                 paper_id=paper.paper_id,
                 attempts=len(self._calls),
                 last_completion=self._last_body(),
+                retryable=True,
             )
         if isinstance(exc, openai.APIResponseValidationError | openai.APIConnectionError):
             what = (
@@ -509,9 +510,13 @@ class LLMAnnotator:
                 paper_id=paper.paper_id,
                 attempts=len(self._calls),
                 last_completion=self._last_body(),
+                retryable=True,
             )
         return AnnotationError(
-            f"{type(exc).__name__}: {exc}", paper_id=paper.paper_id, attempts=len(self._calls)
+            f"{type(exc).__name__}: {exc}",
+            paper_id=paper.paper_id,
+            attempts=len(self._calls),
+            retryable=True,
         )
 
     def _last_body(self) -> str | None:
@@ -527,11 +532,15 @@ class LLMAnnotator:
                 last_completion=last.response_body,
             )
         if last is not None and last.finish_reason == "length":
+            return self._truncated(paper, exc.n_attempts)
+        if last is not None and last.finish_reason is None:
+            # A 200 without a usable choice is the server's fault: worth asking again later.
             return AnnotationError(
-                f"the model's answer was cut off (finish_reason=length at max_tokens={self.max_tokens})",
+                f"{self.host} sent a 200 with no usable choice (after {exc.n_attempts} attempts)",
                 paper_id=paper.paper_id,
                 attempts=exc.n_attempts,
                 last_completion=last.response_body,
+                retryable=True,
             )
         attempts = exc.failed_attempts or []
         reason = str(attempts[-1].exception) if attempts else str(exc)
