@@ -85,6 +85,17 @@ def _context(info: ValidationInfo) -> ValidationContext:
     return ctx  # type: ignore[return-value]
 
 
+def _normalized_text(ctx: ValidationContext) -> str:
+    # Normalise the paper text once per validation, not once per label; keyed by the text
+    # itself so a context dict reused for another paper cannot match stale text.
+    text = ctx["text"]
+    cached = ctx.get("_normalized")
+    if not (isinstance(cached, tuple) and cached[0] is text):
+        cached = (text, normalize_for_match(text))
+        ctx["_normalized"] = cached  # type: ignore[typeddict-unknown-key]
+    return str(cached[1])
+
+
 def _label_problems(field_name: str, where: str, label: Label, ctx: ValidationContext) -> list[str]:
     problems: list[str] = []
     allowed = ctx["taxonomy"].ids(field_name)
@@ -104,7 +115,7 @@ def _label_problems(field_name: str, where: str, label: Label, ctx: ValidationCo
             f"{where}.evidence: {len(evidence)} characters is too long; quote at most "
             f"{MAX_EVIDENCE_CHARS} characters of the title or abstract"
         )
-    elif normalize_for_match(evidence) not in normalize_for_match(ctx["text"]):
+    elif normalize_for_match(evidence) not in _normalized_text(ctx):
         problems.append(
             f"{where}.evidence: {_short(evidence)!r} does not occur in the title or abstract; "
             "copy the words exactly as written there"

@@ -113,6 +113,8 @@ MAX_CANDIDATES_PER_FIELD = 2
 EVIDENCE_MAX = 220
 EVIDENCE_SIDE = 90
 
+#: A group of alternatives that shares a key gets a longer key beyond this many targets.
+MAX_GROUP_TARGETS = 4
 #: Distinct words whose candidate regexes are remembered (per compiled taxonomy).
 WORD_CACHE_SIZE = 200_000
 
@@ -274,14 +276,14 @@ _Keyed = tuple[re.Pattern[str], tuple[int, ...]]
 @dataclass
 class _Compiled:
     targets: list[_Target] = dataclasses.field(default_factory=list)
-    #: Alternatives grouped by the word they start with, cut to 4 letters: per key one regex
-    #: whose optional lookahead groups are the targets (one group per target, alternatives
-    #: of a target joined with |), and the target id of each group. One match at a word
-    #: start tells which targets match there. Keys of 4 and 3 letters apply to every word
-    #: starting with them; words of 1 or 2 letters must be the whole word.
-    by_key4: dict[str, _Keyed] = dataclasses.field(default_factory=dict)
-    by_key3: dict[str, _Keyed] = dataclasses.field(default_factory=dict)
-    by_short: dict[str, _Keyed] = dataclasses.field(default_factory=dict)
+    #: Alternatives grouped by a prefix of the word they start with (4 letters, longer where
+    #: a group would get more than MAX_GROUP_TARGETS targets): per key one regex whose
+    #: optional lookahead groups are the targets (one group per target, alternatives of a
+    #: target joined with |), and the target id of each group. One match at a word start
+    #: tells which targets match there. Keys of 3 or more letters apply to every word
+    #: starting with them; a key of 1 or 2 letters must be the whole word.
+    by_key: dict[str, _Keyed] = dataclasses.field(default_factory=dict)
+    key_lengths: tuple[int, ...] = ()
     #: Alternatives that do not start with a word: searched in the whole text.
     slow: _Entries = dataclasses.field(default_factory=list)
     title: _Entries = dataclasses.field(default_factory=list)
@@ -294,14 +296,9 @@ class _Compiled:
 
     def lookup(self, word: str) -> tuple[_Keyed, ...]:
         """The keyed regexes that can match where ``word`` starts (cached per word)."""
-        entries = (
-            (self.by_key4.get(word[:4]), self.by_key3.get(word[:3]))
-            if len(word) >= 4
-            else (self.by_key3.get(word),)
-            if len(word) == 3
-            else (self.by_short.get(word),)
-        )
-        found = tuple(entry for entry in entries if entry is not None)
+        n = len(word)
+        keys = [word] if n <= 2 else [word[:k] for k in self.key_lengths if 3 <= k <= n]
+        found = tuple(self.by_key[k] for k in keys if k in self.by_key)
         if len(self.word_cache) >= WORD_CACHE_SIZE:
             self.word_cache.clear()
         self.word_cache[word] = found
@@ -349,14 +346,13 @@ def compile_taxonomy(taxonomy: Taxonomy) -> _Compiled:
                 if not word or rx.groups or not alt.startswith(word):
                     comp.slow.append((rx, tid))
                     continue
-                key = word[:4]
-                rest = alt[len(key) :]
-                if len(key) <= 2 and not _short_word_ends(rest):
+                if len(word) <= 2 and not _short_word_ends(alt[len(word) :]):
                     raise ConfigError(
                         f"taxonomy {where}: {raw!r} starts with the short word {word!r} but may "
                         "continue it; spell the longer words out"
                     )
-                grouped.setdefault(key, {}).setdefault(tid, []).append(rest)
+                key = word[:4]
+                grouped.setdefault(key, {}).setdefault(tid, []).append(alt[len(key) :])
 
     rules = taxonomy.raw.get("rules") or {}
     if not isinstance(rules, dict):
@@ -407,14 +403,53 @@ def compile_taxonomy(taxonomy: Taxonomy) -> _Compiled:
             )
             add(tneg, _Target("tneg", fname, (label_id,), 0.0), where)
 
-    for key, by_tid in grouped.items():
-        every = "|".join(rest for rests in by_tid.values() for rest in rests)
-        parts = [f"(?:(?=({'|'.join(rests)})))?" for rests in by_tid.values()]
-        table = comp.by_key4 if len(key) == 4 else comp.by_key3 if len(key) == 3 else comp.by_short
-        # the leading lookahead makes a position where nothing matches fail fast
-        table[key] = (re.compile(f"{key}(?=(?:{every}))" + "".join(parts)), tuple(by_tid))
+    for key, by_tid in _split_groups(grouped).items():
+        alts = ["|".join(rests) for rests in by_tid.values()]
+        if len(alts) == 1:
+            combined = f"{key}(?=({alts[0]}))"  # no match: None
+        else:
+            combined = key + "".join(f"(?:(?=({a})))?" for a in alts)  # no match: no group
+        comp.by_key[key] = (re.compile(combined), tuple(by_tid))
+    comp.key_lengths = tuple(sorted({len(k) for k in comp.by_key}))
     comp.generic = frozenset(generic)
     return comp
+
+
+def _split_groups(grouped: dict[str, dict[int, list[str]]]) -> dict[str, dict[int, list[str]]]:
+    """Lengthen the key of any group with more than MAX_GROUP_TARGETS targets.
+
+    Alternatives whose start word goes on past the key move to a key one letter longer
+    (which keeps the regexes small: a match builds a span for every target group); those
+    whose word ends at the key stay.
+    """
+    out: dict[str, dict[int, list[str]]] = {}
+    todo = list(grouped.items())
+    while todo:
+        key, by_tid = todo.pop()
+        if len(key) < 4 or len(by_tid) <= MAX_GROUP_TARGETS:
+            out[key] = by_tid
+            continue
+        stay: dict[int, list[str]] = {}
+        longer: dict[str, dict[int, list[str]]] = {}
+        for tid, rests in by_tid.items():
+            for rest in rests:
+                run = _WORD.match(literal_prefix(rest))
+                if run is None or not rest.startswith(run.group()):
+                    stay.setdefault(tid, []).append(rest)
+                else:
+                    sub = longer.setdefault(key + rest[0], {})
+                    sub.setdefault(tid, []).append(rest[1:])
+        if not longer or (len(longer) == 1 and not stay):
+            if not stay:  # every alternative continues with the same letter
+                ((k2, sub2),) = longer.items()
+                todo.append((k2, sub2))
+                continue
+            out[key] = by_tid
+            continue
+        if stay:
+            out[key] = stay
+        todo.extend(longer.items())
+    return out
 
 
 _CACHE: dict[tuple[str, str], _Compiled] = {}
@@ -510,7 +545,7 @@ class RulesAnnotator:
         """Every (target id, start, end) match in the lower-cased text."""
         comp = self._comp
         hits: list[tuple[int, int, int]] = []
-        add = hits.extend
+        add = hits.append
         cached = comp.word_cache.get
         lookup = comp.lookup
         for tok in _WORD.finditer(low):
@@ -521,14 +556,18 @@ class RulesAnnotator:
                 i = tok.start()
                 for rx, tids in found:
                     m = rx.match(low, i)
-                    if m is not None:
-                        add(
-                            [
-                                (t, i, r[1])
-                                for t, r in zip(tids, m.regs[1:], strict=True)
-                                if r[1] >= 0
-                            ]
-                        )
+                    if m is None:
+                        continue
+                    last = m.lastindex
+                    if last is None:
+                        continue
+                    if last == 1:
+                        add((tids[0], i, m.end(1)))
+                        continue
+                    for g in range(1, last + 1):
+                        end = m.end(g)
+                        if end >= 0:
+                            add((tids[g - 1], i, end))
         for rx, tid in comp.slow:
             for m in rx.finditer(low):
                 i = m.start()
