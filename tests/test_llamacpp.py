@@ -90,8 +90,10 @@ def test_llamacpp_second_run_makes_no_call(db_path: Path) -> None:
         backoff=0.01,
         max_tokens=600,
     )
+    assert first.done + first.failed == 3
     with Store(db_path) as s:
         n_calls = s.scalar("SELECT count(*) FROM llm_calls")
+    assert n_calls == 3  # max_reasks=0: one call per paper
     second = annotate(
         db_path,
         "llm",

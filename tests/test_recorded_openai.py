@@ -169,3 +169,17 @@ def test_strict_tool_call_answer_reaches_validation() -> None:
         ann.annotate(PAPER)
     assert "after 2 attempts" in exc.value.reason
     assert len(ann.drain_calls()) == 2
+
+
+def test_real_context_length_400_fails_the_paper_not_the_run(tmp_path: Path) -> None:
+    """OpenAI's context_length_exceeded (recorded on /v1/responses) is about one paper: a failure row."""
+    cassette = from_ruby_vcr(
+        CASSETTES / "rubyllm__openai_400_context_length_exceeded_RUBYVCR.yml", tmp_path
+    )
+    ann = annotator(model="gpt-5-nano")
+    recorder = vcr.VCR(record_mode="none", match_on=["method", "host"])
+    with recorder.use_cassette(str(cassette)), pytest.raises(AnnotationError) as exc:
+        ann.annotate(PAPER)
+    assert not isinstance(exc.value, ProviderError)
+    assert "too long for the model's context window" in exc.value.reason
+    assert not exc.value.retryable and len(ann.drain_calls()) == 1

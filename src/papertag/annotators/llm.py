@@ -482,6 +482,14 @@ class LLMAnnotator:
             )
         if isinstance(exc, openai.NotFoundError):
             return ProviderError(f"{self.host}: model {self.model!r} or endpoint not found (404)")
+        if isinstance(exc, openai.BadRequestError) and _is_context_overflow(exc):
+            # This paper (with its re-asks) is too long for the model: fail it, keep the run going.
+            return AnnotationError(
+                f"too long for the model's context window: {_api_message(exc)}",
+                paper_id=paper.paper_id,
+                attempts=len(self._calls),
+                last_completion=self._last_body(),
+            )
         if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
             return ProviderError(
                 f"{self.host} rejected the request ({exc.status_code}): {_api_message(exc)}"
@@ -583,6 +591,14 @@ def _api_error_in(exc: BaseException) -> openai.APIError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _is_context_overflow(exc: openai.APIStatusError) -> bool:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error") if isinstance(body.get("error"), dict) else body
+    code = str(inner.get("code") or "") if isinstance(inner, dict) else ""
+    text = _api_message(exc).lower()
+    return code == "context_length_exceeded" or "context length" in text or "context window" in text
 
 
 def _api_message(exc: openai.APIStatusError) -> str:
