@@ -126,6 +126,7 @@ def test_reasks_are_bounded_then_a_failure_row(paper: Path) -> None:
         ).fetchone()  # type: ignore[misc]
         assert s.scalar("SELECT count(*) FROM annotations") == 0
     assert "does not occur in the title or abstract" in reason
+    assert "modality[0].evidence" in reason and "errors.pydantic.dev" not in reason
     assert "a quote the paper never says" in last and attempts == 3
 
 

@@ -292,7 +292,8 @@ def annotate(
         f"{report.taxonomy_version}; {report.seconds:.1f}s, {rate:,.0f} papers/s)[/]"
     )
     for pid, reason in report.failures[:10]:
-        err.print(f"[red]✗[/] {pid}: {escape(reason)}")
+        short = reason if len(reason) <= 240 else reason[:239] + "…"
+        err.print(f"[red]✗[/] {pid}: {escape(short)}")
     if report.failed > 10:
         err.print(f"… and {report.failed - 10} more; see the annotation_failures table")
     if report.failed:

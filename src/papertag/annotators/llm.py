@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import httpx2
 import instructor
 import openai
+import pydantic
 from instructor.core import IncompleteOutputException, InstructorRetryException
 from tenacity import (
     RetryCallState,
@@ -36,7 +37,7 @@ from tenacity import (
 )
 
 from ..errors import AnnotationError, ConfigError, PapertagError, ProviderError, ValidationFailed
-from ..schema import Annotation, ValidationContext, paper_text
+from ..schema import Annotation, ValidationContext, format_validation_error, paper_text
 from ..taxonomy import FIELDS, Taxonomy, content_hash, load_taxonomy, prompts_dir
 from . import PaperInput
 
@@ -551,7 +552,12 @@ class LLMAnnotator:
                 retryable=True,
             )
         attempts = exc.failed_attempts or []
-        reason = str(attempts[-1].exception) if attempts else str(exc)
+        inner = attempts[-1].exception if attempts else exc
+        reason = (
+            format_validation_error(inner)
+            if isinstance(inner, pydantic.ValidationError)
+            else str(inner)
+        )
         return ValidationFailed(
             f"no valid annotation after {exc.n_attempts} attempts; last error: {' '.join(reason.split())[:2000]}",
             paper_id=paper.paper_id,
