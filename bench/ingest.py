@@ -95,26 +95,46 @@ def write_page_text(path: Path, entries: list[dict[str, str]]) -> None:
 
 
 # -------------------------------------------------------------------- one phase
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def _status_mb(field: str) -> float | None:
+    """A memory figure of this process from /proc (Linux), in MB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
-def child(path: str, db: str, trace: bool) -> dict[str, Any]:
-    """Runs in its own process: one ingest of one file, measured."""
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process. getrusage's ru_maxrss is the number to use, except that on
+    Linux a child keeps its parent's value from the fork (this script's parent holds the
+    generated entries), so the kernel's high-water mark of the process's own memory,
+    VmHWM, is preferred where it exists."""
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(path: str, db: str, trace: bool, memory_limit: str | None) -> dict[str, Any]:
+    """Runs in its own process: one ingest of one file, measured (opening, writing and
+    closing the database, as `papertag ingest` does)."""
     import tracemalloc
 
     from papertag.ingest import ingest
+    from papertag.store import Store
 
-    baseline = _rss_mb()
+    baseline = _status_mb("VmRSS") or float("nan")
     if trace:
         tracemalloc.start()
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
-    report = ingest([path], db)
+    with Store(db) as store:
+        if memory_limit:
+            store.con.execute("SET memory_limit = ?", [memory_limit])
+        report = ingest([path], store)
     seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     heap = tracemalloc.get_traced_memory()[1] / 2**20 if trace else None
     if not report.ok:
         raise SystemExit(report.failed[0].error)
@@ -125,14 +145,20 @@ def child(path: str, db: str, trace: bool) -> dict[str, Any]:
         "new_links": fr.new_links,
         "unchanged": fr.unchanged,
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "baseline_rss_mb": baseline,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_heap_mb": heap,
     }
 
 
-def run_phase(path: Path, db: Path, *, trace: bool = False) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", str(path), str(db)] + (["--trace"] if trace else [])
+def run_phase(
+    path: Path, db: Path, *, trace: bool = False, memory_limit: str | None = None
+) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", str(path), str(db)]
+    cmd += ["--trace"] if trace else []
+    cmd += ["--memory-limit", memory_limit] if memory_limit else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
@@ -142,16 +168,28 @@ def run_phase(path: Path, db: Path, *, trace: bool = False) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="entries (default 100,000)")
+    ap.add_argument(
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        help="entry counts to measure, comma-separated (default: N/4,N)",
+    )
+    ap.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="DuckDB memory_limit for the runs, e.g. 300MB (default: DuckDB's, 80%% of RAM); "
+        "caps DuckDB's cache of written blocks",
+    )
     ap.add_argument("--no-trace", action="store_true", help="skip the tracemalloc runs")
     ap.add_argument("--keep", type=Path, help="write the files and databases here and keep them")
     ap.add_argument("--child", nargs=2, metavar=("FILE", "DB"), help=argparse.SUPPRESS)
     ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child, trace=args.trace)))
+        print(json.dumps(child(*args.child, trace=args.trace, memory_limit=args.memory_limit)))
         return
 
-    sizes = sorted({max(1, args.n // 4), args.n})
+    sizes = sorted(set(args.sizes or [max(1, args.n // 4), args.n]))
+    args.n = max(sizes)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = args.keep or Path(tmp_name)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -173,18 +211,22 @@ def main() -> None:
             f"{time.perf_counter() - t0:.1f}s; files: "
             + ", ".join(f"{p.name} {p.stat().st_size / 2**20:.0f} MB" for p in files.values())
         )
+        del entries
         rows = []
         for (fmt, size), path in files.items():
             db = tmp / f"{fmt}-{size}.duckdb"
-            new = run_phase(path, db)
-            again = run_phase(path, db)
+            new = run_phase(path, db, memory_limit=args.memory_limit)
+            again = run_phase(path, db, memory_limit=args.memory_limit)
             assert new["new_papers"] == size and new["new_links"] == size, new
             assert again["new_papers"] == again["new_links"] == 0, again
             assert again["unchanged"] == size, again
             heaps: list[Any] = [None, None]
             if not args.no_trace:
                 tdb = tmp / f"{fmt}-{size}-traced.duckdb"
-                heaps = [run_phase(path, tdb, trace=True)["peak_heap_mb"] for _ in range(2)]
+                heaps = [
+                    run_phase(path, tdb, trace=True, memory_limit=args.memory_limit)["peak_heap_mb"]
+                    for _ in range(2)
+                ]
             rows.append((fmt, size, "new db", new, heaps[0]))
             rows.append((fmt, size, "repeat", again, heaps[1]))
         _print_table(rows)
@@ -197,7 +239,7 @@ def main() -> None:
 
 def _print_table(rows: list[tuple[str, int, str, dict[str, Any], Any]]) -> None:
     head = (
-        f"\n{'format':<10} {'entries':>8} {'phase':<7} {'seconds':>8} {'papers/s':>9} "
+        f"\n{'format':<10} {'entries':>8} {'phase':<7} {'seconds':>8} {'papers/s':>9} {'cpu s':>6} "
         f"{'new':>7} {'unchanged':>9} {'peak RSS':>9} {'RSS base':>9} {'py heap':>8}"
     )
     print(head)
@@ -206,13 +248,16 @@ def _print_table(rows: list[tuple[str, int, str, dict[str, Any], Any]]) -> None:
         heap_s = f"{heap:,.0f} MB" if heap is not None else "-"
         print(
             f"{fmt:<10} {size:>8,} {phase:<7} {r['seconds']:>8.2f} "
-            f"{r['entries'] / r['seconds']:>9,.0f} {r['new_papers']:>7,} {r['unchanged']:>9,} "
+            f"{r['entries'] / r['seconds']:>9,.0f} {r['cpu_seconds']:>6.2f} "
+            f"{r['new_papers']:>7,} {r['unchanged']:>9,} "
             f"{r['peak_rss_mb']:>6,.0f} MB {r['baseline_rss_mb']:>6,.0f} MB {heap_s:>8}"
         )
     print(
-        "\npeak RSS: the whole process (Python, pyarrow, DuckDB) at its highest; RSS base: after "
-        "imports, before ingest;\npy heap: tracemalloc peak of Python allocations during ingest "
-        "(separate run). Each phase runs in a fresh process."
+        "\ncpu s: CPU time of the process (all threads; DuckDB uses several), a check when the "
+        "machine is shared;\npeak RSS: the whole process (Python, pyarrow, DuckDB) at its highest "
+        "(VmHWM; getrusage's ru_maxrss where /proc is missing); RSS base: after imports;"
+        "\npy heap: tracemalloc peak of Python allocations during ingest (separate run). "
+        "Each phase runs in a fresh process."
     )
 
 

@@ -928,14 +928,22 @@ def _write_batch(
             "listed_on": pa.array(link_date, pa.date32()),
         }
     )
-    inserted = _with_table(
+    # Counted by a query of its own: what an INSERT returns differs across DuckDB versions.
+    counted = _with_table(
         store,
         "_links",
         link_table,
-        "INSERT INTO digest_papers SELECT l.* FROM _links l "
-        "ANTI JOIN digest_papers d USING (digest_id, position)",
+        "SELECT count(*) FROM _links l ANTI JOIN digest_papers d USING (digest_id, position)",
     )
-    added = int(inserted[0][0]) if inserted else 0
+    added = int(counted[0][0])
+    if added:
+        _with_table(
+            store,
+            "_links",
+            link_table,
+            "INSERT INTO digest_papers SELECT l.* FROM _links l "
+            "ANTI JOIN digest_papers d USING (digest_id, position)",
+        )
     report.new_links += added
     report.unchanged += len(link_pos) - added
 
