@@ -133,8 +133,10 @@ def test_force_replaces_under_the_same_key(two_papers: Path, db_path: Path) -> N
     assert len(current_annotations(db_path)) == 2
 
 
-def test_limit(two_papers: Path, db_path: Path) -> None:
+def test_limit_means_the_first_n_papers(two_papers: Path, db_path: Path) -> None:
     assert annotate(db_path, limit=1).done == 1
+    again = annotate(db_path, limit=1)  # the same command again has nothing to do
+    assert (again.done, again.skipped) == (0, 1)
     assert annotate(db_path).done == 1
 
 

@@ -116,32 +116,37 @@ def pending_papers(
     if paper_ids is not None:
         where.append("p.paper_id IN (SELECT unnest(?::VARCHAR[]))")
         params.append(list(paper_ids))
-    key = "paper_id = p.paper_id AND content_hash = p.content_hash AND annotator = ? AND model = ? AND prompt_version = ? AND taxonomy_version = ?"
+    # --limit N means the first N papers (in ingest order), so re-running the same
+    # command is idempotent instead of moving on to the next N.
+    limit_sql = f"LIMIT {int(limit)}" if limit is not None else ""
+    eligible_sql = f"SELECT * FROM papers p WHERE {' AND '.join(where)} ORDER BY p.first_seen, p.paper_id {limit_sql}"
+    key = (
+        "paper_id = p.paper_id AND content_hash = p.content_hash AND annotator = ? AND model = ? "
+        "AND prompt_version = ? AND taxonomy_version = ?"
+    )
     key_params = [
         annotator.name,
         annotator.model,
         annotator.prompt_version,
         annotator.taxonomy.version,
     ]
-    eligible = int(
-        store.scalar(f"SELECT count(*) FROM papers p WHERE {' AND '.join(where)}", params)
-    )
+    eligible = int(store.scalar(f"SELECT count(*) FROM ({eligible_sql})", params))
+    filters = ["TRUE"]
+    filter_params: list[Any] = []
     if not force:
-        where.append(f"NOT EXISTS (SELECT 1 FROM annotations WHERE {key})")
-        params += key_params
+        filters.append(f"NOT EXISTS (SELECT 1 FROM annotations WHERE {key})")
+        filter_params += key_params
         if not retry_failed:
-            where.append(
+            filters.append(
                 f"NOT EXISTS (SELECT 1 FROM annotation_failures WHERE {key} AND NOT retryable)"
             )
-            params += key_params
+            filter_params += key_params
     sql = (
-        f"SELECT p.paper_id, p.title, p.abstract, p.content_hash FROM papers p WHERE {' AND '.join(where)} "
-        "ORDER BY p.first_seen, p.paper_id"
+        f"SELECT p.paper_id, p.title, p.abstract, p.content_hash FROM ({eligible_sql}) p "
+        f"WHERE {' AND '.join(filters)} ORDER BY p.first_seen, p.paper_id"
     )
-    rows = store.con.execute(sql, params).fetchall()
+    rows = store.con.execute(sql, params + filter_params).fetchall()
     skipped = eligible - len(rows)
-    if limit is not None:
-        rows = rows[:limit]
     return [_Pending(*r) for r in rows], skipped
 
 

@@ -192,7 +192,13 @@ def annotate(
             "--annotator", "-a", help="Which annotator: `rules` is offline and needs no key."
         ),
     ] = AnnotatorName.rules,
-    limit: Annotated[int | None, typer.Option(help="Annotate at most N papers.", min=0)] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Only the first N papers (in ingest order); running it again annotates no more.",
+            min=0,
+        ),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option(

@@ -291,11 +291,11 @@ class Store:
     def insert_arrow(self, table: str, data: Any) -> None:
         """Bulk-insert a pyarrow Table (columnar path, never row by row)."""
         cols = ", ".join(data.column_names)
-        # Through a relation, not register(): DuckDB holds on to a registered object's memory
-        # until the transaction ends, so a file written in many batches grew without bound.
-        self.con.from_arrow(data).query(
-            "_papertag_batch", f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _papertag_batch"
-        )
+        # DuckDB finds `_papertag_batch` in this frame (a replacement scan). Not register():
+        # DuckDB holds on to a registered object's memory until the transaction ends, so a
+        # file written in many batches grew without bound.
+        _papertag_batch = data
+        self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _papertag_batch")
 
 
 def open_store(path: str | Path | None = None, *, read_only: bool = False) -> Store:
