@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from papertag import store as store_mod
 from papertag.cli import app
 from papertag.errors import InputError, StoreError
-from papertag.ingest import ingest, parse_file
+from papertag.ingest import ingest, ingest_file, parse_file
 from papertag.store import Store
 
 from .conftest import DIGESTS, SHARED, snapshot
@@ -827,12 +827,25 @@ def test_error_messages_with_brackets_are_printed_verbatim(tmp_path: Path, db_pa
 def test_library_ingest_into_an_open_store_leaves_its_settings_alone(
     tmp_path: Path, db_path: Path
 ) -> None:
-    settings = ("force_compression", "write_buffer_row_group_count")
+    settings = ("force_compression", "write_buffer_row_group_count", "memory_limit")
     with Store(db_path) as s:
-        s.con.execute("SET force_compression = 'uncompressed'")
+        # DuckDB's default memory limit is lowered while ingest writes, then reset.
         before = [s.scalar("SELECT current_setting(?)", [n]) for n in settings]
-        report = ingest([good_file(tmp_path), DIGESTS[4]], s)
-        assert report.ok and report.total("new_papers") == 68
+        during: list[object] = []
+        fr = ingest_file(
+            s,
+            good_file(tmp_path),
+            on_batch=lambda _: during.append(s.scalar("SELECT current_setting('memory_limit')")),
+        )
+        assert fr.new_papers == 2
+        assert during == ["512.0 MiB"]
+        assert [s.scalar("SELECT current_setting(?)", [n]) for n in settings] == before
+        # Settings of the user's own are left as they were.
+        s.con.execute("SET force_compression = 'uncompressed'")
+        s.con.execute("SET memory_limit = '2GB'")
+        before = [s.scalar("SELECT current_setting(?)", [n]) for n in settings]
+        for _ in range(3):
+            assert ingest([DIGESTS[4]], s).ok
         assert [s.scalar("SELECT current_setting(?)", [n]) for n in settings] == before
         # The store is still open and usable: ingest did not close it.
         assert s.scalar("SELECT count(*) FROM papers") == 68

@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import itertools
@@ -747,14 +748,16 @@ _UPDATE_SCHEMA = pa.schema(
 )
 
 
-def _with_table(store: Store, name: str, table: pa.Table, sql: str) -> list[tuple[Any, ...]]:
-    """Run ``sql`` (which may write) with ``table`` visible as ``name``; returns its rows.
+def _with_table(store: Store, table: pa.Table, sql: str) -> list[tuple[Any, ...]]:
+    """Run ``sql`` (which may write) with ``table`` visible as ``_papertag_rows``; returns
+    its rows.
 
-    Through a relation rather than ``register()``: DuckDB holds on to registered objects
-    until the transaction ends, so memory would grow with a file's size.
+    DuckDB finds ``_papertag_rows`` in this frame (a replacement scan). Not ``register()``,
+    nor a relation's ``query()`` in DuckDB 1.x: DuckDB holds on to those until the
+    transaction ends, so memory would grow with a file's size.
     """
-    result = store.con.from_arrow(table).query(name, sql)
-    return result.fetchall() if result is not None else []
+    _papertag_rows = table
+    return store.con.execute(sql).fetchall()
 
 
 @dataclass
@@ -779,10 +782,9 @@ def _lookup(store: Store, entries: Sequence[Entry], tkeys: list[str]) -> _Known:
     for column, probe in queries:
         found = _with_table(
             store,
-            "_probe",
             probe,
             "SELECT p.paper_id, p.arxiv_id, p.title_key, p.content_hash "
-            f"FROM papers p JOIN _probe USING ({column})",
+            f"FROM papers p JOIN _papertag_rows USING ({column})",
         )
         for pid, aid, tk, chash in found:
             if pid in known.db_hash:
@@ -902,21 +904,19 @@ def _write_batch(
         upd = _table(((*u, now) for u in updates.values()), _UPDATE_SCHEMA)
         _with_table(
             store,
-            "_upd",
             upd,
             "UPDATE papers SET title = u.title, abstract = u.abstract, content_hash = u.content_hash, "
-            "updated_at = u.seen_at FROM _upd u WHERE papers.paper_id = u.paper_id",
+            "updated_at = u.seen_at FROM _papertag_rows u WHERE papers.paper_id = u.paper_id",
         )
         store.insert_arrow("paper_versions", upd)
         report.updated_papers += len(updates)
     if enrich:
         _with_table(
             store,
-            "_enr",
             _table(enrich.values(), _ENRICH_SCHEMA),
             "UPDATE papers SET arxiv_id = coalesce(papers.arxiv_id, e.arxiv_id), url = coalesce(e.url, papers.url), "
             "published_at = coalesce(e.published_at, papers.published_at), upvotes = coalesce(e.upvotes, papers.upvotes), "
-            "keywords = coalesce(e.keywords, papers.keywords) FROM _enr e WHERE papers.paper_id = e.paper_id",
+            "keywords = coalesce(e.keywords, papers.keywords) FROM _papertag_rows e WHERE papers.paper_id = e.paper_id",
         )
     if digest_id is None:
         return
@@ -931,17 +931,15 @@ def _write_batch(
     # Counted by a query of its own: what an INSERT returns differs across DuckDB versions.
     counted = _with_table(
         store,
-        "_links",
         link_table,
-        "SELECT count(*) FROM _links l ANTI JOIN digest_papers d USING (digest_id, position)",
+        "SELECT count(*) FROM _papertag_rows l ANTI JOIN digest_papers d USING (digest_id, position)",
     )
     added = int(counted[0][0])
     if added:
         _with_table(
             store,
-            "_links",
             link_table,
-            "INSERT INTO digest_papers SELECT l.* FROM _links l "
+            "INSERT INTO digest_papers SELECT l.* FROM _papertag_rows l "
             "ANTI JOIN digest_papers d USING (digest_id, position)",
         )
     report.new_links += added
@@ -955,10 +953,50 @@ def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
 
 
 #: DuckDB settings for the length of a bulk write, then restored: flush each finished row
-#: group instead of buffering several (memory stays bounded however long the file), and
-#: compress text with zstd, which for abstracts is about twice as fast to write and two to
-#: three times smaller than DuckDB's automatic choice (dictionary + FSST).
-_BULK_SETTINGS = {"write_buffer_row_group_count": 1, "force_compression": "zstd"}
+#: group instead of buffering several, and compress text with zstd, which for abstracts is
+#: about twice as fast to write and two to three times smaller than DuckDB's automatic
+#: choice (dictionary + FSST).
+_BULK_SETTINGS: dict[str, Any] = {"write_buffer_row_group_count": 1, "force_compression": "zstd"}
+#: DuckDB keeps the blocks it writes cached up to its memory limit (80% of RAM by default),
+#: so a long ingest would grow with its input. While ingest writes, DuckDB's *default*
+#: limit is lowered to this and then reset; a limit the user set is left alone. Uncommitted
+#: rows beyond it spill to DuckDB's temporary directory.
+BULK_MEMORY_LIMIT = 512 * 2**20
+
+_SIZE = re.compile(r"^\s*([\d.]+)\s*([KMGTPE]?)(i?)B?\s*$", re.IGNORECASE)
+
+
+def _size_bytes(text: str) -> float | None:
+    """Bytes in a DuckDB size such as ``18.8 GiB`` or ``512MB``; None if unreadable."""
+    m = _SIZE.match(text.replace("bytes", ""))
+    if not m:
+        return None
+    number, prefix, binary = m.groups()
+    power = "KMGTPE".find(prefix.upper()) + 1 if prefix else 0
+    return float(number) * (1024.0 if binary else 1000.0) ** power
+
+
+@functools.cache
+def _default_memory_limit() -> str | None:
+    """DuckDB's own memory limit on this machine, as ``current_setting`` shows it."""
+    with contextlib.suppress(duckdb.Error), duckdb.connect() as con:
+        row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+        return str(row[0]) if row else None
+    return None
+
+
+def _cap_default_memory(store: Store) -> bool:
+    """Lower DuckDB's default memory limit to BULK_MEMORY_LIMIT; True if it did."""
+    try:
+        row = store.con.execute("SELECT current_setting('memory_limit')").fetchone()
+        current = str(row[0]) if row else None
+        size = _size_bytes(current) if current else None
+        if current != _default_memory_limit() or size is None or size <= BULK_MEMORY_LIMIT:
+            return False
+        store.con.execute("SET memory_limit = ?", [f"{BULK_MEMORY_LIMIT // 2**20}MiB"])
+    except duckdb.Error:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -972,12 +1010,16 @@ def _bulk_settings(store: Store) -> Iterator[None]:
             continue  # a DuckDB without this setting: its defaults do
         if old is not None:
             previous[name] = old[0]
+    capped = _cap_default_memory(store)
     try:
         yield
     finally:
         for name, old_value in previous.items():
             with contextlib.suppress(duckdb.Error):
                 store.con.execute(f"SET {name} = ?", [old_value])
+        if capped:
+            with contextlib.suppress(duckdb.Error):
+                store.con.execute("RESET memory_limit")
 
 
 def write_entries(
