@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from papertag.annotate import annotate
+from papertag.annotate import AnnotateReport, annotate
 from papertag.ingest import Entry, FileReport, parse_file, write_entries
 from papertag.store import Store
 
@@ -34,18 +34,22 @@ def three_papers(db: Path) -> None:
         )
 
 
-@pytest.mark.vcr
-def test_llamacpp_annotations_or_reasoned_failures(db_path: Path) -> None:
-    three_papers(db_path)
-    report = annotate(
-        db_path,
+def run_llm(db: Path, max_reasks: int) -> AnnotateReport:
+    return annotate(
+        db,
         "llm",
         model="smollm2",
         base_url=LLAMA_URL,
-        max_reasks=1,
+        max_reasks=max_reasks,
         backoff=0.01,
         max_tokens=600,
     )
+
+
+@pytest.mark.vcr
+def test_llamacpp_annotations_or_reasoned_failures(db_path: Path) -> None:
+    three_papers(db_path)
+    report = run_llm(db_path, 1)
     assert report.done + report.failed == 3
     with Store(db_path) as s:
         calls = s.con.execute(
@@ -81,28 +85,12 @@ def test_llamacpp_annotations_or_reasoned_failures(db_path: Path) -> None:
 @pytest.mark.vcr
 def test_llamacpp_second_run_makes_no_call(db_path: Path) -> None:
     three_papers(db_path)
-    first = annotate(
-        db_path,
-        "llm",
-        model="smollm2",
-        base_url=LLAMA_URL,
-        max_reasks=0,
-        backoff=0.01,
-        max_tokens=600,
-    )
+    first = run_llm(db_path, 0)
     assert first.done + first.failed == 3
     with Store(db_path) as s:
         n_calls = s.scalar("SELECT count(*) FROM llm_calls")
     assert n_calls == 3  # max_reasks=0: one call per paper
-    second = annotate(
-        db_path,
-        "llm",
-        model="smollm2",
-        base_url=LLAMA_URL,
-        max_reasks=0,
-        backoff=0.01,
-        max_tokens=600,
-    )
+    second = run_llm(db_path, 0)
     # Annotated papers are done and invalid answers are settled: nothing is sent again.
     assert (second.total, second.skipped) == (0, 3)
     with Store(db_path) as s:

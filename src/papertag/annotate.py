@@ -193,7 +193,8 @@ class _Writer:
                 }
             )
 
-    def add(self, paper: _Pending, result: Annotation, duration_ms: float, now: datetime) -> None:
+    def add(self, paper: _Pending, result: Annotation, duration_ms: float, now: datetime) -> str:
+        """Queue one validated annotation; returns its annotation_id."""
         a = self.annotator
         aid = annotation_id(paper.paper_id, paper.content_hash, a)
         self.ann_rows.append(
@@ -237,6 +238,7 @@ class _Writer:
                     "note": cand.note,
                 }
             )
+        return aid
 
     def fail(self, paper: _Pending, exc: AnnotationError, now: datetime) -> None:
         a = self.annotator
@@ -308,6 +310,7 @@ def annotate(
     if limit is not None and limit < 0:
         raise ConfigError("--limit must be 0 or more")
     store = db if isinstance(db, Store) else Store(db)
+    ann: Annotator | None = None
     try:
         ann = annotator if not isinstance(annotator, str) else get_annotator(annotator, **options)
         run_id = uuid.uuid4().hex[:12]
@@ -346,10 +349,8 @@ def annotate(
                     writer.calls(paper, None, drain())
                     raise
                 else:
-                    writer.add(paper, result, (time.perf_counter() - t0) * 1000, now)
-                    writer.calls(
-                        paper, annotation_id(paper.paper_id, paper.content_hash, ann), drain()
-                    )
+                    aid = writer.add(paper, result, (time.perf_counter() - t0) * 1000, now)
+                    writer.calls(paper, aid, drain())
                     report.done += 1
                 if len(writer) >= WRITE_BATCH:
                     writer.flush()
@@ -365,7 +366,8 @@ def annotate(
             )
         return report
     finally:
-        if isinstance(annotator, str) and "ann" in locals():
+        # Close only what we built (an LLM client's connections); a caller's annotator is theirs.
+        if isinstance(annotator, str) and ann is not None:
             getattr(ann, "close", lambda: None)()
         if not isinstance(db, Store):
             store.close()

@@ -373,6 +373,8 @@ class LLMAnnotator:
         self.taxonomy = taxonomy or load_taxonomy()
         self.prompt = Prompt.load(self.taxonomy)
         self.prompt_version = self.prompt.version
+        # Built once: the schema a grammar-constrained server decodes by (json mode).
+        self.output_schema = constrained_schema(self.taxonomy)
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self.mode = mode or _default_mode(self.base_url)
         if self.mode not in MODES:
@@ -413,11 +415,6 @@ class LLMAnnotator:
 
     def close(self) -> None:
         self.client.close()
-
-    @property
-    def output_schema(self) -> dict[str, Any]:
-        """The Annotation schema with each field's ids as an enum, for servers that decode by schema."""
-        return constrained_schema(self.taxonomy)
 
     def drain_calls(self) -> list[CallRecord]:
         calls, self._calls[:] = list(self._calls), []

@@ -40,6 +40,7 @@ import bisect
 import dataclasses
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,13 +139,15 @@ def _lower_pattern(pattern: str) -> str:
     )
 
 
-def _split_top(pattern: str) -> list[str]:
-    """Split at ``|`` outside groups and character classes."""
-    parts: list[str] = []
+def _structure(pattern: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """Walk a regex, skipping escapes and character classes.
+
+    Yields (index, char, depth) for each character outside a class, ``depth`` being
+    the group nesting after that character.
+    """
     depth = 0
     in_class = False
-    start = 0
-    i = 0
+    i = start
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
@@ -154,39 +157,29 @@ def _split_top(pattern: str) -> list[str]:
             in_class = c != "]"
         elif c == "[":
             in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
+        else:
+            depth += (c == "(") - (c == ")")
+            yield i, c, depth
+        i += 1
+
+
+def _split_top(pattern: str) -> list[str]:
+    """Split at ``|`` outside groups and character classes."""
+    parts: list[str] = []
+    start = 0
+    for i, c, depth in _structure(pattern):
+        if c == "|" and depth == 0:
             parts.append(pattern[start:i])
             start = i + 1
-        i += 1
     parts.append(pattern[start:])
     return parts
 
 
 def _group_end(pattern: str, open_at: int) -> int:
     """Index of the ``)`` closing the group opened at ``open_at`` (-1 if none)."""
-    depth = 0
-    in_class = False
-    i = open_at
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+    for i, c, depth in _structure(pattern, open_at):
+        if c == ")" and depth == 0:
+            return i
     return -1
 
 
