@@ -28,6 +28,25 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield db
 
 
+_FAULT_TABLE: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture
+def fault_table() -> list[tuple[str, str, str]]:
+    """Rows (case, outcome, detail) printed as a table at the end of the run."""
+    return _FAULT_TABLE
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _FAULT_TABLE:
+        return
+    terminalreporter.section("fault table: each case and how it ended")
+    width = max(len(case) for case, _, _ in _FAULT_TABLE)
+    for case, outcome, detail in _FAULT_TABLE:
+        short = detail if len(detail) <= 90 else detail[:89] + "…"
+        terminalreporter.write_line(f"{case:<{width}}  {outcome:<9}  {short}")
+
+
 @pytest.fixture
 def db_path(isolated: Path) -> Path:
     return isolated

@@ -1,17 +1,32 @@
-"""A fault-injecting OpenAI-compatible server on 127.0.0.1 for tests.
+"""A fault-injecting OpenAI-compatible server on 127.0.0.1, for tests and benchmarks.
 
-Each test scripts the answers: a list of :class:`Reply` served in order (the
-last one repeats). Every request body is kept so tests can check what was sent.
+One asyncio loop serves HTTP/1.1 with keep-alive, so hundreds of concurrent
+slow requests cost no threads. Answers come from, in order of precedence:
+
+* ``route(request, n)``: a function of the request body and how many times this
+  paper's title has been asked (fault tables pick a fault per paper);
+* ``replies``: a script served in order (the last one repeats);
+* otherwise a valid annotation built from the request's own abstract, after
+  ``latency`` seconds, with a ``fault_rate`` share of random server faults.
+
+``rpm`` turns on an OpenAI-like request limit (a token bucket refilled at
+rpm/60 a second, one second deep) with ``x-ratelimit-*`` headers (``rate_headers``)
+and 429s carrying ``retry-after`` (``retry_after_header``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import random
+import re
 import threading
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
@@ -22,6 +37,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection without answering (connection reset)
     truncate: bool = False  # send a Content-Length larger than the body
+    delay: float = 0.0  # seconds before answering (a read timeout when above the client's)
 
 
 def completion(
@@ -43,59 +59,280 @@ def completion(
     }
 
 
+_TAG = re.compile(r"<(title|abstract)>\s*(.*?)\s*</\1>", re.DOTALL)
+
+
+def paper_of(request: dict[str, Any]) -> dict[str, str]:
+    """The title and abstract inside the first user message of a chat request."""
+    for m in request.get("messages", []):
+        if m.get("role") == "user" and isinstance(m.get("content"), str):
+            return {k: v for k, v in _TAG.findall(m["content"])}
+    return {}
+
+
+def valid_answer(request: dict[str, Any]) -> dict[str, Any]:
+    """A schema-valid annotation whose evidence quotes the request's own abstract."""
+    abstract = paper_of(request).get("abstract", "")
+    words = abstract.split()
+    quote = " ".join(words[:6]) or "x"
+    label = {"confidence": 0.9, "evidence": quote}
+    return completion(
+        json.dumps(
+            {
+                "technique": [{"id": "quantization", **label}],
+                "modality": [{"id": "text", **label}],
+                "target_metric": [{"id": "memory", **label}],
+            }
+        )
+    )
+
+
+RANDOM_FAULTS: list[Reply] = [
+    Reply(status=429, body={"error": {"message": "Rate limit", "code": "rate_limit_exceeded"}}),
+    Reply(status=500, body={"error": {"message": "boom"}}),
+    Reply(status=502, body=b"bad gateway"),
+    Reply(status=503, body={"error": {"message": "overloaded"}}),
+    Reply(drop=True),
+]
+
+
 class FaultServer:
-    def __init__(self, replies: list[Reply]) -> None:
-        self.replies = list(replies)
+    def __init__(
+        self,
+        replies: list[Reply] | None = None,
+        *,
+        route: Callable[[dict[str, Any], int], Reply | None] | None = None,
+        latency: float = 0.0,
+        fault_rate: float = 0.0,
+        rpm: float | None = None,
+        rate_headers: bool = True,
+        retry_after_header: bool = True,
+        keep_requests: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.replies = list(replies or [])
+        self.route = route
+        self.latency = latency
+        self.fault_rate = fault_rate
+        self.rpm = rpm
+        self.rate_headers = rate_headers
+        self.retry_after_header = retry_after_header
+        self.keep_requests = keep_requests
+        self.random = random.Random(seed)
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        server = self
+        self.statuses: Counter[int] = Counter()
+        self.asked: Counter[str] = Counter()
+        self.count = 0
+        #: How often each distinct request body arrived (a count above 1 is a repeat).
+        self.bodies: Counter[str] = Counter()
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._bucket = float(self._depth)
+        self._refilled = time.monotonic()
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._server: asyncio.Server | None = None
+        self.port = 0
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
 
-            def log_message(self, *args: Any) -> None:
-                pass
+    @property
+    def calls(self) -> int:
+        return self.count
 
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", 0))
-                raw = self.rfile.read(length)
-                server.requests.append(json.loads(raw) if raw else {})
-                server.headers.append(dict(self.headers))
-                reply = server.replies.pop(0) if len(server.replies) > 1 else server.replies[0]
+    @property
+    def _depth(self) -> float:
+        return max(1.0, (self.rpm or 60) / 60)
+
+    # -- rate limit (an OpenAI-like token bucket) --------------------------------
+    def _take(self) -> tuple[bool, dict[str, str]]:
+        if self.rpm is None:
+            return True, {}
+        now = time.monotonic()
+        rate = self.rpm / 60
+        self._bucket = min(self._depth, self._bucket + (now - self._refilled) * rate)
+        self._refilled = now
+        ok = self._bucket >= 1
+        if ok:
+            self._bucket -= 1
+        headers: dict[str, str] = {}
+        if self.rate_headers:
+            headers = {
+                "x-ratelimit-limit-requests": str(int(self.rpm)),
+                "x-ratelimit-remaining-requests": str(int(self._bucket)),
+                "x-ratelimit-reset-requests": f"{(self._depth - self._bucket) / rate:.3f}s",
+            }
+        if not ok and self.retry_after_header:
+            headers["retry-after-ms"] = str(int((1 - self._bucket) / rate * 1000) + 1)
+        return ok, headers
+
+    def _answer(self, request: dict[str, Any]) -> Reply:
+        title = paper_of(request).get("title", "")
+        self.asked[title] += 1
+        if self.route is not None:
+            routed = self.route(request, self.asked[title])
+            if routed is not None:
+                return routed
+        if self.replies:
+            return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if self.fault_rate and self.random.random() < self.fault_rate:
+            return self.random.choice(RANDOM_FAULTS)
+        return Reply(body=valid_answer(request), delay=self.latency)
+
+    # -- HTTP/1.1 ----------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # Shutting down with requests still sleeping: end quietly (asyncio logs a
+            # cancelled connection task as an error otherwise).
+            writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
+                raw = await reader.readexactly(int(headers.get("content-length", 0)))
+                request = json.loads(raw) if raw else {}
+                self.count += 1
+                self.bodies[hashlib.sha256(raw).hexdigest()] += 1
+                if self.first_at is None:
+                    self.first_at = time.monotonic()
+                if self.keep_requests:
+                    self.requests.append(request)
+                    self.headers.append(headers)
+                allowed, limit_headers = self._take()
+                if allowed:
+                    reply = self._answer(request)
+                else:
+                    reply = Reply(
+                        status=429,
+                        body={
+                            "error": {
+                                "message": "Rate limit reached for requests",
+                                "type": "requests",
+                                "code": "rate_limit_exceeded",
+                            }
+                        },
+                    )
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                try:
+                    if reply.delay:
+                        await asyncio.sleep(reply.delay)
+                finally:
+                    self.in_flight -= 1
+                self.statuses[0 if reply.drop else reply.status] += 1
                 if reply.drop:
-                    self.close_connection = True
-                    self.connection.shutdown(2)
+                    writer.transport.abort()
                     return
                 body = (
                     reply.body
                     if isinstance(reply.body, bytes)
                     else json.dumps(reply.body or {}).encode()
                 )
-                self.send_response(reply.status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body) + (100 if reply.truncate else 0)))
-                for k, v in reply.headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
+                out = [
+                    f"HTTP/1.1 {reply.status} X",
+                    "content-type: application/json",
+                    f"content-length: {len(body) + (100 if reply.truncate else 0)}",
+                ]
+                out += [f"{k}: {v}" for k, v in {**limit_headers, **reply.headers}.items()]
+                writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + body)
+                self.last_at = time.monotonic()
+                await writer.drain()
                 if reply.truncate:
-                    self.close_connection = True
+                    writer.close()
+                    return
+        finally:
+            if not writer.is_closing():
+                writer.close()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    # -- lifecycle -----------------------------------------------------------------
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
 
-    @property
-    def calls(self) -> int:
-        return len(self.requests)
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+            self.port = self._server.sockets[0].getsockname()[1]
+            self._ready.set()
+
+        self.loop.run_until_complete(start())
+        self.loop.run_forever()
+        # Close what is still open so no socket outlives the server (warnings are errors).
+        if self._server is not None:
+            self._server.close()
+        tasks = asyncio.all_tasks(self.loop)
+        for t in tasks:
+            t.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.close()
+
+    def start(self) -> FaultServer:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> FaultServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @contextmanager
-def fault_server(replies: list[Reply]) -> Iterator[FaultServer]:
-    srv = FaultServer(replies)
-    thread = threading.Thread(target=srv.httpd.serve_forever, daemon=True)
-    thread.start()
+def fault_server(replies: list[Reply] | None = None, **options: Any) -> Iterator[FaultServer]:
+    srv = FaultServer(replies, **options).start()
     try:
         yield srv
     finally:
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
+        srv.stop()
+
+
+def main() -> None:
+    """Serve until killed: ``python -m tests.fault_server --latency 0.2 --rpm 600``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--fault-rate", type=float, default=0.0)
+    ap.add_argument("--rpm", type=float)
+    ap.add_argument("--no-rate-headers", action="store_true")
+    args = ap.parse_args()
+    srv = FaultServer(
+        latency=args.latency,
+        fault_rate=args.fault_rate,
+        rpm=args.rpm,
+        rate_headers=not args.no_rate_headers,
+        keep_requests=False,
+    )
+    srv.port = args.port
+    srv.start()
+    print(srv.url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        srv.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -3,8 +3,15 @@
 The key is (paper content hash, annotator, model, prompt version, taxonomy
 version): re-running the same annotator on the same text does nothing, while a
 changed abstract, prompt or taxonomy gives a new annotation and leaves the old
-one queryable (``current = false`` in the ``labels`` view). Results are written
-in small transactions, so a crash loses at most the batch in flight.
+one queryable (``current = false`` in the ``labels`` view).
+
+LLM annotators run ``concurrency`` papers at once in worker threads; results are
+handed to the one thread that writes to DuckDB, which commits at least once a
+second. Every model response is also journaled the moment it arrives
+(:mod:`papertag.journal`), so after a ``kill -9`` the same command resumes: it
+stores what the journal holds and replays those answers instead of paying for
+them again. Ctrl-C stops starting papers, lets those in flight finish, commits
+and returns a report that says how to resume.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,11 +31,14 @@ import pyarrow as pa
 
 from .annotators import Annotator, PaperInput, get_annotator
 from .errors import AnnotationError, ConfigError
+from .journal import Journal
 from .schema import Annotation
 from .store import Store
 
 #: Results per write transaction.
 WRITE_BATCH = 2_000
+#: Longest time results wait in memory before a commit.
+FLUSH_EVERY = 1.0
 
 
 @dataclass
@@ -43,6 +54,21 @@ class AnnotateReport:
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: HTTP exchanges made (replays of stored answers not counted) and their usage.
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    #: Answers reused from a run that was killed before storing them.
+    replayed: int = 0
+    #: Journal rows of a killed run moved into llm_calls at start.
+    recovered: int = 0
+    #: 429 answers seen.
+    throttled: int = 0
+    #: Why the run stopped early: "interrupted" (Ctrl-C) or "max-cost"; None if it finished.
+    stopped: str | None = None
+    #: Papers left for a later run (not started, or cut off by the stop).
+    left: int = 0
 
 
 _CALL_SCHEMA = pa.schema(
@@ -70,6 +96,8 @@ _CALL_SCHEMA = pa.schema(
         ("attempt", pa.int32()),
         ("error", pa.string()),
         ("started_at", pa.timestamp("us")),
+        ("call_uid", pa.string()),
+        ("replay_of", pa.int64()),
     ]
 )
 
@@ -159,38 +187,18 @@ class _Writer:
         self.label_rows: list[dict[str, Any]] = []
         self.fail_rows: list[dict[str, Any]] = []
         self.call_rows: list[dict[str, Any]] = []
+        self.flushed_at = time.monotonic()
+
+    def due(self) -> bool:
+        return len(self) >= WRITE_BATCH or (
+            len(self) > 0 and time.monotonic() - self.flushed_at >= FLUSH_EVERY
+        )
 
     def calls(self, paper: _Pending, annotation: str | None, records: Sequence[Any]) -> None:
         """Queue the HTTP exchanges that produced (or failed to produce) one annotation."""
-        a = self.annotator
-        options = json.dumps(getattr(a, "options", dict)())
         for r in records:
             self.call_rows.append(
-                {
-                    "run_id": self.run_id,
-                    "paper_id": paper.paper_id,
-                    "annotation_id": annotation,
-                    "annotator": a.name,
-                    "model": a.model,
-                    "host": r.host,
-                    "path": r.path,
-                    "prompt_version": a.prompt_version,
-                    "taxonomy_version": a.taxonomy.version,
-                    "options": options,
-                    "request_hash": r.request_hash,
-                    "request_body": r.request_body,
-                    "status": r.status,
-                    "response_body": r.response_body,
-                    "finish_reason": r.finish_reason,
-                    "refusal": r.refusal,
-                    "prompt_tokens": r.prompt_tokens,
-                    "completion_tokens": r.completion_tokens,
-                    "cost_usd": r.cost_usd,
-                    "duration_ms": r.duration_ms,
-                    "attempt": r.attempt,
-                    "error": r.error,
-                    "started_at": r.started_at,
-                }
+                call_row(self.run_id, self.annotator, paper.paper_id, annotation, r)
             )
 
     def add(self, paper: _Pending, result: Annotation, duration_ms: float, now: datetime) -> str:
@@ -262,9 +270,11 @@ class _Writer:
     def __len__(self) -> int:
         return len(self.ann_rows) + len(self.fail_rows) + len(self.call_rows)
 
-    def flush(self) -> None:
+    def flush(self) -> list[str]:
+        """Commit what is queued; returns the call_uids now in the database."""
+        self.flushed_at = time.monotonic()
         if not len(self):
-            return
+            return []
         store = self.store
         with store.transaction() as con:
             if self.ann_rows:
@@ -287,7 +297,216 @@ class _Writer:
                 store.insert_arrow(
                     "llm_calls", pa.Table.from_pylist(self.call_rows, schema=_CALL_SCHEMA)
                 )
+        uids = [r["call_uid"] for r in self.call_rows]
         self.ann_rows, self.label_rows, self.fail_rows, self.call_rows = [], [], [], []
+        return uids
+
+
+def call_row(
+    run_id: str, annotator: Annotator, paper_id: str, annotation: str | None, r: Any
+) -> dict[str, Any]:
+    """One ``llm_calls`` row for an HTTP exchange (a :class:`CallRecord`)."""
+    return {
+        "run_id": run_id,
+        "paper_id": paper_id,
+        "annotation_id": annotation,
+        "annotator": annotator.name,
+        "model": annotator.model,
+        "host": r.host,
+        "path": r.path,
+        "prompt_version": annotator.prompt_version,
+        "taxonomy_version": annotator.taxonomy.version,
+        "options": json.dumps(getattr(annotator, "options", dict)()),
+        "request_hash": r.request_hash,
+        "request_body": r.request_body,
+        "status": r.status,
+        "response_body": r.response_body,
+        "finish_reason": r.finish_reason,
+        "refusal": r.refusal,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "cost_usd": r.cost_usd,
+        "duration_ms": r.duration_ms,
+        "attempt": r.attempt,
+        "error": r.error,
+        "started_at": r.started_at,
+        "call_uid": r.call_uid,
+        "replay_of": r.replay_of,
+    }
+
+
+def recover_journal(store: Store, journal: Journal) -> int:
+    """Move the rows a killed run journaled into ``llm_calls``; returns how many were new."""
+    rows = journal.read()
+    if rows:
+        table = pa.Table.from_pylist(rows, schema=_CALL_SCHEMA)
+        cols = ", ".join(table.column_names)
+        with store.transaction() as con:
+            before = int(store.scalar("SELECT count(*) FROM llm_calls"))
+            con.register("_journal", table)
+            con.execute(
+                f"INSERT INTO llm_calls ({cols}) SELECT {cols} FROM _journal j "
+                "WHERE NOT EXISTS (SELECT 1 FROM llm_calls c WHERE c.call_uid = j.call_uid)"
+            )
+            con.unregister("_journal")
+            added = int(store.scalar("SELECT count(*) FROM llm_calls")) - before
+    journal.clear()
+    return added if rows else 0
+
+
+def paid_answers(
+    store: Store, annotator: Annotator, paper_ids: Sequence[str]
+) -> dict[str, list[tuple[int, str]]]:
+    """Answers already paid for but never stored as a result, by request hash.
+
+    These are 200s logged for a paper whose run died before its annotation or
+    failure was committed (so the call has no annotation and its run no failure
+    row for the paper), and that no later run has replayed yet.
+    """
+    rows = store.con.execute(
+        """
+        SELECT c.request_hash, c.call_id, c.response_body FROM llm_calls c
+        WHERE c.status = 200 AND c.annotation_id IS NULL AND c.response_body IS NOT NULL
+          AND c.replay_of IS NULL
+          AND c.annotator = ? AND c.model = ? AND c.host = ?
+          AND c.prompt_version = ? AND c.taxonomy_version = ?
+          AND c.paper_id IN (SELECT unnest(?::VARCHAR[]))
+          AND NOT EXISTS (SELECT 1 FROM annotation_failures f
+                          WHERE f.run_id = c.run_id AND f.paper_id = c.paper_id)
+          AND NOT EXISTS (SELECT 1 FROM llm_calls r WHERE r.replay_of = c.call_id)
+        ORDER BY c.call_id
+        """,
+        [
+            annotator.name,
+            annotator.model,
+            getattr(annotator, "host", ""),
+            annotator.prompt_version,
+            annotator.taxonomy.version,
+            list(paper_ids),
+        ],
+    ).fetchall()
+    answers: dict[str, list[tuple[int, str]]] = {}
+    for request_hash, call_id, body in rows:
+        answers.setdefault(request_hash, []).append((call_id, body))
+    return answers
+
+
+@dataclass
+class Estimate:
+    """What a run would send (``--dry-run``): nothing is sent or written."""
+
+    annotator: str
+    model: str
+    papers: int
+    skipped: int
+    prompt_tokens: int
+    completion_tokens: int
+    #: None when the model has no known price (see PAPERTAG_PRICES).
+    cost_usd: float | None
+
+
+def _estimate_paper(ann: Annotator, paper: _Pending) -> tuple[int, int]:
+    estimate_tokens: Callable[[PaperInput], tuple[int, int]] | None = getattr(
+        ann, "estimate_tokens", None
+    )
+    if estimate_tokens is None:
+        return 0, 0
+    return estimate_tokens(PaperInput(paper.paper_id, paper.title, paper.abstract))
+
+
+def _price(model: str, prompt: int, completion: int) -> float | None:
+    from .annotators.llm import estimate_cost
+
+    return estimate_cost(model, prompt, completion)
+
+
+def estimate(
+    db: Store | str | Path | None = None,
+    annotator: str | Annotator = "rules",
+    *,
+    limit: int | None = None,
+    force: bool = False,
+    retry_failed: bool = False,
+    **options: Any,
+) -> Estimate:
+    """How many papers a run would send, and their estimated tokens and cost."""
+    store = db if isinstance(db, Store) else Store(db)
+    ann = annotator if not isinstance(annotator, str) else get_annotator(annotator, **options)
+    try:
+        todo, skipped = pending_papers(
+            store, ann, force=force, retry_failed=retry_failed, limit=limit
+        )
+        prompt = completion = 0
+        for paper in todo:
+            p, c = _estimate_paper(ann, paper)
+            prompt, completion = prompt + p, completion + c
+        cost = 0.0 if not prompt else _price(ann.model, prompt, completion)
+        return Estimate(ann.name, ann.model, len(todo), skipped, prompt, completion, cost)
+    finally:
+        if isinstance(annotator, str):
+            getattr(ann, "close", lambda: None)()
+        if not isinstance(db, Store):
+            store.close()
+
+
+@dataclass
+class _Outcome:
+    paper: _Pending
+    started: datetime
+    duration_ms: float
+    result: Annotation | None = None
+    error: AnnotationError | None = None
+    fatal: BaseException | None = None
+    calls: Sequence[Any] = ()
+
+
+def _work(ann: Annotator, paper: _Pending) -> _Outcome:
+    """Annotate one paper (in a worker thread, or inline for a local annotator)."""
+    drain: Callable[[], Sequence[Any]] = getattr(ann, "drain_calls", tuple)
+    out = _Outcome(paper, _now(), 0.0)
+    t0 = time.perf_counter()
+    try:
+        out.result = ann.annotate(PaperInput(paper.paper_id, paper.title, paper.abstract))
+    except AnnotationError as exc:
+        exc.paper_id = paper.paper_id
+        out.error = exc
+    except BaseException as exc:
+        out.fatal = exc
+    out.duration_ms = (time.perf_counter() - t0) * 1000
+    out.calls = drain()
+    return out
+
+
+class _Budget:
+    """--max-cost: a paper starts only if the spend so far, plus what the papers in
+    flight will likely cost, plus its own likely cost, stays within the limit."""
+
+    def __init__(self, ann: Annotator, max_cost: float | None) -> None:
+        self.ann, self.max_cost = ann, max_cost
+        self.reserved: dict[str, float] = {}
+        self.settled_cost = 0.0
+        self.settled = 0
+
+    def _likely(self, paper: _Pending) -> float:
+        p, c = _estimate_paper(self.ann, paper)
+        first = _price(self.ann.model, p, c) or 0.0
+        # Re-asks cost more than one attempt: once papers have settled, trust their average.
+        seen = self.settled_cost / self.settled if self.settled >= 5 else first * 1.5
+        return max(first, seen) * 1.2
+
+    def admit(self, paper: _Pending, spent: float) -> bool:
+        if self.max_cost is None:
+            return True
+        likely = self._likely(paper)
+        if spent + sum(self.reserved.values()) + likely > self.max_cost:
+            return False
+        self.reserved[paper.paper_id] = likely
+        return True
+
+    def settle(self, paper: _Pending, cost: float) -> None:
+        self.reserved.pop(paper.paper_id, None)
+        self.settled += 1
+        self.settled_cost += cost
 
 
 def annotate(
@@ -298,79 +517,239 @@ def annotate(
     force: bool = False,
     retry_failed: bool = False,
     paper_ids: Iterable[str] | None = None,
+    max_cost: float | None = None,
     on_start: Callable[[int], None] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[AnnotateReport], None] | None = None,
     **options: Any,
 ) -> AnnotateReport:
     """Annotate every paper lacking an annotation for the annotator's current key.
 
-    ``annotator`` is a name (``rules``) or an annotator object. ``on_start(total)``
-    and ``on_progress(done, failed)`` let a caller draw progress.
+    ``annotator`` is a name (``rules``, ``llm``) or an annotator object; ``options``
+    go to its constructor (``model``, ``base_url``, ``concurrency``, ``rpm``, ...).
+    ``max_cost`` (USD) stops starting papers before the estimated spend would pass
+    it. ``on_start(total)`` and ``on_progress(report)`` let a caller draw progress.
+    Ctrl-C returns early with ``report.stopped == "interrupted"``; run again to resume.
     """
     if limit is not None and limit < 0:
         raise ConfigError("--limit must be 0 or more")
+    if max_cost is not None and max_cost < 0:
+        raise ConfigError("--max-cost must be 0 or more")
     store = db if isinstance(db, Store) else Store(db)
     ann: Annotator | None = None
     try:
         ann = annotator if not isinstance(annotator, str) else get_annotator(annotator, **options)
-        run_id = uuid.uuid4().hex[:12]
-        report = AnnotateReport(
-            ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, run_id
-        )
-        started = time.perf_counter()
-        store.con.execute(
-            "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, taxonomy_version, started_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [run_id, ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, _now()],
-        )
-        ids = list(paper_ids) if paper_ids is not None else None
-        todo, report.skipped = pending_papers(
-            store, ann, force=force, retry_failed=retry_failed, limit=limit, paper_ids=ids
-        )
-        report.total = len(todo)
-        if on_start:
-            on_start(len(todo))
-        writer = _Writer(store, ann, run_id)
-        drain: Callable[[], Sequence[Any]] = getattr(ann, "drain_calls", tuple)
-        try:
-            for paper in todo:
-                t0 = time.perf_counter()
-                now = _now()
-                try:
-                    result = ann.annotate(PaperInput(paper.paper_id, paper.title, paper.abstract))
-                except AnnotationError as exc:
-                    exc.paper_id = paper.paper_id
-                    writer.fail(paper, exc, now)
-                    writer.calls(paper, None, drain())
-                    report.failed += 1
-                    report.failures.append((paper.paper_id, exc.reason))
-                except BaseException:
-                    # A fatal error (bad key, Ctrl-C): keep the log of what was sent.
-                    writer.calls(paper, None, drain())
-                    raise
-                else:
-                    aid = writer.add(paper, result, (time.perf_counter() - t0) * 1000, now)
-                    writer.calls(paper, aid, drain())
-                    report.done += 1
-                if len(writer) >= WRITE_BATCH:
-                    writer.flush()
-                if on_progress:
-                    on_progress(report.done, report.failed)
-        finally:
-            # Whatever happened (Ctrl-C included), keep what was finished.
-            writer.flush()
-            report.seconds = time.perf_counter() - started
-            store.con.execute(
-                "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
-                [_now(), report.done, report.skipped, report.failed, run_id],
+        if (
+            max_cost is not None
+            and _price(ann.model, 1000, 1000) is None
+            and hasattr(ann, "estimate_tokens")
+        ):
+            raise ConfigError(
+                f"--max-cost needs the price of {ann.model!r}: set PAPERTAG_PRICES="
+                f"'{{\"{ann.model}\": [usd_per_1M_prompt_tokens, usd_per_1M_completion_tokens]}}'"
             )
-        return report
+        return _Run(store, ann, max_cost, on_start, on_progress).run(
+            limit=limit,
+            force=force,
+            retry_failed=retry_failed,
+            paper_ids=list(paper_ids) if paper_ids is not None else None,
+        )
     finally:
         # Close only what we built (an LLM client's connections); a caller's annotator is theirs.
         if isinstance(annotator, str) and ann is not None:
             getattr(ann, "close", lambda: None)()
         if not isinstance(db, Store):
             store.close()
+
+
+class _Run:
+    """One ``annotate`` run: workers call the model, this thread alone writes to DuckDB."""
+
+    def __init__(
+        self,
+        store: Store,
+        ann: Annotator,
+        max_cost: float | None,
+        on_start: Callable[[int], None] | None,
+        on_progress: Callable[[AnnotateReport], None] | None,
+    ) -> None:
+        self.store, self.ann = store, ann
+        self.on_start, self.on_progress = on_start, on_progress
+        self.run_id = uuid.uuid4().hex[:12]
+        self.report = AnnotateReport(
+            ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, self.run_id
+        )
+        self.writer = _Writer(store, ann, self.run_id)
+        self.budget = _Budget(ann, max_cost)
+        # Only annotators that call a server keep a journal (rules results cost nothing to redo).
+        self.journal: Journal | None = None
+        if hasattr(ann, "call_sink") and str(store.path) != ":memory:":
+            self.journal = Journal(store.path)
+
+    def run(
+        self,
+        *,
+        limit: int | None,
+        force: bool,
+        retry_failed: bool,
+        paper_ids: list[str] | None,
+    ) -> AnnotateReport:
+        report, ann, store = self.report, self.ann, self.store
+        started = time.perf_counter()
+        if self.journal is not None:
+            report.recovered = recover_journal(store, self.journal)
+        store.con.execute(
+            "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, taxonomy_version, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [self.run_id, ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, _now()],
+        )
+        todo, report.skipped = pending_papers(
+            store, ann, force=force, retry_failed=retry_failed, limit=limit, paper_ids=paper_ids
+        )
+        report.total = len(todo)
+        transport = getattr(ann, "transport", None)
+        if transport is not None and not force and todo:
+            transport.replay = paid_answers(store, ann, [p.paper_id for p in todo])
+        if self.journal is not None:
+            ann.call_sink = self._journal_call  # type: ignore[attr-defined]
+        if self.on_start:
+            self.on_start(len(todo))
+        try:
+            workers = int(getattr(ann, "concurrency", 1))
+            if workers > 1:
+                self._concurrent(todo, workers)
+            else:
+                self._inline(todo)
+        finally:
+            # Whatever happened (Ctrl-C, a fatal error), keep what was finished.
+            self._flush()
+            if self.journal is not None:
+                ann.call_sink = None  # type: ignore[attr-defined]
+                # Segments still holding uncommitted answers stay for the next run to recover.
+                self.journal.close()
+            report.seconds = time.perf_counter() - started
+            report.left = report.total - report.done - report.failed
+            throttle = getattr(ann, "throttle", None)
+            report.throttled = getattr(throttle, "throttled", 0)
+            store.con.execute(
+                "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
+                [_now(), report.done, report.skipped, report.failed, self.run_id],
+            )
+        return report
+
+    # -- the two ways of running ----------------------------------------------------------
+    def _inline(self, todo: list[_Pending]) -> None:
+        for paper in todo:
+            if not self._admit(paper):
+                return
+            try:
+                outcome = _work(self.ann, paper)
+            except KeyboardInterrupt:
+                self.report.stopped = "interrupted"
+                return
+            self._settle(outcome)
+            if self.writer.due():
+                self._flush()
+            if isinstance(outcome.fatal, KeyboardInterrupt):
+                self.report.stopped = "interrupted"
+                return
+
+    def _concurrent(self, todo: list[_Pending], workers: int) -> None:
+        pending = iter(todo)
+        running: dict[Future[_Outcome], _Pending] = {}
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="papertag-annotate")
+        try:
+            while True:
+                while self.report.stopped is None and len(running) < workers:
+                    paper = next(pending, None)
+                    if paper is None or not self._admit(paper):
+                        break
+                    running[pool.submit(_work, self.ann, paper)] = paper
+                if not running:
+                    return
+                try:
+                    done, _ = wait(running, timeout=FLUSH_EVERY / 4, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    self._interrupt()
+                    continue
+                for future in done:
+                    del running[future]
+                    self._settle(future.result())
+                if self.writer.due():
+                    self._flush()
+        except BaseException:
+            # A fatal error (refused key) or a second Ctrl-C: stop the others at once.
+            self._cancel()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- shared steps ---------------------------------------------------------------------------
+    def _admit(self, paper: _Pending) -> bool:
+        if self.report.stopped is not None:
+            return False
+        if not self.budget.admit(paper, self.report.cost_usd):
+            self.report.stopped = "max-cost"
+            return False
+        return True
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: start nothing new, end retry waits; calls in flight finish and are kept.
+
+        A second Ctrl-C also closes the connections, cutting those calls short.
+        """
+        if self.report.stopped == "interrupted":
+            getattr(self.ann, "close", lambda: None)()
+        self.report.stopped = "interrupted"
+        self._cancel()
+
+    def _cancel(self) -> None:
+        cancel = getattr(self.ann, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+    def _settle(self, out: _Outcome) -> None:
+        report, writer, paper = self.report, self.writer, out.paper
+        cost = 0.0
+        for c in out.calls:
+            if c.replay_of is not None:
+                report.replayed += 1
+                continue
+            report.calls += 1
+            report.prompt_tokens += c.prompt_tokens or 0
+            report.completion_tokens += c.completion_tokens or 0
+            cost += c.cost_usd or 0.0
+        report.cost_usd += cost
+        self.budget.settle(paper, cost)
+        if out.fatal is not None:
+            writer.calls(paper, None, out.calls)
+            if isinstance(out.fatal, KeyboardInterrupt):
+                return
+            raise out.fatal
+        if out.error is not None:
+            writer.calls(paper, None, out.calls)
+            if out.error.retryable and report.stopped == "interrupted":
+                return  # cut off by Ctrl-C, not a failure: the next run asks again
+            writer.fail(paper, out.error, out.started)
+            report.failed += 1
+            report.failures.append((paper.paper_id, out.error.reason))
+        elif out.result is not None:
+            aid = writer.add(paper, out.result, out.duration_ms, out.started)
+            writer.calls(paper, aid, out.calls)
+            report.done += 1
+        if self.on_progress:
+            self.on_progress(report)
+
+    def _flush(self) -> None:
+        uids = self.writer.flush()
+        if self.journal is not None and uids:
+            self.journal.committed(uids)
+
+    def _journal_call(self, paper_id: str, record: Any) -> None:
+        if self.journal is not None:
+            row = call_row(self.run_id, self.ann, paper_id, None, record)
+            # The prompt is large and rebuilt identically on resume; the answer is what must survive.
+            row["request_body"] = None
+            self.journal.write(row)
 
 
 def _now() -> datetime:

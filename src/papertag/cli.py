@@ -29,7 +29,10 @@ from rich.progress import (
 from rich.table import Table
 
 from . import __version__
+from .annotate import AnnotateReport
 from .annotate import annotate as run_annotate
+from .annotate import estimate as estimate_run
+from .annotators import DEFAULT_CONCURRENCY
 from .errors import PapertagError
 from .evaluate import evaluate as run_evaluate
 from .ingest import FileReport, ingest_file
@@ -247,6 +250,47 @@ def annotate(
             help="llm: re-asks after an answer fails validation, before a failure row.", min=0
         ),
     ] = 2,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            help="llm: requests in flight at once; cut back automatically while the server answers 429.",
+            min=1,
+        ),
+    ] = DEFAULT_CONCURRENCY,
+    rpm: Annotated[
+        float | None,
+        typer.Option(
+            help="llm: at most this many requests a minute (default: learn the server's limit).",
+            show_default=False,
+        ),
+    ] = None,
+    tpm: Annotated[
+        float | None,
+        typer.Option(
+            help="llm: at most this many tokens a minute (prompt estimate + max tokens).",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(help="llm: seconds to wait for one answer before retrying it.", min=0.001),
+    ] = 120.0,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            help="llm: stop starting papers before the estimated spend would pass this many USD "
+            "(prices: built-in table or $PAPERTAG_PRICES).",
+            show_default=False,
+            min=0,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print how many papers would be sent and their estimated tokens and cost; send nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Label every paper that lacks an annotation for the annotator's current key.
 
@@ -255,7 +299,9 @@ def annotate(
     annotations and marks the old ones `current = false` in the `labels` view.
 
     `--annotator llm` calls OpenAI or any OpenAI-compatible server (vLLM, Ollama,
-    llama.cpp); every HTTP call is logged in the `llm_calls` table.
+    llama.cpp); every HTTP call is logged in the `llm_calls` table. Answers are
+    journaled as they arrive: if a run is killed (or stopped with Ctrl-C), run the
+    same command again and it resumes without paying twice for what it already got.
     """
     options: dict[str, Any] = {}
     if annotator is AnnotatorName.llm:
@@ -265,19 +311,53 @@ def annotate(
             "api_key_env": api_key_env,
             "mode": mode,
             "max_reasks": max_reasks,
+            "concurrency": concurrency,
+            "rpm": rpm,
+            "tpm": tpm,
+            "timeout": timeout,
         }
-    elif model or base_url or mode:
-        raise _fail("--model, --base-url and --mode apply to --annotator llm only", 2)
+    elif model or base_url or mode or rpm or tpm or max_cost is not None:
+        raise _fail(
+            "--model, --base-url, --mode, --rpm, --tpm and --max-cost apply to --annotator llm only",
+            2,
+        )
     store = _store()
+    if dry_run:
+        with store:
+            est = _run(
+                lambda: estimate_run(
+                    store,
+                    annotator.value,
+                    limit=limit,
+                    force=force,
+                    retry_failed=retry_failed,
+                    **options,
+                )
+            )
+        cost = (
+            "unknown (no price for this model; set PAPERTAG_PRICES)"
+            if est.cost_usd is None
+            else f"${est.cost_usd:,.4f}"
+        )
+        out.print(
+            f"dry run, nothing sent: {est.papers} papers would be annotated by {est.annotator}/{est.model} "
+            f"({est.skipped} already done); about {est.prompt_tokens:,} prompt + "
+            f"{est.completion_tokens:,} completion tokens on first attempts; estimated cost {cost}"
+        )
+        return
     with store, _progress(f"annotate ({annotator.value})", None) as (progress, task):
 
         def start(total: int) -> None:
             progress.update(task, total=total)
 
-        def step(done: int, failed: int) -> None:
-            progress.update(
-                task, completed=done + failed, extra=f"failed {failed}" if failed else ""
-            )
+        def step(r: AnnotateReport) -> None:
+            parts = []
+            if r.calls or r.replayed:
+                parts.append(f"{r.prompt_tokens + r.completion_tokens:,} tok")
+                parts.append(f"${r.cost_usd:,.4f}")
+            if r.failed:
+                parts.append(f"[red]failed {r.failed}[/]")
+            progress.update(task, completed=r.done + r.failed, extra=" · ".join(parts))
 
         report = _run(
             lambda: run_annotate(
@@ -286,6 +366,7 @@ def annotate(
                 limit=limit,
                 force=force,
                 retry_failed=retry_failed,
+                max_cost=max_cost,
                 on_start=start,
                 on_progress=step,
                 **options,
@@ -295,13 +376,36 @@ def annotate(
     out.print(
         f"annotated {report.done}, skipped {report.skipped} (already done), failed {report.failed} "
         f"[dim]({report.annotator}/{report.model}, prompt {report.prompt_version}, taxonomy "
-        f"{report.taxonomy_version}; {report.seconds:.1f}s, {rate:,.0f} papers/s)[/]"
+        f"{report.taxonomy_version}; {report.seconds:.1f}s, {rate:,.1f} papers/s)[/]"
     )
+    if report.calls or report.replayed or report.recovered:
+        usage = (
+            f"{report.calls} calls, {report.prompt_tokens:,} prompt + {report.completion_tokens:,} "
+            f"completion tokens, ${report.cost_usd:,.4f}"
+        )
+        if report.throttled:
+            usage += f", {report.throttled} answered 429"
+        if report.replayed:
+            usage += f", {report.replayed} answers reused from an interrupted run (not paid again)"
+        if report.recovered:
+            usage += f", {report.recovered} journaled calls recovered into llm_calls"
+        out.print(f"[dim]{usage}[/]")
     for pid, reason in report.failures[:10]:
         short = reason if len(reason) <= 240 else reason[:239] + "…"
         err.print(f"[red]✗[/] {pid}: {escape(short)}")
     if report.failed > 10:
         err.print(f"… and {report.failed - 10} more; see the annotation_failures table")
+    if report.stopped is not None:
+        why = (
+            "interrupted"
+            if report.stopped == "interrupted"
+            else f"stopped at --max-cost {max_cost}"
+        )
+        err.print(
+            f"[yellow]{why}[/]: {report.left} papers left. Run the same command again to resume; "
+            "nothing stored is lost or asked again."
+        )
+        raise typer.Exit(130 if report.stopped == "interrupted" else 0)
     if report.failed:
         raise typer.Exit(1)
 

@@ -205,6 +205,14 @@ def m004_failure_retryable(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE annotation_failures ADD COLUMN retryable BOOLEAN DEFAULT TRUE")
 
 
+@migration
+def m007_call_journal(con: duckdb.DuckDBPyConnection) -> None:
+    # call_uid joins a row to the crash journal it may have been recovered from;
+    # replay_of marks a response reused from a killed run instead of being paid for twice.
+    con.execute("ALTER TABLE llm_calls ADD COLUMN call_uid VARCHAR")
+    con.execute("ALTER TABLE llm_calls ADD COLUMN replay_of BIGINT")
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     if "lock" in msg.lower():

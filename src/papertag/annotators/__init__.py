@@ -35,6 +35,10 @@ class Annotator(Protocol):
 
 ANNOTATORS = ("rules", "llm")
 
+#: Requests in flight at once unless --concurrency says otherwise: enough to hide a hosted
+#: API's latency, few enough for a low rate-limit tier (the throttle adapts within it).
+DEFAULT_CONCURRENCY = 8
+
 
 def get_annotator(
     name: str = "rules", *, taxonomy: Taxonomy | None = None, **options: Any
@@ -51,4 +55,4 @@ def get_annotator(
     raise ConfigError(f"unknown annotator {name!r}; choose one of: {', '.join(ANNOTATORS)}")
 
 
-__all__ = ["ANNOTATORS", "Annotator", "PaperInput", "get_annotator"]
+__all__ = ["ANNOTATORS", "DEFAULT_CONCURRENCY", "Annotator", "PaperInput", "get_annotator"]

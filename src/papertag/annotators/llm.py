@@ -9,6 +9,7 @@ retries are turned off (``max_retries=0``) so the two never multiply.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -16,9 +17,11 @@ import os
 import random
 import re
 import string
+import threading
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -28,7 +31,10 @@ import httpx2
 import instructor
 import openai
 import pydantic
-from instructor.core import IncompleteOutputException, InstructorRetryException
+from instructor.core import IncompleteOutputException
+from instructor.v2.core.function_calls import ResponseSchema
+from instructor.v2.core.providers import Provider
+from instructor.v2.core.registry import mode_registry
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -39,7 +45,8 @@ from tenacity import (
 from ..errors import AnnotationError, ConfigError, PapertagError, ProviderError, ValidationFailed
 from ..schema import Annotation, ValidationContext, format_validation_error, paper_text
 from ..taxonomy import FIELDS, Taxonomy, content_hash, load_taxonomy, prompts_dir
-from . import PaperInput
+from . import DEFAULT_CONCURRENCY, PaperInput
+from .throttle import Throttle
 
 # instructor logs every failed attempt at ERROR; we record them in llm_calls instead of
 # letting Python's last-resort handler print them over the progress bar.
@@ -49,6 +56,8 @@ logging.getLogger("instructor").addHandler(logging.NullHandler())
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 #: Longest abstract sent to a model; longer ones are cut and the prompt says so.
 MAX_ABSTRACT_CHARS = 20_000
+#: Completion size of a typical full answer (three fields, evidence quotes), for estimates.
+TYPICAL_COMPLETION_TOKENS = 300
 #: Longest wait we accept from a server's Retry-After.
 MAX_SERVER_WAIT = 120.0
 
@@ -121,6 +130,10 @@ class CallRecord:
     error: str | None = None
     retry_after: float | None = None
     cost_usd: float | None = None
+    #: Unique per exchange: joins the crash journal to llm_calls.
+    call_uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: The stored call whose response was replayed instead of asking again (no HTTP, no cost).
+    replay_of: int | None = None
 
 
 class _RetryableStatus(Exception):
@@ -168,6 +181,11 @@ def server_wait(headers: httpx2.Headers) -> float | None:
     return max(resets) if resets else None
 
 
+def _max_tokens(body: bytes) -> int:
+    match = re.search(rb'"max_(?:completion_)?tokens"\s*:\s*(\d+)', body)
+    return int(match.group(1)) if match else 0
+
+
 def _summarise_response(record: CallRecord, body: bytes) -> None:
     record.response_body = body.decode("utf-8", errors="replace")
     try:
@@ -207,14 +225,19 @@ class CallTransport(httpx2.BaseTransport):
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         on_call: Callable[[CallRecord], None] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self.inner = inner or httpx2.HTTPTransport()
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.on_call = on_call
-        self.sleep = sleep
+        self.throttle = throttle
+        self.sleep = sleep or (throttle.sleep if throttle is not None else time.sleep)
+        #: Responses already paid for (a run killed before storing its results), by request hash.
+        self.replay: dict[str, list[tuple[int, str]]] = {}
+        self._replay_lock = threading.Lock()
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -226,10 +249,41 @@ class CallTransport(httpx2.BaseTransport):
         ceiling = min(self.max_backoff, self.backoff * 2.0 ** (state.attempt_number - 1))
         return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
+    def _replayed(self, request_hash: str) -> tuple[int, str] | None:
+        if not self.replay:
+            return None
+        with self._replay_lock:
+            stored = self.replay.get(request_hash)
+            return stored.pop(0) if stored else None
+
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         body = request.read()
         host = request.url.host + (f":{request.url.port}" if request.url.port else "")
         request_hash = hashlib.sha256(body).hexdigest()[:16]
+        if (stored := self._replayed(request_hash)) is not None:
+            call_id, content = stored
+            record = CallRecord(
+                started_at=datetime.now(UTC).replace(tzinfo=None),
+                host=host,
+                path=request.url.path,
+                request_hash=request_hash,
+                request_body=body.decode("utf-8", errors="replace"),
+                attempt=1,
+                duration_ms=0.0,
+                status=200,
+                replay_of=call_id,
+            )
+            _summarise_response(record, content.encode())
+            self._emit(record)
+            return httpx2.Response(
+                200,
+                headers={"content-type": "application/json"},
+                content=content.encode(),
+                request=request,
+            )
+        # What a token-rate limit counts: the prompt (about 4 characters a token) plus the
+        # completion the server must reserve.
+        est_tokens = len(body) // 4 + _max_tokens(body)
         attempt_no = 0
 
         def once() -> httpx2.Response:
@@ -244,6 +298,8 @@ class CallTransport(httpx2.BaseTransport):
                 attempt=attempt_no,
                 duration_ms=0.0,
             )
+            if self.throttle is not None:
+                self.throttle.acquire(est_tokens)
             t0 = time.perf_counter()
             try:
                 response = self.inner.handle_request(request)
@@ -251,6 +307,8 @@ class CallTransport(httpx2.BaseTransport):
             except httpx2.TransportError as exc:
                 record.duration_ms = (time.perf_counter() - t0) * 1000
                 record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if self.throttle is not None:
+                    self.throttle.release(None, {})
                 self._emit(record)
                 raise
             record.duration_ms = (time.perf_counter() - t0) * 1000
@@ -259,6 +317,8 @@ class CallTransport(httpx2.BaseTransport):
             if response.status_code >= 400 and record.error is None:
                 record.error = f"HTTP {response.status_code}"
             record.retry_after = server_wait(response.headers)
+            if self.throttle is not None:
+                self.throttle.release(response.status_code, response.headers, record.retry_after)
             self._emit(record)
             if response.status_code in RETRY_STATUSES:
                 raise _RetryableStatus(response)
@@ -362,6 +422,9 @@ class LLMAnnotator:
         max_tokens: int = 1024,
         temperature: float = 0.0,
         seed: int | None = 0,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        rpm: float | None = None,
+        tpm: float | None = None,
         taxonomy: Taxonomy | None = None,
         transport: httpx2.BaseTransport | None = None,
     ) -> None:
@@ -388,9 +451,23 @@ class LLMAnnotator:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.seed = seed
-        self._calls: list[CallRecord] = []
+        if concurrency < 1:
+            raise ConfigError("--concurrency must be at least 1")
+        for name, value in (("--rpm", rpm), ("--tpm", tpm)):
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be more than 0")
+        self.concurrency = concurrency
+        self.throttle = Throttle(concurrency, rpm=rpm, tpm=tpm)
+        # Each worker thread annotates one paper at a time; its HTTP exchanges are its own.
+        self._local = threading.local()
+        #: Called with (paper_id, record) the moment an exchange ends (the crash journal).
+        self.call_sink: Callable[[str, CallRecord], None] | None = None
         self.transport = CallTransport(
-            transport, max_attempts=max_attempts, backoff=backoff, on_call=self._calls.append
+            transport,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            on_call=self._record,
+            throttle=self.throttle,
         )
         # max_retries=0: tenacity in CallTransport owns transport retries, so they never multiply.
         self.client = openai.OpenAI(
@@ -398,9 +475,15 @@ class LLMAnnotator:
             base_url=self.base_url,
             max_retries=0,
             timeout=timeout,
-            http_client=httpx2.Client(transport=self.transport, timeout=timeout),
+            http_client=httpx2.Client(
+                transport=self.transport,
+                timeout=timeout,
+                limits=httpx2.Limits(
+                    max_connections=concurrency, max_keepalive_connections=concurrency
+                ),
+            ),
         )
-        self.instructor = instructor.from_openai(self.client, mode=MODES[self.mode])
+        self.handlers = mode_registry.get_handlers(Provider.OPENAI, MODES[self.mode])
         host = urlparse(self.base_url).netloc if self.base_url else "api.openai.com"
         self.host = host
 
@@ -416,11 +499,46 @@ class LLMAnnotator:
     def close(self) -> None:
         self.client.close()
 
-    def drain_calls(self) -> list[CallRecord]:
-        calls, self._calls[:] = list(self._calls), []
-        for c in calls:
-            c.cost_usd = estimate_cost(self.model, c.prompt_tokens, c.completion_tokens)
+    def cancel(self) -> None:
+        """Stop: no new request starts and retry waits end (Ctrl-C)."""
+        self.throttle.cancel()
+
+    @property
+    def _calls(self) -> list[CallRecord]:
+        calls: list[CallRecord] | None = getattr(self._local, "calls", None)
+        if calls is None:
+            calls = self._local.calls = []
         return calls
+
+    def _record(self, record: CallRecord) -> None:
+        if record.replay_of is None:
+            record.cost_usd = estimate_cost(
+                self.model, record.prompt_tokens, record.completion_tokens
+            )
+        self._calls.append(record)
+        if self.call_sink is not None:
+            self.call_sink(getattr(self._local, "paper_id", ""), record)
+
+    def drain_calls(self) -> list[CallRecord]:
+        """This thread's exchanges since the last drain."""
+        calls = self._calls
+        self._local.calls = []
+        return calls
+
+    def estimate_tokens(self, paper: PaperInput) -> tuple[int, int]:
+        """(prompt, completion) tokens one first attempt will likely use, for --dry-run/--max-cost.
+
+        About four characters a token for the prompt (messages plus the schema sent
+        with them); the completion is a full answer of a typical size, capped by max_tokens.
+        """
+        chars = sum(
+            len(m["content"])
+            for m in self.prompt.messages(
+                self.taxonomy, paper.title, paper.abstract[:MAX_ABSTRACT_CHARS]
+            )
+        )
+        chars += len(json.dumps(self.output_schema)) if self.mode != "md_json" else 0
+        return chars // 4 + 8, min(self.max_tokens, TYPICAL_COMPLETION_TOKENS)
 
     def _request_extras(self) -> dict[str, Any]:
         extras: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
@@ -435,6 +553,7 @@ class LLMAnnotator:
         return extras
 
     def annotate(self, paper: PaperInput) -> Annotation:
+        self._local.paper_id = paper.paper_id
         abstract = paper.abstract
         if len(abstract) > MAX_ABSTRACT_CHARS:
             abstract = abstract[:MAX_ABSTRACT_CHARS] + " [abstract truncated by papertag]"
@@ -443,26 +562,46 @@ class LLMAnnotator:
             "taxonomy": self.taxonomy,
         }
         messages = self.prompt.messages(self.taxonomy, paper.title, abstract)
-        try:
-            result, _completion = self.instructor.chat.completions.create_with_completion(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                response_model=Annotation,
-                # instructor makes max_retries + 1 attempts in all.
-                max_retries=self.max_reasks,
-                context=dict(ctx),
-                **self._request_extras(),
-            )
-        except InstructorRetryException as exc:
-            api_error = _api_error_in(exc)
-            if api_error is not None:
-                raise self._api_failure(api_error, paper) from None
-            raise self._failure(exc, paper) from None
-        except IncompleteOutputException:
-            raise self._truncated(paper, 1) from None
-        except openai.APIError as exc:
-            raise self._api_failure(exc, paper) from None
-        return result
+        # instructor's own mode handler shapes the request (tools, schema, system message),
+        # parses the answer and writes the re-ask; the loop is ours. Going through
+        # instructor's client instead costs several ms of CPU a call (it re-checks the
+        # response model and re-renders every message as a Jinja template, which also
+        # mangles abstracts containing "{{", instructor#2669), which would make papertag,
+        # not the provider, the bottleneck of a large batch.
+        _, kwargs = self.handlers.request_handler(
+            response_model=AnnotationResponse,
+            kwargs={"model": self.model, "messages": messages, **self._request_extras()},
+        )
+        attempts = self.max_reasks + 1
+        last_error: Exception | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                completion = self.client.chat.completions.create(**kwargs)
+            except openai.APIError as exc:
+                raise self._api_failure(exc, paper) from None
+            if not completion.choices:
+                # A 200 without an answer is the server's fault: ask again as it is.
+                last_error = None
+                continue
+            try:
+                result: Annotation = self.handlers.response_parser(
+                    response=completion,
+                    response_model=AnnotationResponse,
+                    validation_context=dict(ctx),
+                    strict=None,
+                    stream=False,
+                    is_async=False,
+                )
+                return result
+            except IncompleteOutputException:
+                raise self._truncated(paper, attempt) from None
+            except (pydantic.ValidationError, ValueError) as exc:
+                # ValueError covers invalid JSON and instructor's ResponseParsingError.
+                last_error = exc
+                kwargs = self.handlers.reask_handler(
+                    kwargs=kwargs, response=completion, exception=exc
+                )
+        raise self._failure(last_error, attempts, paper)
 
     def _truncated(self, paper: PaperInput, attempts: int) -> AnnotationError:
         return AnnotationError(
@@ -528,39 +667,58 @@ class LLMAnnotator:
     def _last_body(self) -> str | None:
         return self._calls[-1].response_body if self._calls else None
 
-    def _failure(self, exc: InstructorRetryException, paper: PaperInput) -> AnnotationError:
+    def _failure(
+        self, error: Exception | None, attempts: int, paper: PaperInput
+    ) -> AnnotationError:
         last = self._calls[-1] if self._calls else None
         if last is not None and last.refusal:
             return AnnotationError(
                 f"the model refused: {last.refusal}",
                 paper_id=paper.paper_id,
-                attempts=exc.n_attempts,
+                attempts=attempts,
                 last_completion=last.response_body,
             )
-        if last is not None and last.finish_reason == "length":
-            return self._truncated(paper, exc.n_attempts)
-        if last is not None and last.finish_reason is None:
+        if error is None:
             # A 200 without a usable choice is the server's fault: worth asking again later.
             return AnnotationError(
-                f"{self.host} sent a 200 with no usable choice (after {exc.n_attempts} attempts)",
+                f"{self.host} sent a 200 with no usable choice (after {attempts} attempts)",
                 paper_id=paper.paper_id,
-                attempts=exc.n_attempts,
-                last_completion=last.response_body,
+                attempts=attempts,
+                last_completion=last.response_body if last else None,
                 retryable=True,
             )
-        attempts = exc.failed_attempts or []
-        inner = attempts[-1].exception if attempts else exc
         reason = (
-            format_validation_error(inner)
-            if isinstance(inner, pydantic.ValidationError)
-            else str(inner)
+            format_validation_error(error)
+            if isinstance(error, pydantic.ValidationError)
+            else str(error)
         )
         return ValidationFailed(
-            f"no valid annotation after {exc.n_attempts} attempts; last error: {' '.join(reason.split())[:2000]}",
+            f"no valid annotation after {attempts} attempts; last error: {' '.join(reason.split())[:2000]}",
             paper_id=paper.paper_id,
-            attempts=exc.n_attempts,
+            attempts=attempts,
             last_completion=last.response_body if last else None,
         )
+
+
+class AnnotationResponse(Annotation, ResponseSchema):
+    """:class:`Annotation` as instructor's response model, prepared once per process.
+
+    instructor wraps a plain model in a new class and regenerates its JSON schema on
+    every call (several ms each, more than the rest of a call); a ResponseSchema
+    subclass is used as is, and its schema is computed once here.
+    """
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        key = (cls, args, tuple(sorted(kwargs.items())))
+        schema = _SCHEMAS.get(key)
+        if schema is None:
+            schema = _SCHEMAS[key] = super().model_json_schema(*args, **kwargs)
+        # A copy: callers (instructor) edit the schema they are given.
+        return copy.deepcopy(schema)
+
+
+_SCHEMAS: dict[Any, dict[str, Any]] = {}
 
 
 def constrained_schema(taxonomy: Taxonomy) -> dict[str, Any]:
@@ -581,19 +739,6 @@ def constrained_schema(taxonomy: Taxonomy) -> dict[str, Any]:
     cand["properties"]["id"]["enum"] = sorted({i for f in FIELDS for i in taxonomy.ids(f)})
     schema["properties"]["candidates"]["items"] = cand
     return schema
-
-
-def _api_error_in(exc: BaseException) -> openai.APIError | None:
-    """The openai error instructor wrapped, if the attempt failed at the HTTP level."""
-    seen: BaseException | None = exc
-    for attempt in getattr(exc, "failed_attempts", None) or []:
-        if isinstance(attempt.exception, openai.APIError):
-            return attempt.exception
-    while seen is not None:
-        if isinstance(seen, openai.APIError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _is_context_overflow(exc: openai.APIStatusError) -> bool:
