@@ -131,3 +131,18 @@ def test_export_of_an_empty_database_has_the_columns(db_path: Path) -> None:
         "target_metric",
         "min_confidence",
     ]
+
+
+def test_notebook_call_with_a_path(demo_db: Path) -> None:
+    import papertag
+
+    res = papertag.export(demo_db, "parquet", "lib.parquet")
+    assert (res.rows, res.path, res.long, res.final) == (
+        DEMO_PAPERS,
+        Path("lib.parquet"),
+        False,
+        False,
+    )
+    assert duckdb.connect().execute("SELECT count(*) FROM 'lib.parquet'").fetchone() == (
+        DEMO_PAPERS,
+    )

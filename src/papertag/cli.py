@@ -429,8 +429,8 @@ def sql(
 ) -> None:
     """Run SQL against the database (DuckDB dialect) and print the result.
 
-    Views to start from: papers, digest_papers, labels, candidates, annotations.
-    The database is opened read-only unless --write is given.
+    Stable views (see the README's "SQL views"): papers, labels, final_labels,
+    paper_labels, llm_calls. The database is opened read-only unless --write is given.
     """
     if (query is None) == (file is None):
         raise _fail("give either a SQL string or --file", 2)
@@ -525,11 +525,9 @@ def export(
     An existing file is never replaced without --force, and a failed export
     leaves no file behind.
     """
-    store = _store(read_only=True)
-    with store:
-        result = _run(
-            lambda: run_export(store, fmt, output, final=final, long=long, overwrite=force)
-        )
+    result = _run(
+        lambda: run_export(state.db, fmt, output, final=final, long=long, overwrite=force)
+    )
     shape = "labels" if long else "papers"
     out.print(
         f"wrote {result.rows:,} {shape} to {escape(str(result.path))} [dim]({result.format.value}"

@@ -101,15 +101,18 @@ def _sql_string(value: str) -> str:
 
 
 def export(
-    store: Store,
-    fmt: ExportFormat | str,
+    db: Store | str | Path | None,
+    fmt: ExportFormat | str = ExportFormat.parquet,
     out: str | Path | None = None,
     *,
     final: bool = False,
     long: bool = False,
     overwrite: bool = False,
 ) -> ExportResult:
-    """Write the labels to ``out`` (default :func:`default_out`) and return what was written."""
+    """Write the labels to ``out`` (default :func:`default_out`) and return what was written.
+
+    ``db`` is an open :class:`Store` or a database path (opened read-only).
+    """
     try:
         fmt = ExportFormat(fmt)
     except ValueError:
@@ -127,6 +130,7 @@ def export(
         f"COPY ({export_sql(final=final, long=long)}) "
         f"TO {_sql_string(str(tmp))} ({_COPY_OPTIONS[fmt]})"
     )
+    store = db if isinstance(db, Store) else Store(db, read_only=True)
     try:
         row = store.con.execute(copy).fetchone()
         os.replace(tmp, path)
@@ -136,5 +140,7 @@ def export(
         raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
+        if not isinstance(db, Store):
+            store.close()
     rows = int(row[0]) if row else 0
     return ExportResult(path=path, rows=rows, format=fmt, final=final, long=long)
