@@ -78,6 +78,20 @@ def _empty(message: str) -> go.Figure:
 
 
 # --------------------------------------------------------------------- summary
+# The review queue: current labels and candidates with DROP <= confidence < ACCEPT. An item
+# counts as reviewed once a person has decided its paper's field in final_labels.
+_QUEUE_SQL = """
+SELECT q.field,
+       EXISTS (SELECT 1 FROM final_labels f
+               WHERE f.decided_by = 'person' AND f.paper_id = q.paper_id AND f.field = q.field)
+           AS reviewed
+FROM (SELECT paper_id, field, confidence FROM labels WHERE current
+      UNION ALL SELECT paper_id, field, confidence FROM candidates WHERE current) q
+WHERE q.confidence >= ? AND q.confidence < ?
+"""
+_QUEUE_PARAMS = [DROP_THRESHOLD, ACCEPT_THRESHOLD]
+
+
 def summary(store: Store) -> dict[str, Any]:
     """The counts in the report's summary line."""
     row = _rows(
@@ -230,7 +244,7 @@ def techniques_over_digests(store: Store) -> Chart:
                     name=name,
                     x=axis,
                     y=[series[name].get(d, 0) for d in digests],
-                    hovertemplate=f"{html.escape(name)}: %{{y}} papers<extra>%{{x}}</extra>",
+                    hovertemplate=f"{name}: %{{y}} papers<extra>%{{x}}</extra>",
                 )
             )
     fig.update_xaxes(title_text="digest", type="category")
@@ -274,20 +288,6 @@ def confidence_distribution(store: Store) -> Chart:
     fig.update_xaxes(title_text="confidence", range=[0, 1])
     fig.update_yaxes(title_text="labels")
     return Chart("confidence", title, note, _style(fig, barmode="stack"))
-
-
-# The review queue: current labels and candidates with DROP <= confidence < ACCEPT. An item
-# counts as reviewed once a person has decided its paper's field in final_labels.
-_QUEUE_SQL = """
-SELECT q.field,
-       EXISTS (SELECT 1 FROM final_labels f
-               WHERE f.decided_by = 'person' AND f.paper_id = q.paper_id AND f.field = q.field)
-           AS reviewed
-FROM (SELECT paper_id, field, confidence FROM labels WHERE current
-      UNION ALL SELECT paper_id, field, confidence FROM candidates WHERE current) q
-WHERE q.confidence >= ? AND q.confidence < ?
-"""
-_QUEUE_PARAMS = [DROP_THRESHOLD, ACCEPT_THRESHOLD]
 
 
 def review_progress(store: Store) -> Chart:
