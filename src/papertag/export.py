@@ -96,6 +96,21 @@ def export_sql(*, final: bool = False, long: bool = False) -> str:
     return WIDE_FINAL_SQL if final else WIDE_SQL
 
 
+def check_out_path(path: Path, *, overwrite: bool) -> None:
+    """Refuse an output path that cannot be written, or exists and may not be replaced."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: directory {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path}: already exists; pass --force to replace it")
+
+
+def temp_beside(path: Path) -> Path:
+    """Where to write before moving into place: same directory, so the move is atomic."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -119,13 +134,8 @@ def export(
         allowed = ", ".join(f.value for f in ExportFormat)
         raise ConfigError(f"unknown export format {fmt!r}; use one of: {allowed}") from None
     path = Path(out) if out is not None else default_out(fmt)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{path}: directory {path.parent} does not exist")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{path}: already exists; pass --force to replace it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    check_out_path(path, overwrite=overwrite)
+    tmp = temp_beside(path)
     copy = (
         f"COPY ({export_sql(final=final, long=long)}) "
         f"TO {_sql_string(str(tmp))} ({_COPY_OPTIONS[fmt]})"

@@ -23,6 +23,7 @@ from plotly.subplots import make_subplots
 
 from .errors import ConfigError
 from .evaluate import EvalResult, evaluate
+from .export import check_out_path, temp_beside
 from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from .store import Store
 from .taxonomy import FIELDS
@@ -480,10 +481,7 @@ def write_report(
     gold papers missing from the database, so the database is opened for writing).
     """
     path = Path(out)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory; give a file name such as report.html")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{path}: directory {path.parent} does not exist")
+    check_out_path(path, overwrite=True)
     store = db if isinstance(db, Store) else Store(db, read_only=gold is None)
     try:
         result = evaluate(store, gold, annotator=annotator) if gold is not None else None
@@ -493,7 +491,7 @@ def write_report(
     finally:
         if not isinstance(db, Store):
             store.close()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_beside(path)
     try:
         tmp.write_text(page, encoding="utf-8")
         os.replace(tmp, path)
