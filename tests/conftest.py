@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +111,83 @@ def vcr_config() -> dict[str, object]:
 @pytest.fixture(scope="module")
 def vcr_cassette_dir(request: pytest.FixtureRequest) -> str:
     return str(ROOT / "cassettes" / request.module.__name__.rsplit(".", 1)[-1])
+
+
+# --- demo-like databases, built once per session through the real library ---------------
+# `demo`: what `make demo` gives (the five digests, rules annotator: 623 papers).
+# `example`: the demo plus dated Hugging Face API files (so by-month questions have months)
+# and three LLM calls replayed from the llama.cpp cassettes (so llm_calls has rows).
+HF_API_FILES = [
+    *sorted((SHARED / "external" / "hf_api").glob("hf_daily_papers_*.json")),
+    SHARED / "samples" / "hf_daily_papers_api_2026-08-21.json",
+]
+LLAMA_CASSETTE = (
+    ROOT / "cassettes" / "test_llamacpp" / "test_llamacpp_second_run_makes_no_call.yaml"
+)
+DEMO_PAPERS = 623
+
+
+def _build_demo(path: Path) -> None:
+    from papertag.annotate import annotate
+    from papertag.ingest import ingest
+
+    report = ingest(DIGESTS, path)
+    assert report.ok, [f.error for f in report.files if f.error]
+    annotate(path)
+
+
+def _build_example(path: Path) -> None:
+    import vcr
+
+    from papertag.annotate import annotate
+    from papertag.ingest import ingest, parse_file, title_key
+
+    report = ingest(HF_API_FILES, path)
+    assert report.ok, [f.error for f in report.files if f.error]
+    annotate(path)
+    titles = [title_key(e.title) for e in parse_file(DIGESTS[2]).entries[:3]]
+    with Store(path) as s:
+        ids = [s.scalar("SELECT paper_id FROM papers WHERE title_key = ?", [t]) for t in titles]
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        vcr.VCR(record_mode="none").use_cassette(str(LLAMA_CASSETTE)),
+    ):
+        # A local model has no list price: give it one so cost figures are not all NULL.
+        mp.setenv("PAPERTAG_PRICES", '{"smollm2": [0.1, 0.2]}')
+        mp.delenv("OPENAI_API_KEY", raising=False)
+        annotate(
+            path,
+            "llm",
+            model="smollm2",
+            base_url="http://127.0.0.1:8765/v1",
+            max_reasks=0,
+            backoff=0.01,
+            max_tokens=600,
+            paper_ids=ids,
+        )
+    # Issue 7 (review) adds review decisions here through its library API, so that the
+    # README's review example has rows to show.
+
+
+@pytest.fixture(scope="session")
+def built_dbs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("built")
+    demo, example = root / "demo.duckdb", root / "example.duckdb"
+    _build_demo(demo)
+    shutil.copyfile(demo, example)
+    _build_example(example)
+    return {"demo": demo, "example": example}
+
+
+@pytest.fixture
+def demo_db(built_dbs: dict[str, Path], db_path: Path) -> Path:
+    """A private copy of the `make demo` database at the test's PAPERTAG_DB."""
+    shutil.copyfile(built_dbs["demo"], db_path)
+    return db_path
+
+
+@pytest.fixture
+def example_db(built_dbs: dict[str, Path], db_path: Path) -> Path:
+    """A private copy of the example database (demo + dated files + LLM calls)."""
+    shutil.copyfile(built_dbs["example"], db_path)
+    return db_path

@@ -1,7 +1,8 @@
 """papertag: turn research-paper digests into a queryable, human-checked label database.
 
 The pipeline runs one way: :func:`ingest` digests into the store, :func:`annotate`
-their abstracts, then query the views in SQL and :func:`evaluate` against gold.
+their abstracts, then query the views in SQL, :func:`export` them, draw a
+:func:`write_report` and :func:`evaluate` against gold.
 """
 
 from .annotate import AnnotateReport, annotate
@@ -17,8 +18,10 @@ from .errors import (
     ValidationFailed,
 )
 from .evaluate import EvalResult, evaluate
+from .export import ExportFormat, ExportResult, export
 from .ingest import IngestReport, ingest
 from .query import run_sql, stats
+from .report import ReportResult, write_report
 from .schema import Annotation, Candidate, Label, validate_annotation
 from .store import Store, open_store
 from .taxonomy import Taxonomy, load_taxonomy
@@ -34,12 +37,15 @@ __all__ = [
     "ConfigError",
     "DatabaseBusy",
     "EvalResult",
+    "ExportFormat",
+    "ExportResult",
     "IngestReport",
     "InputError",
     "Label",
     "PaperInput",
     "PapertagError",
     "QueryError",
+    "ReportResult",
     "Store",
     "StoreError",
     "Taxonomy",
@@ -47,6 +53,7 @@ __all__ = [
     "__version__",
     "annotate",
     "evaluate",
+    "export",
     "get_annotator",
     "ingest",
     "load_taxonomy",
@@ -54,4 +61,5 @@ __all__ = [
     "run_sql",
     "stats",
     "validate_annotation",
+    "write_report",
 ]

@@ -35,8 +35,11 @@ from .annotate import estimate as estimate_run
 from .annotators import DEFAULT_CONCURRENCY
 from .errors import PapertagError
 from .evaluate import evaluate as run_evaluate
+from .export import DEFAULT_STEM, ExportFormat
+from .export import export as run_export
 from .ingest import FileReport, ingest_file
 from .query import QueryResult, read_sql_file, run_sql, stats, to_csv, to_json
+from .report import write_report
 from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from .store import DB_ENV, DEFAULT_DB, Store
 from .taxonomy import FIELDS
@@ -530,8 +533,8 @@ def sql(
 ) -> None:
     """Run SQL against the database (DuckDB dialect) and print the result.
 
-    Views to start from: papers, digest_papers, labels, candidates, annotations.
-    The database is opened read-only unless --write is given.
+    Stable views (see the README's "SQL views"): papers, labels, final_labels,
+    paper_labels, llm_calls. The database is opened read-only unless --write is given.
     """
     if (query is None) == (file is None):
         raise _fail("give either a SQL string or --file", 2)
@@ -582,6 +585,94 @@ def stats_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
             value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
         t.add_row(key.replace("_", " "), str(value))
     out.print(t)
+
+
+# --------------------------------------------------------------------- export
+@app.command()
+def export(
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format", help="File format: parquet, csv or jsonl (one JSON object a line)."
+        ),
+    ] = ExportFormat.parquet,
+    final: Annotated[
+        bool,
+        typer.Option(
+            "--final",
+            help="Export the accepted labels (the final_labels view: confident model labels and "
+            "review decisions) instead of every current label.",
+        ),
+    ] = False,
+    long: Annotated[
+        bool,
+        typer.Option("--long", help="One row per label instead of one row per paper."),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help=f"File to write (default: ./{DEFAULT_STEM}.<format>).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the output file if it exists.")
+    ] = False,
+) -> None:
+    """Write the labels to a Parquet, CSV or JSON Lines file (through DuckDB's COPY).
+
+    By default one row per paper and annotator key (the paper_labels view): paper
+    columns plus technique, modality and target_metric as lists. --final gives one
+    row per annotated paper with its accepted labels; --long one row per label.
+    An existing file is never replaced without --force, and a failed export
+    leaves no file behind.
+    """
+    result = _run(
+        lambda: run_export(state.db, fmt, output, final=final, long=long, overwrite=force)
+    )
+    shape = "labels" if long else "papers"
+    out.print(
+        f"wrote {result.rows:,} {shape} to {escape(str(result.path))} [dim]({result.format.value}"
+        f"{', final labels' if final else ''})[/]"
+    )
+
+
+# --------------------------------------------------------------------- report
+@app.command()
+def report(
+    output: Annotated[
+        Path, typer.Option("--out", "-o", help="HTML file to write (replaced if it exists).")
+    ] = Path("report.html"),
+    gold: Annotated[
+        Path | None,
+        typer.Option(
+            "--gold",
+            help="Gold labels (JSONL, as for `papertag eval`): adds per-label F1 and a "
+            "calibration diagram.",
+            show_default=False,
+        ),
+    ] = None,
+    annotator: Annotated[
+        AnnotatorName,
+        typer.Option("--annotator", "-a", help="With --gold: whose annotations to score."),
+    ] = AnnotatorName.rules,
+) -> None:
+    """Write a self-contained HTML report with charts (opens offline in any browser).
+
+    Charts: papers per label, technique × target-metric co-occurrence, techniques
+    per digest, the confidence distribution and review progress; with --gold also
+    per-label F1 and a reliability diagram (scored as `papertag eval` does, which
+    adds gold papers missing from the database).
+    """
+    result = _run(lambda: write_report(state.db, output, gold=gold, annotator=annotator.value))
+    s = result.summary
+    out.print(
+        f"wrote {escape(str(result.path))} ({result.bytes / 1e6:.1f} MB, {len(result.charts)} charts): "
+        f"{s['papers']:,} papers, {s['current_labels']:,} current labels, "
+        f"{s['reviewed']:,} of {s['review_queue']:,} queued labels reviewed"
+    )
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 
 from .errors import DatabaseBusy, StoreError
+from .schema import ACCEPT_THRESHOLD
 
 DEFAULT_DB = "papertag.duckdb"
 DB_ENV = "PAPERTAG_DB"
@@ -203,6 +204,38 @@ def m003_llm_calls(con: duckdb.DuckDBPyConnection) -> None:
 def m004_failure_retryable(con: duckdb.DuckDBPyConnection) -> None:
     # Failures from before this column were all treated as retryable; keep that.
     con.execute("ALTER TABLE annotation_failures ADD COLUMN retryable BOOLEAN DEFAULT TRUE")
+
+
+@migration
+def m005_stable_views(con: duckdb.DuckDBPyConnection) -> None:
+    # The threshold is written into the view when the migration runs, like any DDL: a
+    # later change of ACCEPT_THRESHOLD needs a migration that replaces the view.
+    accept = float(ACCEPT_THRESHOLD)
+    con.execute(
+        f"""
+        -- Model-only: the review migration replaces it with person decisions applied,
+        -- keeping these columns.
+        CREATE VIEW final_labels AS
+        SELECT paper_id, field, label, confidence, evidence,
+               'model' AS decided_by, CAST(NULL AS VARCHAR) AS reviewer,
+               created_at AS decided_at, annotator, model, annotation_id
+        FROM labels
+        WHERE current AND confidence >= {accept};
+        -- One row per paper and annotator key with a current annotation: papers annotated
+        -- by two annotators (or two models) have two rows, never a mix of both.
+        CREATE VIEW paper_labels AS
+        SELECT l.paper_id, p.arxiv_id, p.title, p.abstract, p.url, p.published_at,
+               l.annotator, l.model, l.annotation_id, l.created_at AS annotated_at,
+               list(l.label ORDER BY l.rank) FILTER (WHERE l.field = 'technique') AS technique,
+               list(l.label ORDER BY l.rank) FILTER (WHERE l.field = 'modality') AS modality,
+               list(l.label ORDER BY l.rank) FILTER (WHERE l.field = 'target_metric')
+                   AS target_metric,
+               min(l.confidence) AS min_confidence
+        FROM labels l JOIN papers p USING (paper_id)
+        WHERE l.current
+        GROUP BY ALL;
+        """
+    )
 
 
 @migration
