@@ -1,24 +1,42 @@
 """papertag: turn research-paper digests into a queryable, human-checked label database.
 
 The pipeline runs one way: :func:`ingest` digests into the store, :func:`annotate`
-their abstracts, then query the views in SQL and :func:`evaluate` against gold.
+their abstracts, :func:`review_queue` the doubtful labels (``papertag.review``), then
+query the views in SQL and :func:`evaluate` against gold.
 """
 
 from .annotate import AnnotateReport, annotate
 from .annotators import Annotator, PaperInput, get_annotator
 from .errors import (
     AnnotationError,
+    BadRow,
     ConfigError,
     DatabaseBusy,
     InputError,
     PapertagError,
     QueryError,
+    ReviewError,
+    ReviewImportError,
     StoreError,
     ValidationFailed,
 )
 from .evaluate import EvalResult, evaluate
 from .ingest import IngestReport, ingest
 from .query import run_sql, stats
+from .review import (
+    Conflict,
+    Decision,
+    ImportReport,
+    QueueItem,
+    add_label,
+    conflicts,
+    decide,
+    export_sheet,
+    import_sheet,
+    record_decision,
+    review_queue,
+    undo_decision,
+)
 from .schema import Annotation, Candidate, Label, validate_annotation
 from .store import Store, open_store
 from .taxonomy import Taxonomy, load_taxonomy
@@ -30,28 +48,43 @@ __all__ = [
     "Annotation",
     "AnnotationError",
     "Annotator",
+    "BadRow",
     "Candidate",
     "ConfigError",
+    "Conflict",
     "DatabaseBusy",
+    "Decision",
     "EvalResult",
+    "ImportReport",
     "IngestReport",
     "InputError",
     "Label",
     "PaperInput",
     "PapertagError",
     "QueryError",
+    "QueueItem",
+    "ReviewError",
+    "ReviewImportError",
     "Store",
     "StoreError",
     "Taxonomy",
     "ValidationFailed",
     "__version__",
+    "add_label",
     "annotate",
+    "conflicts",
+    "decide",
     "evaluate",
+    "export_sheet",
     "get_annotator",
+    "import_sheet",
     "ingest",
     "load_taxonomy",
     "open_store",
+    "record_decision",
+    "review_queue",
     "run_sql",
     "stats",
+    "undo_decision",
     "validate_annotation",
 ]
