@@ -48,6 +48,9 @@ KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
+EVIDENCE_STYLE = "bold black on yellow"
+
+
 class HelpScreen(ModalScreen[None]):
     """The keys; any of escape, ? or q closes it."""
 
@@ -161,6 +164,7 @@ class ReviewApp(App[None]):
     #proposal { height: auto; border: round $accent; padding: 0 1; }
     #others { height: auto; max-height: 12; padding: 0 1; }
     #status { height: 1; padding: 0 1; background: $boost; }
+    #title { height: auto; padding: 0 2; }
     HelpScreen, PickerScreen { align: center middle; }
     #help { width: 90; height: auto; border: thick $primary; background: $surface; padding: 1 2; }
     #picker { width: 90; height: 24; border: thick $accent; background: $surface; padding: 0 1; }
@@ -194,6 +198,7 @@ class ReviewApp(App[None]):
         yield Header(show_clock=False)
         yield Static(id="status")
         yield Static(id="proposal")
+        yield Static(id="title")
         with VerticalScroll(id="paper"):
             yield Static(id="abstract")
         yield Static(id="others")
@@ -240,13 +245,17 @@ class ReviewApp(App[None]):
         others = self.query_one("#others", Static)
         if item is None:
             self._ctx = None
-            abstract.update(Text("The review queue is clear.", style="bold green"))
+            self.query_one("#title", Static).update(
+                Text("The review queue is clear.", style="bold green")
+            )
+            abstract.update("")
             proposal.update(Text("Nothing left to review here. Press q to quit, u to undo."))
             others.update("")
             return
         # Re-read every time: a decision changes the paper's other labels.
         ctx = self._ctx = paper_context(self.store, item.paper_id)
-        text, where = self._paper_text(ctx, item)
+        title, text, where = self._paper_text(ctx, item)
+        self.query_one("#title", Static).update(title)
         abstract.update(text)
         proposal.update(self._proposal(item))
         others.update(self._others(ctx, item))
@@ -257,20 +266,18 @@ class ReviewApp(App[None]):
         pane = self.query_one("#paper", VerticalScroll)
         pane.scroll_to(y=max(0, int(where * pane.virtual_size.height) - 2), animate=False)
 
-    def _paper_text(self, ctx: PaperContext, item: QueueItem) -> tuple[Text, float]:
-        text = Text()
-        text.append(ctx.title, style="bold")
-        text.append("\n\n")
-        offset = len(text.plain)
-        text.append(ctx.abstract)
-        whole = f"{ctx.title}\n\n{ctx.abstract}"
-        span = evidence_span(whole, item.evidence)
-        if span is None and (inner := evidence_span(ctx.abstract, item.evidence)) is not None:
-            span = (offset + inner[0], offset + inner[1])
-        if span is not None:
-            text.stylize("bold black on yellow", span[0], span[1])
-        text.append(f"\n\n{ctx.paper_id}", style="dim")
-        return text, (span[0] / len(text.plain) if span else 0.0)
+    def _paper_text(self, ctx: PaperContext, item: QueueItem) -> tuple[Text, Text, float]:
+        """Title and abstract with the evidence highlighted, and where in the abstract it is."""
+        title = Text(ctx.title, style="bold")
+        abstract = Text(ctx.abstract)
+        where = 0.0
+        if (span := evidence_span(ctx.title, item.evidence)) is not None:
+            title.stylize(EVIDENCE_STYLE, *span)
+        elif (span := evidence_span(ctx.abstract, item.evidence)) is not None:
+            abstract.stylize(EVIDENCE_STYLE, *span)
+            where = span[0] / max(len(ctx.abstract), 1)
+        abstract.append(f"\n\n{ctx.paper_id}", style="dim")
+        return title, abstract, where
 
     def _proposal(self, item: QueueItem) -> Text:
         text = Text()
