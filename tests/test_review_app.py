@@ -8,6 +8,7 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from textual.pilot import Pilot
 
 from papertag.review import QueueItem, decisions, review_queue
@@ -53,8 +54,10 @@ def test_keys_record_decisions_at_once(review_db: Path) -> None:
         assert tui.current == queue[0]
         await pilot.press("a")
         assert tui.current == queue[1]
-        # Written at once: another connection would see it (here: the same file's trail).
-        seen["after_a"] = [(d.action, d.label) for d in decisions(tui.store)]
+        # Committed at once: another connection to the file sees it.
+        other = tui.store.con.cursor()
+        seen["after_a"] = other.execute("SELECT action, label FROM review_decisions").fetchall()
+        other.close()
         await pilot.press("r")
         await pilot.press("c")
         assert isinstance(tui.screen, PickerScreen)
@@ -113,6 +116,24 @@ def test_undo_appends_reversals_and_brings_the_item_back(review_db: Path) -> Non
         assert s.scalar("SELECT count(*) FROM final_labels WHERE decided_by = 'person'") == 0
 
 
+def test_a_crash_loses_no_decision(review_db: Path) -> None:
+    with Store(review_db) as s:
+        queue = review_queue(s)
+
+    async def crash(pilot: Pilot[None], tui: ReviewApp) -> None:
+        await pilot.press("a", "r")
+        raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        drive(review_db, crash)
+    with Store(review_db) as s:
+        assert [(d.action, d.label) for d in decisions(s)] == [
+            ("accept", queue[0].label),
+            ("reject", queue[1].label),
+        ]
+        assert review_queue(s) == queue[2:]
+
+
 def test_quitting_and_coming_back_resumes_the_queue(review_db: Path) -> None:
     with Store(review_db) as s:
         queue = review_queue(s)
@@ -149,7 +170,11 @@ def test_screen_shows_the_paper_the_label_and_the_keys(review_db: Path) -> None:
         assert "undo the last decision" in screen_text(tui)
         await pilot.press("escape")
         assert not isinstance(tui.screen, HelpScreen)
-        await pilot.press("c", "escape")  # a cancelled picker decides nothing
+        await pilot.press("c", *"zzzz", "enter")  # nothing matches: enter does nothing
+        assert isinstance(tui.screen, PickerScreen)
+        assert "no id matches 'zzzz'" in screen_text(tui)
+        await pilot.press("escape")  # a cancelled picker decides nothing
+        assert not isinstance(tui.screen, PickerScreen)
         assert tui.current == item
 
     drive(review_db, script, field=item.field)

@@ -86,14 +86,22 @@ WITH items AS (
            annotation_id, annotator, model
     FROM candidates WHERE current
 ),
-open_items AS (
-    SELECT * FROM items i
+doubtful AS (
+    SELECT *,
+           -- A paper's place in the queue counts its decided items too, so a half-reviewed
+           -- paper keeps its place and the next session resumes with it.
+           min(abs(confidence - 0.5)) OVER (PARTITION BY paper_id) AS paper_doubt,
+           count(DISTINCT (field, label)) OVER (PARTITION BY paper_id) AS paper_items
+    FROM items
     WHERE confidence >= $drop AND confidence < $accept
       AND ($field IS NULL OR field = $field)
       AND ($annotator IS NULL OR annotator = $annotator)
-      AND NOT EXISTS (
+),
+open_items AS (
+    SELECT * FROM doubtful d
+    WHERE NOT EXISTS (
           SELECT 1 FROM review_verdicts v
-          WHERE v.paper_id = i.paper_id AND v.field = i.field AND v.label = i.label)
+          WHERE v.paper_id = d.paper_id AND v.field = d.field AND v.label = d.label)
     -- Several annotators may doubt the same label: review it once, as its most uncertain copy.
     QUALIFY row_number() OVER (
         PARTITION BY paper_id, field, label
@@ -103,9 +111,7 @@ SELECT paper_id, field, label, kind, confidence, evidence, note, annotation_id, 
 FROM open_items
 -- The most uncertain paper first, with all of its doubtful labels together (one reading of
 -- the abstract settles them all); within a paper, field by field, the most uncertain first.
-ORDER BY min(abs(confidence - 0.5)) OVER (PARTITION BY paper_id),
-         count(*) OVER (PARTITION BY paper_id) DESC,
-         paper_id,
+ORDER BY paper_doubt, paper_items DESC, paper_id,
          CASE field WHEN 'technique' THEN 0 WHEN 'modality' THEN 1 ELSE 2 END,
          abs(confidence - 0.5), label
 """

@@ -97,6 +97,7 @@ class PickerScreen(ModalScreen[Choice | None]):
         with Vertical(id="picker"):
             yield Static(Text(self.prompt, style="bold"))
             yield Input(placeholder="type to filter", id="query")
+            yield Static(id="hint")
             yield OptionList(id="options")
 
     def on_mount(self) -> None:
@@ -120,6 +121,14 @@ class PickerScreen(ModalScreen[Choice | None]):
             line.append("  " + self.taxonomy.definition(c.field, c.label), style="dim")
             options.add_option(Option(line))
         options.highlighted = 0 if self.shown else None
+        hint = (
+            f"{len(self.shown)} of {len(self.choices)} ids · ↑/↓ move · enter chooses · escape cancels"
+            if self.shown
+            else f"no id matches {query!r} · backspace to edit · escape cancels"
+        )
+        self.query_one("#hint", Static).update(
+            Text(hint, style="dim" if self.shown else "bold red")
+        )
 
     @on(Input.Changed, "#query")
     def _changed(self, event: Input.Changed) -> None:
