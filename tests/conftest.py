@@ -165,8 +165,13 @@ def _build_example(path: Path) -> None:
             max_tokens=600,
             paper_ids=ids,
         )
-    # Issue 7 (review) adds review decisions here through its library API, so that the
-    # README's review example has rows to show.
+    # A few review decisions through the review API, so the README's review example has rows.
+    from papertag.review import decide, review_queue
+
+    with Store(path) as s:
+        queue = review_queue(s, limit=4)
+        for item, action in zip(queue, ("accept", "reject", "accept", "reject"), strict=True):
+            decide(s, item, action, reviewer="tester")
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,23 @@
 """papertag: turn research-paper digests into a queryable, human-checked label database.
 
 The pipeline runs one way: :func:`ingest` digests into the store, :func:`annotate`
-their abstracts, then query the views in SQL, :func:`export` them, draw a
-:func:`write_report` and :func:`evaluate` against gold.
+their abstracts, :func:`review_queue` the doubtful labels (``papertag.review``), then
+query the views in SQL, :func:`export` them, draw a :func:`write_report` and
+:func:`evaluate` against gold.
 """
 
 from .annotate import AnnotateReport, annotate
 from .annotators import Annotator, PaperInput, get_annotator
 from .errors import (
     AnnotationError,
+    BadRow,
     ConfigError,
     DatabaseBusy,
     InputError,
     PapertagError,
     QueryError,
+    ReviewError,
+    ReviewImportError,
     StoreError,
     ValidationFailed,
 )
@@ -22,6 +26,20 @@ from .export import ExportFormat, ExportResult, export
 from .ingest import IngestReport, ingest
 from .query import run_sql, stats
 from .report import ReportResult, write_report
+from .review import (
+    Conflict,
+    Decision,
+    ImportReport,
+    QueueItem,
+    add_label,
+    conflicts,
+    decide,
+    export_sheet,
+    import_sheet,
+    record_decision,
+    review_queue,
+    undo_decision,
+)
 from .schema import Annotation, Candidate, Label, validate_annotation
 from .store import Store, open_store
 from .taxonomy import Taxonomy, load_taxonomy
@@ -33,33 +51,48 @@ __all__ = [
     "Annotation",
     "AnnotationError",
     "Annotator",
+    "BadRow",
     "Candidate",
     "ConfigError",
+    "Conflict",
     "DatabaseBusy",
+    "Decision",
     "EvalResult",
     "ExportFormat",
     "ExportResult",
+    "ImportReport",
     "IngestReport",
     "InputError",
     "Label",
     "PaperInput",
     "PapertagError",
     "QueryError",
+    "QueueItem",
     "ReportResult",
+    "ReviewError",
+    "ReviewImportError",
     "Store",
     "StoreError",
     "Taxonomy",
     "ValidationFailed",
     "__version__",
+    "add_label",
     "annotate",
+    "conflicts",
+    "decide",
     "evaluate",
     "export",
+    "export_sheet",
     "get_annotator",
+    "import_sheet",
     "ingest",
     "load_taxonomy",
     "open_store",
+    "record_decision",
+    "review_queue",
     "run_sql",
     "stats",
+    "undo_decision",
     "validate_annotation",
     "write_report",
 ]

@@ -9,6 +9,8 @@
     ├── ConfigError               bad option or environment (unknown annotator, threshold out of range)
     ├── QueryError                SQL that DuckDB rejected
     ├── ProviderError             the model server refuses every request (bad key, unknown model): stops the run
+    ├── ReviewError               a review decision that cannot be recorded (unknown id, nothing to undo)
+    │   └── ReviewImportError     a review spreadsheet with bad rows (each row number and reason); nothing applied
     └── AnnotationError           one paper could not be annotated (paper_id, reason, attempts, last_completion)
         └── ValidationFailed      the annotator's answer broke the schema
 
@@ -18,6 +20,7 @@ else should reach a user as a traceback.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -57,6 +60,30 @@ class QueryError(PapertagError):
 
 class ProviderError(PapertagError):
     """The model server refused the request itself (401/403/404/400/422); retrying cannot help."""
+
+
+class ReviewError(PapertagError):
+    """A review decision that cannot be recorded: unknown paper, field or label id, nothing to undo."""
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One spreadsheet row that cannot be applied; ``row`` is the spreadsheet's row number."""
+
+    row: int
+    reason: str
+
+
+class ReviewImportError(ReviewError):
+    """A review spreadsheet with bad rows; nothing from it was applied."""
+
+    def __init__(self, path: str | Path, rows: list[BadRow]) -> None:
+        self.path = str(path)
+        self.rows = rows
+        n = len(rows)
+        lines = [f"{self.path}: {n} bad row{'s' if n != 1 else ''}; nothing was applied"]
+        lines += [f"{self.path}: row {r.row}: {r.reason}" for r in rows]
+        super().__init__("\n".join(lines))
 
 
 class AnnotationError(PapertagError):

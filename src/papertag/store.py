@@ -239,6 +239,83 @@ def m005_stable_views(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
+def m006_review(con: duckdb.DuckDBPyConnection) -> None:
+    # The accept threshold is written into the view (papertag.schema.ACCEPT_THRESHOLD = 0.8, the
+    # same as issue 8's model-only final_labels); a new threshold needs a new migration.
+    con.execute(
+        """
+        CREATE SEQUENCE review_decision_seq;
+        -- Append-only audit trail of every review decision; undo appends a reversal row.
+        CREATE TABLE review_decisions (
+            decision_id BIGINT PRIMARY KEY DEFAULT nextval('review_decision_seq'),
+            paper_id VARCHAR NOT NULL,
+            field VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            action VARCHAR NOT NULL,
+            previous_value VARCHAR,
+            new_value VARCHAR,
+            reviewer VARCHAR NOT NULL,
+            decided_at TIMESTAMP NOT NULL,
+            annotation_id VARCHAR,
+            confidence DOUBLE,
+            reverts BIGINT,
+            source VARCHAR NOT NULL
+        );
+        -- What a person currently says about each (paper, field, label): the newest decision
+        -- touching it that has not been undone. A change L -> M says "not L" and "M".
+        CREATE VIEW review_verdicts AS
+        WITH active AS (
+            SELECT * FROM review_decisions
+            WHERE action <> 'undo'
+              AND decision_id NOT IN (
+                  SELECT reverts FROM review_decisions WHERE action = 'undo' AND reverts IS NOT NULL)
+        ),
+        said AS (
+            SELECT paper_id, field, label, action IN ('accept', 'add') AS included,
+                   reviewer, decided_at, decision_id, annotation_id, action
+            FROM active WHERE action IN ('accept', 'reject', 'add')
+            UNION ALL
+            SELECT paper_id, field, label, FALSE, reviewer, decided_at, decision_id, annotation_id, action
+            FROM active WHERE action = 'change'
+            UNION ALL
+            SELECT paper_id, field, new_value, TRUE, reviewer, decided_at, decision_id, annotation_id, action
+            FROM active WHERE action = 'change'
+        )
+        SELECT * FROM said
+        QUALIFY row_number() OVER (PARTITION BY paper_id, field, label ORDER BY decision_id DESC) = 1;
+        -- The labels to use: a model's current labels at or above the accept threshold, with every
+        -- person's verdict applied on top (a verdict applies to each current annotation of its paper).
+        CREATE OR REPLACE VIEW final_labels AS
+        WITH model_rows AS (
+            SELECT l.paper_id, l.field, l.label, l.confidence, l.evidence,
+                   CAST('model' AS VARCHAR) AS decided_by, CAST(NULL AS VARCHAR) AS reviewer,
+                   CAST(l.created_at AS TIMESTAMP) AS decided_at,
+                   l.annotator, l.model, l.annotation_id
+            FROM labels l
+            WHERE l.current AND l.confidence >= 0.8
+              AND NOT EXISTS (
+                  SELECT 1 FROM review_verdicts v
+                  WHERE v.paper_id = l.paper_id AND v.field = l.field AND v.label = l.label)
+        ),
+        person_rows AS (
+            SELECT v.paper_id, v.field, v.label, m.confidence, m.evidence,
+                   CAST('person' AS VARCHAR) AS decided_by, v.reviewer,
+                   CAST(v.decided_at AS TIMESTAMP) AS decided_at,
+                   s.annotator, s.model, s.annotation_id
+            FROM review_verdicts v
+            LEFT JOIN annotation_status s ON s.paper_id = v.paper_id AND s.current
+            LEFT JOIN annotation_labels m
+                   ON m.annotation_id = s.annotation_id AND m.field = v.field AND m.label = v.label
+            WHERE v.included
+        )
+        SELECT * FROM model_rows
+        UNION ALL
+        SELECT * FROM person_rows;
+        """
+    )
+
+
+@migration
 def m007_call_journal(con: duckdb.DuckDBPyConnection) -> None:
     # call_uid joins a row to the crash journal it may have been recovered from;
     # replay_of marks a response reused from a killed run instead of being paid for twice.

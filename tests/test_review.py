@@ -1,0 +1,492 @@
+"""Review library: queue, decisions and undo, final_labels, conflicts, spreadsheet round trip."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from openpyxl import load_workbook
+from typer.testing import CliRunner
+
+from papertag.annotate import annotate
+from papertag.annotators import PaperInput, get_annotator
+from papertag.cli import app
+from papertag.errors import ConfigError, ReviewError, ReviewImportError
+from papertag.ingest import ingest
+from papertag.review import (
+    SHEET_COLUMNS,
+    QueueItem,
+    add_label,
+    conflicts,
+    decide,
+    decisions,
+    export_sheet,
+    import_sheet,
+    record_decision,
+    review_queue,
+    undo_decision,
+)
+from papertag.schema import ACCEPT_THRESHOLD, DROP_THRESHOLD, Annotation
+from papertag.store import Store
+from papertag.taxonomy import load_taxonomy
+
+from .conftest import DIGESTS, ROOT
+
+FINAL_LABELS_COLUMNS = [
+    ("paper_id", "VARCHAR"),
+    ("field", "VARCHAR"),
+    ("label", "VARCHAR"),
+    ("confidence", "DOUBLE"),
+    ("evidence", "VARCHAR"),
+    ("decided_by", "VARCHAR"),
+    ("reviewer", "VARCHAR"),
+    ("decided_at", "TIMESTAMP"),
+    ("annotator", "VARCHAR"),
+    ("model", "VARCHAR"),
+    ("annotation_id", "VARCHAR"),
+]
+
+
+@pytest.fixture(scope="session")
+def review_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real database: one shared digest ingested, its first 15 papers annotated by rules."""
+    db = tmp_path_factory.mktemp("review") / "template.duckdb"
+    assert ingest([DIGESTS[-1]], db).ok
+    assert annotate(db, limit=15).done == 15
+    return db
+
+
+@pytest.fixture
+def review_db(review_template: Path, db_path: Path) -> Path:
+    shutil.copy(review_template, db_path)
+    return db_path
+
+
+def final(store: Store, paper_id: str, field: str) -> dict[str, str]:
+    """label -> decided_by in final_labels for one paper and field."""
+    rows = store.con.execute(
+        "SELECT label, decided_by FROM final_labels WHERE paper_id = ? AND field = ?",
+        [paper_id, field],
+    ).fetchall()
+    return dict(rows)
+
+
+def other_id(item: QueueItem, *avoid: str) -> str:
+    return next(
+        i for i in load_taxonomy().ids(item.field) if i not in (item.label, *avoid, "other")
+    )
+
+
+def reannotate(db: Path, paper_id: str, title: str, abstract: str) -> None:
+    """A new abstract for a known paper (same title): the paper gets a new current annotation."""
+    src = db.parent / "update.jsonl"
+    src.write_text(json.dumps({"title": title, "abstract": abstract}) + "\n", encoding="utf-8")
+    assert ingest([src], db).ok
+    assert annotate(db, paper_ids=[paper_id]).done == 1
+
+
+# ------------------------------------------------------------------- queue
+def test_queue_holds_doubtful_undecided_items_most_uncertain_paper_first(review_db: Path) -> None:
+    with Store(review_db) as s:
+        queue = review_queue(s)
+        expected = s.scalar(
+            "SELECT count(*) FROM (SELECT paper_id, field, label FROM labels WHERE current "
+            "AND confidence >= ? AND confidence < ? UNION SELECT paper_id, field, label FROM "
+            "candidates WHERE current AND confidence >= ? AND confidence < ?)",
+            [DROP_THRESHOLD, ACCEPT_THRESHOLD] * 2,
+        )
+    assert len(queue) == expected > 10
+    assert all(DROP_THRESHOLD <= i.confidence < ACCEPT_THRESHOLD for i in queue)
+    assert {i.kind for i in queue} == {"label", "candidate"}
+    assert len({i.key for i in queue}) == len(queue)
+    # One paper's items are together, and the first paper holds the most uncertain item.
+    papers = [i.paper_id for i in queue]
+    runs = [p for n, p in enumerate(papers) if n == 0 or papers[n - 1] != p]
+    assert len(runs) == len(set(papers))
+    closest = min(abs(i.confidence - 0.5) for i in queue)
+    assert min(abs(i.confidence - 0.5) for i in queue if i.paper_id == papers[0]) == closest
+
+
+def test_queue_filters(review_db: Path) -> None:
+    with Store(review_db) as s:
+        everything = review_queue(s)
+        tech = review_queue(s, field="modality")
+        assert tech and {i.field for i in tech} == {"modality"}
+        assert review_queue(s, limit=3) == everything[:3]
+        assert review_queue(s, annotator="rules") == everything
+        assert review_queue(s, annotator="nobody") == []
+        narrow = review_queue(s, accept=0.6, drop=0.5)
+        assert narrow and all(0.5 <= i.confidence < 0.6 for i in narrow)
+        with pytest.raises(ConfigError, match="drop <= accept"):
+            review_queue(s, accept=0.2, drop=0.5)
+        with pytest.raises(ConfigError, match="unknown field"):
+            review_queue(s, field="colour")
+
+
+# --------------------------------------------------------------- decisions
+def test_decisions_are_applied_in_final_labels_and_leave_the_queue(review_db: Path) -> None:
+    with Store(review_db) as s:
+        queue = review_queue(s)
+        a, r, c = queue[0], queue[1], queue[2]
+        new = other_id(c, *final(s, c.paper_id, c.field))
+        decide(s, a, "accept", reviewer="ann")
+        decide(s, r, "reject", reviewer="ann")
+        decide(s, c, "change", new_label=new, reviewer="ann")
+        add_label(s, a.paper_id, "modality", "audio", reviewer="bob")
+
+        assert final(s, a.paper_id, a.field)[a.label] == "person"
+        assert r.label not in final(s, r.paper_id, r.field)
+        after_change = final(s, c.paper_id, c.field)
+        assert c.label not in after_change and after_change[new] == "person"
+        assert final(s, a.paper_id, "modality")["audio"] == "person"
+        row = s.con.execute(
+            "SELECT confidence, evidence, reviewer, annotation_id FROM final_labels "
+            "WHERE paper_id = ? AND field = ? AND label = ?",
+            [a.paper_id, a.field, a.label],
+        ).fetchone()
+        assert row == (a.confidence, a.evidence, "ann", a.annotation_id)
+        added = s.con.execute(
+            "SELECT confidence, evidence, reviewer FROM final_labels "
+            "WHERE paper_id = ? AND field = 'modality' AND label = 'audio'",
+            [a.paper_id],
+        ).fetchone()
+        assert added == (None, None, "bob")
+        left = {i.key for i in review_queue(s)}
+        assert not left & {a.key, r.key, c.key}
+        assert len(left) == len(queue) - 3
+        trail = [(d.action, d.label, d.previous_value, d.new_value) for d in decisions(s)]
+        assert trail == [
+            ("accept", a.label, a.label, a.label),
+            ("reject", r.label, r.label, None),
+            ("change", c.label, c.label, new),
+            ("add", "audio", None, "audio"),
+        ]
+        # A model label nobody touched stays the model's.
+        untouched = s.con.execute(
+            "SELECT count(*) FROM final_labels WHERE decided_by = 'model'"
+        ).fetchone()
+        model_only = s.scalar(
+            "SELECT count(*) FROM labels WHERE current AND confidence >= ?", [ACCEPT_THRESHOLD]
+        )
+        assert untouched == (model_only,)
+
+
+def test_undo_appends_a_reversal_and_restores_the_item(review_db: Path) -> None:
+    with Store(review_db) as s:
+        item = review_queue(s)[0]
+        before = final(s, item.paper_id, item.field)
+        d = decide(s, item, "reject", reviewer="ann")
+        assert item.label not in final(s, item.paper_id, item.field)
+        u = undo_decision(s, d.decision_id, reviewer="ann")
+        assert (u.action, u.reverts, u.previous_value, u.new_value) == (
+            "undo",
+            d.decision_id,
+            None,
+            item.label,
+        )
+        assert final(s, item.paper_id, item.field) == before
+        assert review_queue(s)[0] == item
+        assert [x.action for x in decisions(s)] == ["reject", "undo"]  # nothing deleted
+        with pytest.raises(ReviewError, match="already undone"):
+            undo_decision(s, d.decision_id)
+        with pytest.raises(ReviewError, match="itself an undo"):
+            undo_decision(s, u.decision_id)
+
+
+def test_bad_decisions_are_refused(review_db: Path) -> None:
+    with Store(review_db) as s:
+        item = review_queue(s)[0]
+        with pytest.raises(ReviewError, match="is not a technique id"):
+            record_decision(s, item.paper_id, "technique", "quantisation", "accept")
+        with pytest.raises(ReviewError, match="unknown paper_id"):
+            add_label(s, "nope", "modality", "text")
+        with pytest.raises(ReviewError, match="needs the new label"):
+            decide(s, item, "change")
+        with pytest.raises(ReviewError, match="unknown action"):
+            decide(s, item, "maybe")
+        assert decisions(s) == []
+
+
+def test_final_labels_has_the_contract_columns_and_is_model_only_without_decisions(
+    review_db: Path,
+) -> None:
+    with Store(review_db) as s:
+        assert [
+            (r[0], r[1]) for r in s.con.execute("DESCRIBE final_labels").fetchall()
+        ] == FINAL_LABELS_COLUMNS
+        got = s.con.execute(
+            "SELECT paper_id, field, label, confidence, evidence, annotator, model, annotation_id "
+            "FROM final_labels WHERE decided_by = 'model' AND reviewer IS NULL ORDER BY ALL"
+        ).fetchall()
+        want = s.con.execute(
+            "SELECT paper_id, field, label, confidence, evidence, annotator, model, annotation_id "
+            "FROM labels WHERE current AND confidence >= ? ORDER BY ALL",
+            [ACCEPT_THRESHOLD],
+        ).fetchall()
+        assert got == want and s.scalar("SELECT count(*) FROM final_labels") == len(want)
+
+
+# ------------------------------------------------------ re-annotation, conflicts
+def test_a_decision_survives_reannotation_and_a_disagreement_is_a_conflict(
+    review_db: Path,
+) -> None:
+    with Store(review_db) as s:
+        paper_id, title, abstract = s.con.execute(
+            "SELECT paper_id, title, abstract FROM papers p WHERE EXISTS (SELECT 1 FROM labels l "
+            "WHERE l.paper_id = p.paper_id AND current AND field = 'technique' AND confidence >= ?) "
+            "ORDER BY paper_id LIMIT 1",
+            [ACCEPT_THRESHOLD],
+        ).fetchone()
+        strong = s.scalar(
+            "SELECT label FROM labels WHERE paper_id = ? AND current AND field = 'technique' "
+            "AND confidence >= ? ORDER BY confidence DESC LIMIT 1",
+            [paper_id, ACCEPT_THRESHOLD],
+        )
+        # The person drops the model's surest technique and adds a modality it never offered.
+        record_decision(s, paper_id, "technique", strong, "reject", reviewer="ann")
+        add_label(s, paper_id, "modality", "tabular", reviewer="ann")
+        assert conflicts(s) == []  # the annotation decided on is no conflict
+    reannotate(review_db, paper_id, title, abstract + " We release our code.")
+    with Store(review_db) as s:
+        assert (
+            s.scalar("SELECT count(*) FROM annotation_status WHERE paper_id = ?", [paper_id]) == 2
+        )
+        new_id = s.scalar(
+            "SELECT annotation_id FROM annotation_status WHERE paper_id = ? AND current", [paper_id]
+        )
+        # The person still wins on the new annotation.
+        assert strong not in final(s, paper_id, "technique")
+        tabular = s.con.execute(
+            "SELECT decided_by, annotation_id FROM final_labels "
+            "WHERE paper_id = ? AND field = 'modality' AND label = 'tabular'",
+            [paper_id],
+        ).fetchall()
+        assert tabular == [("person", new_id)]
+        found = {(c.field, c.label, c.person_says, c.annotation_id) for c in conflicts(s)}
+        assert ("technique", strong, "drop", new_id) in found
+        assert ("modality", "tabular", "keep", new_id) in found
+    result = CliRunner().invoke(app, ["review", "conflicts", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert f"{paper_id},technique,{strong},drop,ann" in result.output
+
+
+class SecondOpinion:
+    """Another annotator for the same papers: the rules annotator under another name."""
+
+    name = "second"
+    model = "second-model"
+
+    def __init__(self) -> None:
+        self._rules = get_annotator("rules")
+        self.prompt_version = self._rules.prompt_version
+        self.taxonomy = self._rules.taxonomy
+
+    def annotate(self, paper: PaperInput) -> Annotation:
+        return self._rules.annotate(paper)
+
+
+def test_a_decision_applies_to_every_annotators_slice(review_db: Path) -> None:
+    with Store(review_db) as s:
+        item = review_queue(s)[0]
+    assert annotate(review_db, SecondOpinion(), paper_ids=[item.paper_id]).done == 1
+    with Store(review_db) as s:
+        # Both annotators doubt the same label; the queue asks once.
+        assert [i.key for i in review_queue(s)].count(item.key) == 1
+        decide(s, item, "accept", reviewer="ann")
+        rows = s.con.execute(
+            "SELECT annotator, model, decided_by FROM final_labels "
+            "WHERE paper_id = ? AND field = ? AND label = ? ORDER BY annotator",
+            [item.paper_id, item.field, item.label],
+        ).fetchall()
+        assert rows == [("rules", "rules", "person"), ("second", "second-model", "person")]
+
+
+# -------------------------------------------------------------- spreadsheets
+def read_rows(path: Path) -> list[dict[str, object]]:
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            return list(csv.DictReader(fh))
+    ws = load_workbook(path)["review"]
+    header = [c.value for c in ws[1]]
+    return [dict(zip(header, r, strict=True)) for r in ws.iter_rows(min_row=2, values_only=True)]
+
+
+def write_rows(path: Path, rows: list[dict[str, object]]) -> None:
+    """Edit the sheet as a reviewer would: the same file, decision cells filled in."""
+    if path.suffix == ".csv":
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(SHEET_COLUMNS))
+            writer.writeheader()
+            writer.writerows(rows)
+        return
+    wb = load_workbook(path)
+    ws = wb["review"]
+    ws.delete_rows(2, ws.max_row)
+    for row in rows:
+        ws.append([row.get(c) for c in SHEET_COLUMNS])
+    wb.save(path)
+
+
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+def test_spreadsheet_round_trip(review_db: Path, tmp_path: Path, suffix: str) -> None:
+    sheet = tmp_path / f"review{suffix}"
+    with Store(review_db) as s:
+        queue = review_queue(s)
+        assert export_sheet(s, sheet) == len(queue)
+    rows = read_rows(sheet)
+    assert len(rows) == len(queue)
+    assert [(r["paper_id"], r["field"], r["label"]) for r in rows] == [i.key for i in queue]
+    assert all(r["decision"] in ("", None) for r in rows)
+    assert rows[0]["title"] and rows[0]["abstract"] and rows[0]["definition"]
+    taxonomy = load_taxonomy()
+    change_to = next(i for i in taxonomy.ids(str(rows[2]["field"])) if i != rows[2]["label"])
+    rows[0]["decision"] = "accept"
+    rows[1]["decision"] = " Reject "
+    rows[2]["decision"], rows[2]["new_label"] = "change", change_to
+    rows[3]["decision"] = "skip"
+    rows.append({"paper_id": rows[0]["paper_id"], "field": "modality", "decision": "add",
+                 "new_label": "graph"})  # fmt: skip
+    write_rows(sheet, rows)
+    with Store(review_db) as s:
+        report = import_sheet(s, sheet, reviewer="sheet-reviewer")
+        assert report.applied == {"accept": 1, "reject": 1, "change": 1, "add": 1}
+        assert report.skipped == len(queue) - 3
+        made = decisions(s)
+        assert {d.source for d in made} == {"spreadsheet"}
+        assert {d.reviewer for d in made} == {"sheet-reviewer"}
+        assert (
+            final(s, str(rows[0]["paper_id"]), str(rows[0]["field"]))[str(rows[0]["label"])]
+            == "person"
+        )
+        assert final(s, str(rows[0]["paper_id"]), "modality")["graph"] == "person"
+        assert str(rows[1]["label"]) not in final(
+            s, str(rows[1]["paper_id"]), str(rows[1]["field"])
+        )
+        assert len(review_queue(s)) == len(queue) - 3
+
+
+def bad_sheet_cases(
+    rows: list[dict[str, object]], db: Path
+) -> tuple[list[dict[str, object]], dict[int, str]]:
+    """Each kind of bad row, plus good rows that must not be applied either."""
+    rows[0]["decision"] = "accept"  # good
+    rows[1]["decision"], rows[1]["new_label"] = "change", "quantisation"  # unknown id
+    rows[2]["decision"] = "maybe"  # unknown decision word
+    rows[3]["decision"] = "reject"  # decided meanwhile (below)
+    rows[4]["decision"] = "accept"
+    twice = dict(rows[4])
+    twice["decision"] = "reject"
+    rows.append(twice)  # the same label decided in two rows
+    with Store(db) as s:
+        key = (str(rows[3]["paper_id"]), str(rows[3]["field"]), str(rows[3]["label"]))
+        record_decision(s, *key, "accept", reviewer="someone-else")
+    return rows, {
+        3: "unknown",
+        4: "unknown decision 'maybe'",
+        5: "changed since the export: someone-else decided it",
+        len(rows) + 1: "is also decided in row 6",
+    }
+
+
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+def test_a_bad_sheet_applies_nothing_and_names_every_bad_row(
+    review_db: Path, tmp_path: Path, suffix: str
+) -> None:
+    sheet = tmp_path / f"review{suffix}"
+    with Store(review_db) as s:
+        export_sheet(s, sheet)
+    rows, expected = bad_sheet_cases(read_rows(sheet), review_db)
+    write_rows(sheet, rows)
+    with Store(review_db) as s:
+        before = s.con.execute("SELECT * FROM review_decisions ORDER BY ALL").fetchall()
+        with pytest.raises(ReviewImportError) as info:
+            import_sheet(s, sheet)
+        assert s.con.execute("SELECT * FROM review_decisions ORDER BY ALL").fetchall() == before
+    got = {b.row: b.reason for b in info.value.rows}
+    assert set(got) == set(expected)
+    for row, reason in expected.items():
+        assert reason in got[row], (row, got[row])
+    assert "'quantisation'" in got[3]
+    result = CliRunner().invoke(app, ["review", "import", str(sheet)])
+    assert result.exit_code == 1
+    assert "4 bad rows; nothing was applied" in result.stderr
+    for row in expected:
+        assert re.search(rf"row {row}: ", result.stderr)
+
+
+def test_a_row_of_a_reannotated_paper_is_refused(review_db: Path, tmp_path: Path) -> None:
+    sheet = tmp_path / "review.csv"
+    with Store(review_db) as s:
+        export_sheet(s, sheet)
+        item = review_queue(s)[0]
+        title, abstract = s.con.execute(
+            "SELECT title, abstract FROM papers WHERE paper_id = ?", [item.paper_id]
+        ).fetchone()
+    rows = read_rows(sheet)
+    rows[0]["decision"] = "accept"
+    write_rows(sheet, rows)
+    reannotate(review_db, item.paper_id, title, abstract + " Code is available.")
+    with Store(review_db) as s, pytest.raises(ReviewImportError) as info:
+        import_sheet(s, sheet)
+    assert [(b.row, "re-annotated" in b.reason) for b in info.value.rows] == [(2, True)]
+
+
+def test_sheet_errors_name_the_file(review_db: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    bad = tmp_path / "notes.csv"
+    bad.write_text("paper_id,decision\nx,accept\n", encoding="utf-8")
+    result = runner.invoke(app, ["review", "import", str(bad)])
+    assert result.exit_code == 1
+    assert (
+        "notes.csv: row 1: missing columns field, label, annotation_id, new_label" in result.stderr
+    )
+    result = runner.invoke(app, ["review", "export", "--to", str(tmp_path / "r.ods")])
+    assert result.exit_code == 1 and "use a .xlsx or .csv file name" in result.stderr
+    fake = tmp_path / "fake.xlsx"
+    fake.write_text("not a workbook", encoding="utf-8")
+    result = runner.invoke(app, ["review", "import", str(fake)])
+    assert result.exit_code == 1 and "fake.xlsx: not a readable .xlsx workbook" in result.stderr
+
+
+def test_cli_export_filters_and_app_needs_a_terminal(review_db: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "m.csv"
+    result = runner.invoke(app, ["review", "export", "--to", str(out), "--field", "modality"])
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out)
+    assert rows and {r["field"] for r in rows} == {"modality"}
+    assert f"wrote {len(rows)} rows" in result.output
+    result = runner.invoke(app, ["review"])
+    assert result.exit_code == 1 and "needs a terminal" in result.stderr
+
+
+# -------------------------------------------------------------------- README
+def readme_section(heading: str) -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def test_readme_example_what_reviewers_changed_most_runs(review_db: Path) -> None:
+    blocks = re.findall(r"```sql\n(.*?)```", readme_section("Example queries"), flags=re.DOTALL)
+    sql = next(b for b in blocks if "reviewers" in b.splitlines()[0])
+    columns = [c.strip() for c in sql.splitlines()[1].removeprefix("-- columns:").split(",")]
+    with Store(review_db) as s:
+        queue = review_queue(s)
+        decide(s, queue[0], "reject", reviewer="ann")
+        decide(s, queue[1], "accept", reviewer="ann")
+        decide(s, queue[2], "change", new_label=other_id(queue[2]), reviewer="bob")
+        undone = decide(s, queue[3], "reject", reviewer="bob")
+        undo_decision(s, undone.decision_id, reviewer="bob")
+        rel = s.con.execute(sql)
+        assert [d[0] for d in rel.description] == columns
+        rows = rel.fetchall()
+    assert rows
+    changed = {(r[0], r[1]): r for r in rows}
+    first = changed[(queue[0].field, queue[0].label)]
+    assert first[columns.index("changed")] >= 1
