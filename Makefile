@@ -38,6 +38,7 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/annotate.py
+	$(BIN)/python bench/llm.py
 
 # Regenerate the README's screenshot of the report (needs Debian's chromium).
 screenshot: demo

@@ -59,6 +59,8 @@ class AnnotateReport:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    #: False when the model has no known price (cost_usd is then 0 but means "unknown").
+    cost_known: bool = False
     #: Answers reused from a run that was killed before storing them.
     replayed: int = 0
     #: Journal rows of a killed run moved into llm_calls at start.
@@ -718,6 +720,7 @@ class _Run:
             report.prompt_tokens += c.prompt_tokens or 0
             report.completion_tokens += c.completion_tokens or 0
             cost += c.cost_usd or 0.0
+            report.cost_known = report.cost_known or c.cost_usd is not None
         report.cost_usd += cost
         self.budget.settle(paper, cost)
         if out.fatal is not None:

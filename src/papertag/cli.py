@@ -367,7 +367,8 @@ def annotate(
             parts = []
             if r.calls or r.replayed:
                 parts.append(f"{r.prompt_tokens + r.completion_tokens:,} tok")
-                parts.append(f"${r.cost_usd:,.4f}")
+                if r.cost_known:
+                    parts.append(f"${r.cost_usd:,.4f}")
             if r.failed:
                 parts.append(f"[red]failed {r.failed}[/]")
             progress.update(task, completed=r.done + r.failed, extra=" · ".join(parts))
@@ -392,9 +393,14 @@ def annotate(
         f"{report.taxonomy_version}; {report.seconds:.1f}s, {rate:,.1f} papers/s)[/]"
     )
     if report.calls or report.replayed or report.recovered:
+        cost = (
+            f"${report.cost_usd:,.4f}"
+            if report.cost_known
+            else "cost unknown (no price for this model; see PAPERTAG_PRICES)"
+        )
         usage = (
             f"{report.calls} calls, {report.prompt_tokens:,} prompt + {report.completion_tokens:,} "
-            f"completion tokens, ${report.cost_usd:,.4f}"
+            f"completion tokens, {cost}"
         )
         if report.throttled:
             usage += f", {report.throttled} answered 429"
