@@ -75,8 +75,7 @@ def run(cmd: list[str]) -> float:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PAPERTAG_"))}
-    return env
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PAPERTAG_"))}
 
 
 def count(db: Path, sql: str) -> int:
@@ -93,21 +92,7 @@ def bench_overhead(tmp: Path, n: int) -> None:
     make_db(db, n)
     with FaultServer(keep_requests=False).start() as srv:
         seconds = run(annotate_cmd(db, srv.url, "--concurrency", "32"))
-        startup = run(
-            [
-                PAPERTAG,
-                "--db",
-                str(db),
-                "annotate",
-                "--annotator",
-                "llm",
-                "--model",
-                "fake-model",
-                "--base-url",
-                srv.url,
-                "--dry-run",
-            ]
-        )
+        startup = run(annotate_cmd(db, srv.url, "--dry-run"))
     done = count(db, "SELECT count(*) FROM annotations")
     rate = done / seconds
     line(

@@ -13,6 +13,20 @@ from papertag.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DIGESTS = sorted((SHARED / "digests").glob("*.txt"))
+#: The contract of the final_labels view: its columns stay these across migrations.
+FINAL_LABELS_COLUMNS = [
+    ("paper_id", "VARCHAR"),
+    ("field", "VARCHAR"),
+    ("label", "VARCHAR"),
+    ("confidence", "DOUBLE"),
+    ("evidence", "VARCHAR"),
+    ("decided_by", "VARCHAR"),
+    ("reviewer", "VARCHAR"),
+    ("decided_at", "TIMESTAMP"),
+    ("annotator", "VARCHAR"),
+    ("model", "VARCHAR"),
+    ("annotation_id", "VARCHAR"),
+]
 
 
 @pytest.fixture(autouse=True)

@@ -34,21 +34,7 @@ from papertag.schema import ACCEPT_THRESHOLD, DROP_THRESHOLD, Annotation
 from papertag.store import Store
 from papertag.taxonomy import load_taxonomy
 
-from .conftest import DIGESTS, ROOT
-
-FINAL_LABELS_COLUMNS = [
-    ("paper_id", "VARCHAR"),
-    ("field", "VARCHAR"),
-    ("label", "VARCHAR"),
-    ("confidence", "DOUBLE"),
-    ("evidence", "VARCHAR"),
-    ("decided_by", "VARCHAR"),
-    ("reviewer", "VARCHAR"),
-    ("decided_at", "TIMESTAMP"),
-    ("annotator", "VARCHAR"),
-    ("model", "VARCHAR"),
-    ("annotation_id", "VARCHAR"),
-]
+from .conftest import DIGESTS, FINAL_LABELS_COLUMNS, ROOT
 
 
 @pytest.fixture(scope="session")

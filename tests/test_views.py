@@ -24,7 +24,7 @@ from papertag.ingest import ingest
 from papertag.schema import ACCEPT_THRESHOLD
 from papertag.store import Store
 
-from .conftest import DEMO_PAPERS, ROOT
+from .conftest import DEMO_PAPERS, FINAL_LABELS_COLUMNS, ROOT
 from .fault_server import Reply, completion, fault_server
 
 README = ROOT / "README.md"
@@ -77,19 +77,7 @@ def test_readme_view_columns_match_the_database(view: str, store: Store) -> None
 
 def test_final_labels_has_the_contract_columns(store: Store) -> None:
     described = [(r[0], r[1]) for r in store.con.execute("DESCRIBE final_labels").fetchall()]
-    assert described == [
-        ("paper_id", "VARCHAR"),
-        ("field", "VARCHAR"),
-        ("label", "VARCHAR"),
-        ("confidence", "DOUBLE"),
-        ("evidence", "VARCHAR"),
-        ("decided_by", "VARCHAR"),
-        ("reviewer", "VARCHAR"),
-        ("decided_at", "TIMESTAMP"),
-        ("annotator", "VARCHAR"),
-        ("model", "VARCHAR"),
-        ("annotation_id", "VARCHAR"),
-    ]
+    assert described == FINAL_LABELS_COLUMNS
 
 
 def test_readme_has_six_example_queries() -> None:

@@ -185,6 +185,7 @@ class _Writer:
 
     def __init__(self, store: Store, annotator: Annotator, run_id: str) -> None:
         self.store, self.annotator, self.run_id = store, annotator, run_id
+        self.options = options_json(annotator)
         self.ann_rows: list[dict[str, Any]] = []
         self.label_rows: list[dict[str, Any]] = []
         self.fail_rows: list[dict[str, Any]] = []
@@ -200,7 +201,7 @@ class _Writer:
         """Queue the HTTP exchanges that produced (or failed to produce) one annotation."""
         for r in records:
             self.call_rows.append(
-                call_row(self.run_id, self.annotator, paper.paper_id, annotation, r)
+                call_row(self.run_id, self.annotator, self.options, paper.paper_id, annotation, r)
             )
 
     def add(self, paper: _Pending, result: Annotation, duration_ms: float, now: datetime) -> str:
@@ -304,8 +305,18 @@ class _Writer:
         return uids
 
 
+def options_json(annotator: Annotator) -> str:
+    """The annotator's request options as stored with each call (the same for a whole run)."""
+    return json.dumps(getattr(annotator, "options", dict)())
+
+
 def call_row(
-    run_id: str, annotator: Annotator, paper_id: str, annotation: str | None, r: Any
+    run_id: str,
+    annotator: Annotator,
+    options: str,
+    paper_id: str,
+    annotation: str | None,
+    r: Any,
 ) -> dict[str, Any]:
     """One ``llm_calls`` row for an HTTP exchange (a :class:`CallRecord`)."""
     return {
@@ -318,7 +329,7 @@ def call_row(
         "path": r.path,
         "prompt_version": annotator.prompt_version,
         "taxonomy_version": annotator.taxonomy.version,
-        "options": json.dumps(getattr(annotator, "options", dict)()),
+        "options": options,
         "request_hash": r.request_hash,
         "request_body": r.request_body,
         "status": r.status,
@@ -749,7 +760,7 @@ class _Run:
 
     def _journal_call(self, paper_id: str, record: Any) -> None:
         if self.journal is not None:
-            row = call_row(self.run_id, self.ann, paper_id, None, record)
+            row = call_row(self.run_id, self.ann, self.writer.options, paper_id, None, record)
             # The prompt is large and rebuilt identically on resume; the answer is what must survive.
             row["request_body"] = None
             self.journal.write(row)

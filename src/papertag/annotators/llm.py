@@ -260,19 +260,23 @@ class CallTransport(httpx2.BaseTransport):
         body = request.read()
         host = request.url.host + (f":{request.url.port}" if request.url.port else "")
         request_hash = hashlib.sha256(body).hexdigest()[:16]
-        if (stored := self._replayed(request_hash)) is not None:
-            call_id, content = stored
-            record = CallRecord(
+        request_text = body.decode("utf-8", errors="replace")
+
+        def new_record(attempt: int) -> CallRecord:
+            return CallRecord(
                 started_at=datetime.now(UTC).replace(tzinfo=None),
                 host=host,
                 path=request.url.path,
                 request_hash=request_hash,
-                request_body=body.decode("utf-8", errors="replace"),
-                attempt=1,
+                request_body=request_text,
+                attempt=attempt,
                 duration_ms=0.0,
-                status=200,
-                replay_of=call_id,
             )
+
+        if (stored := self._replayed(request_hash)) is not None:
+            call_id, content = stored
+            record = new_record(1)
+            record.status, record.replay_of = 200, call_id
             _summarise_response(record, content.encode())
             self._emit(record)
             return httpx2.Response(
@@ -289,15 +293,7 @@ class CallTransport(httpx2.BaseTransport):
         def once() -> httpx2.Response:
             nonlocal attempt_no
             attempt_no += 1
-            record = CallRecord(
-                started_at=datetime.now(UTC).replace(tzinfo=None),
-                host=host,
-                path=request.url.path,
-                request_hash=request_hash,
-                request_body=body.decode("utf-8", errors="replace"),
-                attempt=attempt_no,
-                duration_ms=0.0,
-            )
+            record = new_record(attempt_no)
             if self.throttle is not None:
                 self.throttle.acquire(est_tokens)
             t0 = time.perf_counter()
@@ -376,18 +372,20 @@ class Prompt:
         version = content_hash(f"{system}\0{user}".encode())
         return cls(system, user, version)
 
-    def messages(self, taxonomy: Taxonomy, title: str, abstract: str) -> list[dict[str, str]]:
+    def system_text(self, taxonomy: Taxonomy) -> str:
+        """The system message: the same for every paper, so render it once per annotator."""
         fields_text = []
         for f in FIELDS:
             spec = taxonomy.fields[f]
             lines = [f"{f} ({spec.description}):"]
             lines += [f"  - {lab.id}: {lab.definition}" for lab in spec.labels.values()]
             fields_text.append("\n".join(lines))
-        system = string.Template(self.system).safe_substitute(fields="\n\n".join(fields_text))
-        user = string.Template(self.user).safe_substitute(
+        return string.Template(self.system).safe_substitute(fields="\n\n".join(fields_text))
+
+    def user_text(self, title: str, abstract: str) -> str:
+        return string.Template(self.user).safe_substitute(
             title=_as_data(title), abstract=_as_data(abstract)
         )
-        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 # --------------------------------------------------------------------------- annotator
@@ -436,8 +434,10 @@ class LLMAnnotator:
         self.taxonomy = taxonomy or load_taxonomy()
         self.prompt = Prompt.load(self.taxonomy)
         self.prompt_version = self.prompt.version
+        self._system = self.prompt.system_text(self.taxonomy)
         # Built once: the schema a grammar-constrained server decodes by (json mode).
         self.output_schema = constrained_schema(self.taxonomy)
+        self._schema_chars = len(json.dumps(self.output_schema))
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self.mode = mode or _default_mode(self.base_url)
         if self.mode not in MODES:
@@ -531,14 +531,18 @@ class LLMAnnotator:
         About four characters a token for the prompt (messages plus the schema sent
         with them); the completion is a full answer of a typical size, capped by max_tokens.
         """
-        chars = sum(
-            len(m["content"])
-            for m in self.prompt.messages(
-                self.taxonomy, paper.title, paper.abstract[:MAX_ABSTRACT_CHARS]
-            )
-        )
-        chars += len(json.dumps(self.output_schema)) if self.mode != "md_json" else 0
+        chars = sum(len(m["content"]) for m in self._messages(paper))
+        chars += self._schema_chars if self.mode != "md_json" else 0
         return chars // 4 + 8, min(self.max_tokens, TYPICAL_COMPLETION_TOKENS)
+
+    def _messages(self, paper: PaperInput) -> list[dict[str, str]]:
+        abstract = paper.abstract
+        if len(abstract) > MAX_ABSTRACT_CHARS:
+            abstract = abstract[:MAX_ABSTRACT_CHARS] + " [abstract truncated by papertag]"
+        return [
+            {"role": "system", "content": self._system},
+            {"role": "user", "content": self.prompt.user_text(paper.title, abstract)},
+        ]
 
     def _request_extras(self) -> dict[str, Any]:
         extras: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
@@ -554,14 +558,11 @@ class LLMAnnotator:
 
     def annotate(self, paper: PaperInput) -> Annotation:
         self._local.paper_id = paper.paper_id
-        abstract = paper.abstract
-        if len(abstract) > MAX_ABSTRACT_CHARS:
-            abstract = abstract[:MAX_ABSTRACT_CHARS] + " [abstract truncated by papertag]"
         ctx: ValidationContext = {
             "text": paper_text(paper.title, paper.abstract),
             "taxonomy": self.taxonomy,
         }
-        messages = self.prompt.messages(self.taxonomy, paper.title, abstract)
+        messages = self._messages(paper)
         # instructor's own mode handler shapes the request (tools, schema, system message),
         # parses the answer and writes the re-ask; the loop is ours. Going through
         # instructor's client instead costs several ms of CPU a call (it re-checks the

@@ -79,7 +79,6 @@ class Throttle:
         self.clock = clock
         self.in_flight = 0
         self.throttled = 0  # 429s seen
-        self.requests = 0
         self._cond = threading.Condition()
         self._cancel = threading.Event()
         self._next_slot = 0.0
@@ -130,7 +129,6 @@ class Throttle:
                 else:
                     break
             self.in_flight += 1
-            self.requests += 1
             at = now
             if (rate := self.rate) is not None:
                 at = max(at, self._next_slot)
