@@ -101,6 +101,26 @@ def test_schema_constrained_json_mode_for_local_servers(paper: Path) -> None:
     assert body["temperature"] == 0 and "seed" in body
 
 
+@pytest.mark.parametrize("mode", ["tools", "json", "json_schema", "md_json"])
+def test_request_is_what_instructor_and_openai_create_would_send(paper: Path, mode: str) -> None:
+    """The request is shaped once per annotator and posted as bytes; it must equal what
+    instructor's handler makes of this paper's messages, sent by chat.completions.create."""
+    from papertag.annotators import PaperInput
+    from papertag.annotators.llm import LLMAnnotator
+
+    with fault_server([ok()]) as srv:
+        run(paper, srv.url, mode=mode, max_reasks=0)
+        ann = LLMAnnotator(model="fake-model", base_url=srv.url, mode=mode)
+        try:
+            kwargs = ann._shape(ann._messages(PaperInput("x", TITLE, ABSTRACT)))
+            ann.client.chat.completions.create(**kwargs)
+        finally:
+            ann.close()
+        ours, reference = srv.requests
+    assert ours == reference
+    assert TITLE in json.dumps(ours) and "papertag:user-message" not in json.dumps(ours)
+
+
 def test_validation_error_is_fed_back_and_fixed(paper: Path) -> None:
     bad = json.loads(json.dumps(GOOD))
     bad["technique"][0]["id"] = "quantisation"

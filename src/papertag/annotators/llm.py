@@ -35,6 +35,7 @@ from instructor.core import IncompleteOutputException
 from instructor.v2.core.function_calls import ResponseSchema
 from instructor.v2.core.providers import Provider
 from instructor.v2.core.registry import mode_registry
+from openai.types.chat import ChatCompletion
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -352,6 +353,10 @@ def _load_template(name: str) -> str:
         raise ConfigError(f"{path}: cannot read prompt template: {exc.strerror}") from None
 
 
+#: Stands for a paper's user message while a request is shaped once per annotator.
+_USER_SLOT = "\x00papertag:user-message\x00"
+_USER_SLOT_MESSAGE = {"role": "user", "content": _USER_SLOT}
+
 _DELIMS = re.compile(r"</?\s*(paper|title|abstract)\s*>", re.IGNORECASE)
 
 
@@ -484,6 +489,7 @@ class LLMAnnotator:
             ),
         )
         self.handlers = mode_registry.get_handlers(Provider.OPENAI, MODES[self.mode])
+        self._template = self._request_template()
         host = urlparse(self.base_url).netloc if self.base_url else "api.openai.com"
         self.host = host
 
@@ -544,6 +550,50 @@ class LLMAnnotator:
             {"role": "user", "content": self.prompt.user_text(paper.title, abstract)},
         ]
 
+    def _shape(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """The request instructor's mode handler makes of these messages."""
+        _, kwargs = self.handlers.request_handler(
+            response_model=AnnotationResponse,
+            kwargs={"model": self.model, "messages": messages, **self._request_extras()},
+        )
+        return kwargs
+
+    def _request_template(self) -> tuple[dict[str, Any], int] | None:
+        """The shaped request with a slot for the paper, when the handler allows one.
+
+        What the handler adds (tool schema, the schema written into the system message
+        in json modes) is the same for every paper, and costs more to build than the
+        rest of a call; so it is built once, around a placeholder user message. None
+        (shape each request in full) if the placeholder is not left intact in one message.
+        """
+        kwargs = self._shape([{"role": "system", "content": self._system}, _USER_SLOT_MESSAGE])
+        slots = [
+            i
+            for i, m in enumerate(kwargs.get("messages", []))
+            if isinstance(m.get("content"), str) and _USER_SLOT in m["content"]
+        ]
+        others = {k: v for k, v in kwargs.items() if k != "messages"}
+        if (
+            len(slots) != 1
+            or kwargs["messages"][slots[0]]["content"].count(_USER_SLOT) != 1
+            or _USER_SLOT in json.dumps(others, default=str)
+        ):
+            return None
+        return kwargs, slots[0]
+
+    def _request(self, paper: PaperInput) -> dict[str, Any]:
+        messages = self._messages(paper)
+        if self._template is None:
+            return self._shape(messages)
+        kwargs, i = self._template
+        shaped = list(kwargs["messages"])
+        shaped[i] = {
+            **shaped[i],
+            "content": shaped[i]["content"].replace(_USER_SLOT, messages[1]["content"]),
+        }
+        # A new list: re-asks append to it.
+        return {**kwargs, "messages": shaped}
+
     def _request_extras(self) -> dict[str, Any]:
         extras: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
         if self.seed is not None:
@@ -562,22 +612,18 @@ class LLMAnnotator:
             "text": paper_text(paper.title, paper.abstract),
             "taxonomy": self.taxonomy,
         }
-        messages = self._messages(paper)
         # instructor's own mode handler shapes the request (tools, schema, system message),
         # parses the answer and writes the re-ask; the loop is ours. Going through
         # instructor's client instead costs several ms of CPU a call (it re-checks the
         # response model and re-renders every message as a Jinja template, which also
         # mangles abstracts containing "{{", instructor#2669), which would make papertag,
         # not the provider, the bottleneck of a large batch.
-        _, kwargs = self.handlers.request_handler(
-            response_model=AnnotationResponse,
-            kwargs={"model": self.model, "messages": messages, **self._request_extras()},
-        )
+        kwargs = self._request(paper)
         attempts = self.max_reasks + 1
         last_error: Exception | None = None
         for attempt in range(1, attempts + 1):
             try:
-                completion = self.client.chat.completions.create(**kwargs)
+                completion = self._send(kwargs)
             except openai.APIError as exc:
                 raise self._api_failure(exc, paper) from None
             if not completion.choices:
@@ -603,6 +649,24 @@ class LLMAnnotator:
                     kwargs=kwargs, response=completion, exception=exc
                 )
         raise self._failure(last_error, attempts, paper)
+
+    def _send(self, kwargs: dict[str, Any]) -> ChatCompletion:
+        """POST one chat completion through the openai client (its auth, errors and parsing).
+
+        The body is serialised here rather than by ``chat.completions.create``, whose
+        walk of the request against its typed parameters costs about a millisecond a
+        call (the tool schema is large) and whose import adds a quarter of a second to
+        start-up; the bytes sent are what ``create`` would send for these arguments.
+        """
+        body = {k: v for k, v in kwargs.items() if k != "extra_body"}
+        # openai merges extra_body over the typed parameters; so do we.
+        body.update(kwargs.get("extra_body") or {})
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return self.client.post(
+            "/chat/completions",
+            cast_to=ChatCompletion,
+            content=content.encode(),
+        )
 
     def _truncated(self, paper: PaperInput, attempts: int) -> AnnotationError:
         return AnnotationError(
