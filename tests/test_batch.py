@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from papertag.annotate import annotate, estimate
-from papertag.annotators.llm import MAX_ABSTRACT_CHARS
+from papertag.annotators.llm_config import MAX_ABSTRACT_CHARS
 from papertag.ingest import ingest
 from papertag.store import Store
 

@@ -428,7 +428,7 @@ def _estimate_paper(ann: Annotator, paper: _Pending) -> tuple[int, int]:
 
 
 def _price(model: str, prompt: int, completion: int) -> float | None:
-    from .annotators.llm import estimate_cost
+    from .annotators.llm_config import estimate_cost
 
     return estimate_cost(model, prompt, completion)
 
