@@ -16,6 +16,7 @@ and returns a report that says how to resume.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -31,7 +32,7 @@ import pyarrow as pa
 
 from .annotators import Annotator, PaperInput, get_annotator
 from .errors import AnnotationError, ConfigError
-from .journal import Journal
+from .journal import Journal, call_row
 from .schema import Annotation
 from .store import Store
 
@@ -310,44 +311,6 @@ def options_json(annotator: Annotator) -> str:
     return json.dumps(getattr(annotator, "options", dict)())
 
 
-def call_row(
-    run_id: str,
-    annotator: Annotator,
-    options: str,
-    paper_id: str,
-    annotation: str | None,
-    r: Any,
-) -> dict[str, Any]:
-    """One ``llm_calls`` row for an HTTP exchange (a :class:`CallRecord`)."""
-    return {
-        "run_id": run_id,
-        "paper_id": paper_id,
-        "annotation_id": annotation,
-        "annotator": annotator.name,
-        "model": annotator.model,
-        "host": r.host,
-        "path": r.path,
-        "prompt_version": annotator.prompt_version,
-        "taxonomy_version": annotator.taxonomy.version,
-        "options": options,
-        "request_hash": r.request_hash,
-        "request_body": r.request_body,
-        "status": r.status,
-        "response_body": r.response_body,
-        "finish_reason": r.finish_reason,
-        "refusal": r.refusal,
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "cost_usd": r.cost_usd,
-        "duration_ms": r.duration_ms,
-        "attempt": r.attempt,
-        "error": r.error,
-        "started_at": r.started_at,
-        "call_uid": r.call_uid,
-        "replay_of": r.replay_of,
-    }
-
-
 def recover_journal(store: Store, journal: Journal) -> int:
     """Move the rows a killed run journaled into ``llm_calls``; returns how many were new."""
     rows = journal.read()
@@ -623,7 +586,9 @@ class _Run:
         if transport is not None and not force and todo:
             transport.replay = paid_answers(store, ann, [p.paper_id for p in todo])
         if self.journal is not None:
-            ann.call_sink = self._journal_call  # type: ignore[attr-defined]
+            ann.call_sink = functools.partial(  # type: ignore[attr-defined]
+                self.journal.write_call, self.run_id, ann, self.writer.options
+            )
         if self.on_start:
             self.on_start(len(todo))
         try:
@@ -757,13 +722,6 @@ class _Run:
         uids = self.writer.flush()
         if self.journal is not None and uids:
             self.journal.committed(uids)
-
-    def _journal_call(self, paper_id: str, record: Any) -> None:
-        if self.journal is not None:
-            row = call_row(self.run_id, self.ann, self.writer.options, paper_id, None, record)
-            # The prompt is large and rebuilt identically on resume; the answer is what must survive.
-            row["request_body"] = None
-            self.journal.write(row)
 
 
 def _now() -> datetime:

@@ -25,6 +25,71 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+
+@dataclass
+class CallRecord:
+    """One HTTP exchange with the model server, as stored in ``llm_calls``."""
+
+    started_at: datetime
+    host: str
+    path: str
+    request_hash: str
+    request_body: str
+    attempt: int
+    duration_ms: float
+    status: int | None = None
+    response_body: str | None = None
+    finish_reason: str | None = None
+    refusal: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    cost_usd: float | None = None
+    #: Unique per exchange: joins the crash journal to llm_calls.
+    call_uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: The stored call whose response was replayed instead of asking again (no HTTP, no cost).
+    replay_of: int | None = None
+
+
+def call_row(
+    run_id: str,
+    annotator: Any,
+    options: str,
+    paper_id: str,
+    annotation: str | None,
+    r: CallRecord,
+) -> dict[str, Any]:
+    """One ``llm_calls`` row for an HTTP exchange (a :class:`CallRecord`)."""
+    return {
+        "run_id": run_id,
+        "paper_id": paper_id,
+        "annotation_id": annotation,
+        "annotator": annotator.name,
+        "model": annotator.model,
+        "host": r.host,
+        "path": r.path,
+        "prompt_version": annotator.prompt_version,
+        "taxonomy_version": annotator.taxonomy.version,
+        "options": options,
+        "request_hash": r.request_hash,
+        "request_body": r.request_body,
+        "status": r.status,
+        "response_body": r.response_body,
+        "finish_reason": r.finish_reason,
+        "refusal": r.refusal,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "cost_usd": r.cost_usd,
+        "duration_ms": r.duration_ms,
+        "attempt": r.attempt,
+        "error": r.error,
+        "started_at": r.started_at,
+        "call_uid": r.call_uid,
+        "replay_of": r.replay_of,
+    }
+
+
 #: Start a new segment past this size; old ones go once committed.
 SEGMENT_BYTES = 8 * 1024 * 1024
 
@@ -88,6 +153,15 @@ class Journal:
             seg.handle.flush()
             seg.size += len(line)
             seg.pending.add(row["call_uid"])
+
+    def write_call(
+        self, run_id: str, annotator: Any, options: str, paper_id: str, record: CallRecord
+    ) -> None:
+        """Journal one finished exchange (the call_sink of an annotator)."""
+        row = call_row(run_id, annotator, options, paper_id, None, record)
+        # The prompt is large and rebuilt identically on resume; the answer is what must survive.
+        row["request_body"] = None
+        self.write(row)
 
     def committed(self, call_uids: Iterable[str]) -> None:
         """These rows are in the database: drop segments that hold nothing else."""

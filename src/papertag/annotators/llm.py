@@ -18,9 +18,7 @@ import random
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -42,6 +40,7 @@ from tenacity import (
 )
 
 from ..errors import AnnotationError, PapertagError, ProviderError, ValidationFailed
+from ..journal import CallRecord
 from ..schema import Annotation, ValidationContext, format_validation_error, paper_text
 from ..taxonomy import Taxonomy
 from . import DEFAULT_CONCURRENCY, PaperInput
@@ -67,32 +66,6 @@ MODES = {
 
 
 # --------------------------------------------------------------------------- transport
-
-
-@dataclass
-class CallRecord:
-    """One HTTP exchange with the model server, as stored in ``llm_calls``."""
-
-    started_at: datetime
-    host: str
-    path: str
-    request_hash: str
-    request_body: str
-    attempt: int
-    duration_ms: float
-    status: int | None = None
-    response_body: str | None = None
-    finish_reason: str | None = None
-    refusal: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    error: str | None = None
-    retry_after: float | None = None
-    cost_usd: float | None = None
-    #: Unique per exchange: joins the crash journal to llm_calls.
-    call_uid: str = field(default_factory=lambda: uuid.uuid4().hex)
-    #: The stored call whose response was replayed instead of asking again (no HTTP, no cost).
-    replay_of: int | None = None
 
 
 class _RetryableStatus(Exception):
