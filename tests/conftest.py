@@ -178,6 +178,8 @@ def _build_example(path: Path) -> None:
             backoff=0.01,
             max_tokens=600,
             paper_ids=ids,
+            # vcr replays in this process: keep the calls here, not in a worker process.
+            concurrency=1,
         )
     # A few review decisions through the review API, so the README's review example has rows.
     from papertag.review import decide, review_queue

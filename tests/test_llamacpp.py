@@ -43,6 +43,8 @@ def run_llm(db: Path, max_reasks: int) -> AnnotateReport:
         max_reasks=max_reasks,
         backoff=0.01,
         max_tokens=600,
+        # vcr replays in this process: keep the calls here, not in a worker process.
+        concurrency=1,
     )
 
 

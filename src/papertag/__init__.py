@@ -6,6 +6,10 @@ query the views in SQL, :func:`export` them, draw a :func:`write_report` and
 :func:`evaluate` against gold.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .annotate import AnnotateReport, annotate
 from .annotators import Annotator, PaperInput, get_annotator
 from .errors import (
@@ -25,7 +29,6 @@ from .evaluate import EvalResult, evaluate
 from .export import ExportFormat, ExportResult, export
 from .ingest import IngestReport, ingest
 from .query import run_sql, stats
-from .report import ReportResult, write_report
 from .review import (
     Conflict,
     Decision,
@@ -44,7 +47,21 @@ from .schema import Annotation, Candidate, Label, validate_annotation
 from .store import Store, open_store
 from .taxonomy import Taxonomy, load_taxonomy
 
+if TYPE_CHECKING:
+    from .report import ReportResult, write_report
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The report draws with plotly (a tenth of a second to import): load it on first use,
+    # so commands that never draw (annotate above all) start without it (PEP 562).
+    if name in ("ReportResult", "write_report"):
+        from . import report
+
+        return getattr(report, name)
+    raise AttributeError(f"module 'papertag' has no attribute {name!r}")
+
 
 __all__ = [
     "AnnotateReport",

@@ -16,9 +16,11 @@ and returns a report that says how to resume.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -26,12 +28,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
-from .annotators import Annotator, PaperInput, get_annotator
-from .errors import AnnotationError, ConfigError
+from .annotators import DEFAULT_CONCURRENCY, Annotator, AnnotatorInfo, PaperInput, get_annotator
+from .annotators.llm_config import LLMConfig
+from .annotators.worker import Outcome, ProcessWorker, work
+from .errors import AnnotationError, ConfigError, PapertagError
 from .journal import Journal, call_row
 from .schema import Annotation
 from .store import Store
@@ -105,7 +109,7 @@ _CALL_SCHEMA = pa.schema(
 )
 
 
-def annotation_id(paper_id: str, content_hash: str, annotator: Annotator) -> str:
+def annotation_id(paper_id: str, content_hash: str, annotator: AnnotatorInfo) -> str:
     key = "|".join(
         [
             paper_id,
@@ -129,7 +133,7 @@ class _Pending:
 
 def pending_papers(
     store: Store,
-    annotator: Annotator,
+    annotator: AnnotatorInfo,
     *,
     force: bool = False,
     retry_failed: bool = False,
@@ -184,7 +188,7 @@ def pending_papers(
 class _Writer:
     """Buffers results and writes them in columnar batches, one transaction each."""
 
-    def __init__(self, store: Store, annotator: Annotator, run_id: str) -> None:
+    def __init__(self, store: Store, annotator: AnnotatorInfo, run_id: str) -> None:
         self.store, self.annotator, self.run_id = store, annotator, run_id
         self.options = options_json(annotator)
         self.ann_rows: list[dict[str, Any]] = []
@@ -306,7 +310,7 @@ class _Writer:
         return uids
 
 
-def options_json(annotator: Annotator) -> str:
+def options_json(annotator: AnnotatorInfo) -> str:
     """The annotator's request options as stored with each call (the same for a whole run)."""
     return json.dumps(getattr(annotator, "options", dict)())
 
@@ -331,7 +335,7 @@ def recover_journal(store: Store, journal: Journal) -> int:
 
 
 def paid_answers(
-    store: Store, annotator: Annotator, paper_ids: Sequence[str]
+    store: Store, annotator: AnnotatorInfo, paper_ids: Sequence[str]
 ) -> dict[str, list[tuple[int, str]]]:
     """Answers already paid for but never stored as a result, by request hash.
 
@@ -381,7 +385,7 @@ class Estimate:
     cost_usd: float | None
 
 
-def _estimate_paper(ann: Annotator, paper: _Pending) -> tuple[int, int]:
+def _estimate_paper(ann: AnnotatorInfo, paper: _Pending) -> tuple[int, int]:
     estimate_tokens: Callable[[PaperInput], tuple[int, int]] | None = getattr(
         ann, "estimate_tokens", None
     )
@@ -407,7 +411,14 @@ def estimate(
 ) -> Estimate:
     """How many papers a run would send, and their estimated tokens and cost."""
     store = db if isinstance(db, Store) else Store(db)
-    ann = annotator if not isinstance(annotator, str) else get_annotator(annotator, **options)
+    ann: AnnotatorInfo
+    if annotator == "llm":
+        # Estimates need the prompt and prices, not a client: no openai import, no connection.
+        ann = LLMConfig.from_options(options)
+    elif isinstance(annotator, str):
+        ann = get_annotator(annotator, **options)
+    else:
+        ann = annotator
     try:
         todo, skipped = pending_papers(
             store, ann, force=force, retry_failed=retry_failed, limit=limit
@@ -425,39 +436,11 @@ def estimate(
             store.close()
 
 
-@dataclass
-class _Outcome:
-    paper: _Pending
-    started: datetime
-    duration_ms: float
-    result: Annotation | None = None
-    error: AnnotationError | None = None
-    fatal: BaseException | None = None
-    calls: Sequence[Any] = ()
-
-
-def _work(ann: Annotator, paper: _Pending) -> _Outcome:
-    """Annotate one paper (in a worker thread, or inline for a local annotator)."""
-    drain: Callable[[], Sequence[Any]] = getattr(ann, "drain_calls", tuple)
-    out = _Outcome(paper, _now(), 0.0)
-    t0 = time.perf_counter()
-    try:
-        out.result = ann.annotate(PaperInput(paper.paper_id, paper.title, paper.abstract))
-    except AnnotationError as exc:
-        exc.paper_id = paper.paper_id
-        out.error = exc
-    except BaseException as exc:
-        out.fatal = exc
-    out.duration_ms = (time.perf_counter() - t0) * 1000
-    out.calls = drain()
-    return out
-
-
 class _Budget:
     """--max-cost: a paper starts only if the spend so far, plus what the papers in
     flight will likely cost, plus its own likely cost, stays within the limit."""
 
-    def __init__(self, ann: Annotator, max_cost: float | None) -> None:
+    def __init__(self, ann: AnnotatorInfo, max_cost: float | None) -> None:
         self.ann, self.max_cost = ann, max_cost
         self.reserved: dict[str, float] = {}
         self.settled_cost = 0.0
@@ -510,10 +493,20 @@ def annotate(
         raise ConfigError("--limit must be 0 or more")
     if max_cost is not None and max_cost < 0:
         raise ConfigError("--max-cost must be 0 or more")
-    store = db if isinstance(db, Store) else Store(db)
-    ann: Annotator | None = None
+    remote: ProcessWorker | None = None
+    if annotator == "llm" and _calls_in_child(options):
+        # First: the child imports the openai client while this process opens the database.
+        remote = ProcessWorker(options)
+    store: Store | None = None
+    ann: AnnotatorInfo | None = None
     try:
-        ann = annotator if not isinstance(annotator, str) else get_annotator(annotator, **options)
+        store = db if isinstance(db, Store) else Store(db)
+        if remote is not None:
+            ann = LLMConfig.from_options(options)
+        elif isinstance(annotator, str):
+            ann = get_annotator(annotator, **options)
+        else:
+            ann = annotator
         if (
             max_cost is not None
             and _price(ann.model, 1000, 1000) is None
@@ -523,7 +516,7 @@ def annotate(
                 f"--max-cost needs the price of {ann.model!r}: set PAPERTAG_PRICES="
                 f"'{{\"{ann.model}\": [usd_per_1M_prompt_tokens, usd_per_1M_completion_tokens]}}'"
             )
-        return _Run(store, ann, max_cost, on_start, on_progress).run(
+        return _Run(store, ann, max_cost, on_start, on_progress, remote).run(
             limit=limit,
             force=force,
             retry_failed=retry_failed,
@@ -531,10 +524,24 @@ def annotate(
         )
     finally:
         # Close only what we built (an LLM client's connections); a caller's annotator is theirs.
-        if isinstance(annotator, str) and ann is not None:
+        if remote is not None:
+            remote.close()
+        elif isinstance(annotator, str) and ann is not None:
             getattr(ann, "close", lambda: None)()
-        if not isinstance(db, Store):
+        if store is not None and not isinstance(db, Store):
             store.close()
+
+
+def _calls_in_child(options: dict[str, Any]) -> bool:
+    """Concurrent LLM calls run in a child process (see annotators/worker.py), unless a
+    caller hands in its own transport (which cannot cross a process boundary)."""
+    concurrency = options.get("concurrency", DEFAULT_CONCURRENCY)
+    return (
+        os.name == "posix"
+        and "transport" not in options
+        and isinstance(concurrency, int)
+        and concurrency > 1
+    )
 
 
 class _Run:
@@ -543,12 +550,13 @@ class _Run:
     def __init__(
         self,
         store: Store,
-        ann: Annotator,
+        ann: AnnotatorInfo,
         max_cost: float | None,
         on_start: Callable[[int], None] | None,
         on_progress: Callable[[AnnotateReport], None] | None,
+        remote: ProcessWorker | None = None,
     ) -> None:
-        self.store, self.ann = store, ann
+        self.store, self.ann, self.remote = store, ann, remote
         self.on_start, self.on_progress = on_start, on_progress
         self.run_id = uuid.uuid4().hex[:12]
         self.report = AnnotateReport(
@@ -558,7 +566,8 @@ class _Run:
         self.budget = _Budget(ann, max_cost)
         # Only annotators that call a server keep a journal (rules results cost nothing to redo).
         self.journal: Journal | None = None
-        if hasattr(ann, "call_sink") and str(store.path) != ":memory:":
+        calls_server = remote is not None or hasattr(ann, "call_sink")
+        if calls_server and str(store.path) != ":memory:":
             self.journal = Journal(store.path)
 
     def run(
@@ -583,36 +592,54 @@ class _Run:
         )
         report.total = len(todo)
         transport = getattr(ann, "transport", None)
-        if transport is not None and not force and todo:
-            transport.replay = paid_answers(store, ann, [p.paper_id for p in todo])
-        if self.journal is not None:
-            ann.call_sink = functools.partial(  # type: ignore[attr-defined]
-                self.journal.write_call, self.run_id, ann, self.writer.options
-            )
+        replay: dict[str, list[tuple[int, str]]] = {}
+        if (transport is not None or self.remote is not None) and not force and todo:
+            replay = paid_answers(store, ann, [p.paper_id for p in todo])
+        if self.remote is not None:
+            if todo:
+                journal_at = store.path if self.journal is not None else None
+                self.remote.start(self.run_id, self.writer.options, journal_at, replay)
+        else:
+            if transport is not None:
+                transport.replay = replay
+            if self.journal is not None:
+                ann.call_sink = functools.partial(  # type: ignore[attr-defined]
+                    self.journal.write_call, self.run_id, ann, self.writer.options
+                )
         if self.on_start:
             self.on_start(len(todo))
+        finished = False
         try:
             workers = int(getattr(ann, "concurrency", 1))
             if workers > 1:
                 self._concurrent(todo, workers)
             else:
                 self._inline(todo)
+            finished = True
         finally:
             # Whatever happened (Ctrl-C, a fatal error), keep what was finished.
             self._flush()
-            if self.journal is not None:
-                ann.call_sink = None  # type: ignore[attr-defined]
-                # Segments still holding uncommitted answers stay for the next run to recover.
-                self.journal.close()
+            self._end_calls(finished and bool(todo))
             report.seconds = time.perf_counter() - started
             report.left = report.total - report.done - report.failed
-            throttle = getattr(ann, "throttle", None)
-            report.throttled = getattr(throttle, "throttled", 0)
             store.con.execute(
                 "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
                 [_now(), report.done, report.skipped, report.failed, self.run_id],
             )
         return report
+
+    def _end_calls(self, finished: bool) -> None:
+        """Close the journal (keeping segments not yet committed) and count the 429s."""
+        if self.remote is not None:
+            if not finished:
+                return  # annotate() ends the child; its journal stays for the next run
+            self.report.throttled = self.remote.finish()
+            return
+        if self.journal is not None:
+            self.ann.call_sink = None  # type: ignore[attr-defined]
+            # Segments still holding uncommitted answers stay for the next run to recover.
+            self.journal.close()
+        self.report.throttled = getattr(getattr(self.ann, "throttle", None), "throttled", 0)
 
     # -- the two ways of running ----------------------------------------------------------
     def _inline(self, todo: list[_Pending]) -> None:
@@ -620,11 +647,11 @@ class _Run:
             if not self._admit(paper):
                 return
             try:
-                outcome = _work(self.ann, paper)
+                outcome = work(cast(Annotator, self.ann), _input(paper))
             except KeyboardInterrupt:
                 self.report.stopped = "interrupted"
                 return
-            self._settle(outcome)
+            self._settle(paper, outcome)
             if self.writer.due():
                 self._flush()
             if isinstance(outcome.fatal, KeyboardInterrupt):
@@ -633,15 +660,28 @@ class _Run:
 
     def _concurrent(self, todo: list[_Pending], workers: int) -> None:
         pending = iter(todo)
-        running: dict[Future[_Outcome], _Pending] = {}
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="papertag-annotate")
+        running: dict[Future[Outcome], _Pending] = {}
+        pool: ThreadPoolExecutor | None = None
+        queued = workers
+        if self.remote is not None:
+            submit = self.remote.submit
+            # A second round of papers waits in the child, so its calls go on while this
+            # thread is busy committing (a batch of long prompts takes a tenth of a second).
+            queued = 2 * workers
+        else:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="papertag-annotate")
+            ann = cast(Annotator, self.ann)  # in this process: the annotator itself
+
+            def submit(paper: PaperInput) -> Future[Outcome]:
+                return pool.submit(work, ann, paper)
+
         try:
             while True:
-                while self.report.stopped is None and len(running) < workers:
+                while self.report.stopped is None and len(running) < queued:
                     paper = next(pending, None)
                     if paper is None or not self._admit(paper):
                         break
-                    running[pool.submit(_work, self.ann, paper)] = paper
+                    running[submit(_input(paper))] = paper
                 if not running:
                     return
                 try:
@@ -650,8 +690,7 @@ class _Run:
                     self._interrupt()
                     continue
                 for future in done:
-                    del running[future]
-                    self._settle(future.result())
+                    self._settle(running.pop(future), future.result())
                 if self.writer.due():
                     self._flush()
         except BaseException:
@@ -659,7 +698,8 @@ class _Run:
             self._cancel()
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     # -- shared steps ---------------------------------------------------------------------------
     def _admit(self, paper: _Pending) -> bool:
@@ -676,17 +716,24 @@ class _Run:
         A second Ctrl-C also closes the connections, cutting those calls short.
         """
         if self.report.stopped == "interrupted":
-            getattr(self.ann, "close", lambda: None)()
+            if self.remote is not None:
+                self.remote.close_connections()
+            else:
+                getattr(self.ann, "close", lambda: None)()
         self.report.stopped = "interrupted"
         self._cancel()
 
     def _cancel(self) -> None:
+        if self.remote is not None:
+            with contextlib.suppress(PapertagError):  # a child already gone has nothing to stop
+                self.remote.cancel()
+            return
         cancel = getattr(self.ann, "cancel", None)
         if cancel is not None:
             cancel()
 
-    def _settle(self, out: _Outcome) -> None:
-        report, writer, paper = self.report, self.writer, out.paper
+    def _settle(self, paper: _Pending, out: Outcome) -> None:
+        report, writer = self.report, self.writer
         cost = 0.0
         for c in out.calls:
             if c.replay_of is not None:
@@ -720,8 +767,16 @@ class _Run:
 
     def _flush(self) -> None:
         uids = self.writer.flush()
-        if self.journal is not None and uids:
+        if not uids:
+            return
+        if self.remote is not None:
+            self.remote.committed(uids)
+        elif self.journal is not None:
             self.journal.committed(uids)
+
+
+def _input(paper: _Pending) -> PaperInput:
+    return PaperInput(paper.paper_id, paper.title, paper.abstract)
 
 
 def _now() -> datetime:

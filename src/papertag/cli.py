@@ -40,7 +40,6 @@ from .export import DEFAULT_STEM, ExportFormat
 from .export import export as run_export
 from .ingest import FileReport, ingest_file
 from .query import QueryResult, read_sql_file, run_sql, stats, to_csv, to_json
-from .report import write_report
 from .review import (
     Conflict,
     default_reviewer,
@@ -682,6 +681,8 @@ def report(
     per-label F1 and a reliability diagram (scored as `papertag eval` does, which
     adds gold papers missing from the database).
     """
+    from .report import write_report  # plotly: imported only by the command that draws
+
     result = _run(lambda: write_report(state.db, output, gold=gold, annotator=annotator.value))
     s = result.summary
     out.print(

@@ -24,12 +24,16 @@ class PaperInput:
     abstract: str
 
 
-class Annotator(Protocol):
+class AnnotatorInfo(Protocol):
+    """What identifies an annotator's results: part of every annotation's key."""
+
     name: str
     model: str
     prompt_version: str
     taxonomy: Taxonomy
 
+
+class Annotator(AnnotatorInfo, Protocol):
     def annotate(self, paper: PaperInput) -> Annotation: ...
 
 
@@ -55,4 +59,11 @@ def get_annotator(
     raise ConfigError(f"unknown annotator {name!r}; choose one of: {', '.join(ANNOTATORS)}")
 
 
-__all__ = ["ANNOTATORS", "DEFAULT_CONCURRENCY", "Annotator", "PaperInput", "get_annotator"]
+__all__ = [
+    "ANNOTATORS",
+    "DEFAULT_CONCURRENCY",
+    "Annotator",
+    "AnnotatorInfo",
+    "PaperInput",
+    "get_annotator",
+]

@@ -469,7 +469,12 @@ class LLMAnnotator(LLMConfig):
                     stream=False,
                     is_async=False,
                 )
-                return result
+                # As the plain model: results cross to the writer process by pickle, which
+                # would otherwise import this module (and openai) there to rebuild them.
+                return Annotation.model_construct(
+                    _fields_set=result.model_fields_set,
+                    **{name: getattr(result, name) for name in Annotation.model_fields},
+                )
             except IncompleteOutputException:
                 raise self._truncated(paper, attempt) from None
             except (pydantic.ValidationError, ValueError) as exc:

@@ -9,6 +9,7 @@ stay light; :class:`papertag.annotators.llm.LLMAnnotator` adds the client.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -198,6 +199,12 @@ class LLMConfig:
         self.concurrency = concurrency
         self.rpm, self.tpm = rpm, tpm
         self.host = urlparse(self.base_url).netloc if self.base_url else "api.openai.com"
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> LLMConfig:
+        """The settings among an LLMAnnotator's options (the rest configure its client)."""
+        params = inspect.signature(cls.__init__).parameters
+        return cls(**{k: v for k, v in options.items() if k in params and k != "self"})
 
     def options(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,284 @@
+"""The LLM annotator's calls in a child process, so that a run uses two cores.
+
+An annotation costs about a millisecond of Python per paper in the ``openai``
+client and validation, and the writer's batches cost more on top; in one process
+both wait on one interpreter lock, and the writer's work delays the answers
+waiting to be read. So ``annotate --annotator llm --concurrency N`` (N > 1) runs
+the calls here, in a ``python`` child process, and the parent keeps
+the database, the progress bar and the budget. The child also imports ``openai``
+(most of a second) while the parent opens the database and finds the papers to do.
+
+The child owns everything of a call: the client, the throttle (so rate limits are
+shared by all calls, as before), the replay of answers already paid for, and the
+crash journal, to which each answer is written the moment it arrives. It dies with
+its parent (``PR_SET_PDEATHSIG`` on Linux; on other systems when its pipe closes),
+so a ``kill -9`` of the command leaves no process still calling the server.
+
+Messages, pickled over two pipes:
+
+* parent to child: ``("init", options)`` (first), ``("start", run_id, options_json,
+  db_path, replay)``, ``("paper", key, PaperInput)``, ``("committed", call_uids)``,
+  ``("cancel",)``, ``("close",)``, ``("end",)``;
+* child to parent: ``("ready", None)`` or ``("error", exception)`` once the
+  annotator is built, ``("done", key, Outcome)`` per paper, ``("bye", throttled)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from ..errors import AnnotationError, PapertagError
+from ..schema import Annotation
+from . import Annotator, PaperInput
+
+
+@dataclass
+class Outcome:
+    """What annotating one paper gave: a result, a reasoned failure or a fatal error."""
+
+    started: datetime
+    duration_ms: float = 0.0
+    result: Annotation | None = None
+    error: AnnotationError | None = None
+    fatal: BaseException | None = None
+    calls: Sequence[Any] = ()
+
+
+def work(ann: Annotator, paper: PaperInput) -> Outcome:
+    """Annotate one paper; never raises (a worker thread's errors travel in the outcome)."""
+    drain: Callable[[], Sequence[Any]] = getattr(ann, "drain_calls", tuple)
+    out = Outcome(datetime.now(UTC).replace(tzinfo=None))
+    t0 = time.perf_counter()
+    try:
+        out.result = ann.annotate(paper)
+    except AnnotationError as exc:
+        exc.paper_id = paper.paper_id
+        out.error = exc
+    except BaseException as exc:
+        out.fatal = exc
+    out.duration_ms = (time.perf_counter() - t0) * 1000
+    out.calls = drain()
+    return out
+
+
+_CHILD_MAIN = "from papertag.annotators.worker import main; main()"
+
+
+class WorkerDied(PapertagError):
+    """The child process that calls the model stopped without saying why."""
+
+
+class ProcessWorker:
+    """The parent's handle on the child: submit papers, get futures of outcomes."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        self.proc = subprocess.Popen(
+            # -c, not -m: what the child pickles (Outcome) must be this module's classes,
+            # not those of a second copy run as __main__.
+            [sys.executable, "-c", _CHILD_MAIN, str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w),
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._out = Connection(to_child_w, readable=False)
+        self._in = Connection(from_child_r, writable=False)
+        self._send_lock = threading.Lock()
+        self._futures: dict[int, Future[Outcome]] = {}
+        self._next_key = 0
+        self._bye: Future[int] = Future()
+        self._reader: threading.Thread | None = None
+        self._send("init", options)
+
+    # -- talking to the child -----------------------------------------------------------
+    def _send(self, *msg: Any) -> None:
+        with self._send_lock:
+            try:
+                self._out.send(msg)
+            except OSError:
+                raise self._died() from None
+
+    def _died(self) -> WorkerDied:
+        code = self.proc.poll()
+        how = f"exit code {code}" if code is not None else "its pipe closed"
+        return WorkerDied(f"the process calling the model stopped ({how}); run again to resume")
+
+    def start(
+        self, run_id: str, options_json: str, db_path: Path | None, replay: dict[str, Any]
+    ) -> None:
+        """Wait until the annotator is built (raising its error), then begin a run."""
+        try:
+            kind, payload = self._in.recv()
+        except (EOFError, OSError):
+            raise self._died() from None
+        if kind == "error":
+            raise payload
+        self._send("start", run_id, options_json, str(db_path) if db_path else None, replay)
+        self._reader = threading.Thread(
+            target=self._read, name="papertag-worker-reader", daemon=True
+        )
+        self._reader.start()
+
+    def _read(self) -> None:
+        reason: str | None = None
+        while True:
+            try:
+                msg = self._in.recv()
+            except (EOFError, OSError):
+                break
+            except Exception as exc:  # an answer that cannot be read ends the run, not the reader
+                reason = f"{type(exc).__name__}: {exc}"
+                break
+            if msg[0] == "done":
+                future = self._futures.pop(msg[1], None)
+                if future is not None:
+                    future.set_result(msg[2])
+            elif msg[0] == "bye":
+                self._bye.set_result(msg[1])
+                return
+        died = self._died() if reason is None else WorkerDied(f"lost the worker process: {reason}")
+        for future in list(self._futures.values()):
+            future.set_exception(died)
+        self._futures.clear()
+        if not self._bye.done():
+            self._bye.set_exception(died)
+
+    def submit(self, paper: PaperInput) -> Future[Outcome]:
+        future: Future[Outcome] = Future()
+        key, self._next_key = self._next_key, self._next_key + 1
+        self._futures[key] = future
+        self._send("paper", key, paper)
+        return future
+
+    def committed(self, call_uids: list[str]) -> None:
+        self._send("committed", call_uids)
+
+    def cancel(self) -> None:
+        """Ctrl-C: the child starts no new request and ends its retry waits."""
+        self._send("cancel")
+
+    def close_connections(self) -> None:
+        """A second Ctrl-C: the child drops its connections, cutting calls in flight."""
+        self._send("close")
+
+    def finish(self) -> int:
+        """Let calls in flight end, close the journal; returns the 429s the child saw."""
+        self._send("end")
+        return self._bye.result()
+
+    def close(self) -> None:
+        """Make sure the child is gone: it has said goodbye, or it is stopped now.
+
+        Stopping it mid-run loses nothing: every answer it received is in the journal.
+        """
+        if not self._bye.done() or self._bye.exception() is not None:
+            self.proc.kill()
+        self.proc.wait()
+        for conn in (self._out, self._in):
+            conn.close()
+        if self._reader is not None:
+            self._reader.join()
+
+
+# -- the child ----------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _child(conn_in: Connection, conn_out: Connection) -> None:
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:
+        return  # the parent died before the line above took effect
+    # Ctrl-C reaches the whole process group; the parent decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lock = threading.Lock()
+
+    def send(*msg: Any) -> None:
+        try:
+            data = pickle.dumps(msg)
+        except Exception as exc:
+            # An error that cannot cross the pipe still ends the run, as a message.
+            if msg[0] == "done":
+                out: Outcome = msg[2]
+                out.fatal = PapertagError(f"{type(out.fatal).__name__}: {out.fatal}")
+                data = pickle.dumps(msg)
+            else:
+                data = pickle.dumps(("error", PapertagError(f"{type(exc).__name__}: {exc}")))
+        with lock:
+            conn_out.send_bytes(data)
+
+    from .llm import LLMAnnotator
+
+    _, options = conn_in.recv()
+    try:
+        ann = LLMAnnotator(**options)
+    except BaseException as exc:
+        send("error", exc)
+        return
+    send("ready", None)
+    _, run_id, options_json, db_path, replay = conn_in.recv()
+    ann.transport.replay = replay
+    journal = None
+    if db_path is not None:
+        from ..journal import Journal
+
+        journal = Journal(Path(db_path))
+        ann.call_sink = lambda paper_id, record: journal.write_call(
+            run_id, ann, options_json, paper_id, record
+        )
+    pool = ThreadPoolExecutor(ann.concurrency, thread_name_prefix="papertag-annotate")
+
+    def submit(key: int, paper: PaperInput) -> None:
+        future = pool.submit(work, ann, paper)
+        future.add_done_callback(lambda f: send("done", key, f.result()))
+
+    while True:
+        try:
+            msg = conn_in.recv()
+        except (EOFError, OSError):
+            os._exit(1)  # the parent is gone: nobody is left to store an answer
+        if msg[0] == "paper":
+            submit(msg[1], msg[2])
+        elif msg[0] == "committed" and journal is not None:
+            journal.committed(msg[1])
+        elif msg[0] == "cancel":
+            ann.cancel()
+        elif msg[0] == "close":
+            ann.close()
+        elif msg[0] == "end":
+            pool.shutdown(wait=True)
+            if journal is not None:
+                journal.close()
+            send("bye", ann.throttle.throttled)
+            # Nothing is left to save (the journal is closed, the parent has every answer):
+            # skip the interpreter's teardown, which the parent would wait for.
+            conn_out.close()
+            os._exit(0)
+
+
+def main() -> None:
+    conn_in = Connection(int(sys.argv[1]), writable=False)
+    conn_out = Connection(int(sys.argv[2]), readable=False)
+    _child(conn_in, conn_out)
