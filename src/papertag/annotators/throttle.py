@@ -34,8 +34,7 @@ PROBE_EVERY = 3.0
 PROBE_STEP = 1.03
 #: A burst of 429s from one overshoot counts once: cuts are at least this far apart.
 CUT_COOLDOWN = 1.0
-#: Requests in flight before the first answers come back: half the concurrency asked for,
-#: and at least this many.
+#: Requests in flight before the first answers come back.
 SLOW_START = 4
 #: Pause after a 429 that says nothing about when to come back.
 DEFAULT_PAUSE = 1.0
@@ -68,9 +67,9 @@ class Throttle:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.max_window = concurrency
-        # Slow start (as TCP): half the concurrency first, one more per success (doubling
-        # every round trip) until the first 429, so an unknown limit is not hit by a full wave.
-        self.window = float(min(concurrency, max(SLOW_START, concurrency // 2)))
+        # Slow start (as TCP): a few requests first, one more per success (doubling every
+        # round trip) until the first 429, so an unknown limit is not hit by a full wave.
+        self.window = float(min(concurrency, SLOW_START))
         self._slow_start = True
         self.user_rate = rpm / 60 if rpm else None
         self.user_tps = tpm / 60 if tpm else None
