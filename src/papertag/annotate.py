@@ -21,6 +21,8 @@ import functools
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -595,6 +597,8 @@ class _Run:
         replay: dict[str, list[tuple[int, str]]] = {}
         if (transport is not None or self.remote is not None) and not force and todo:
             replay = paid_answers(store, ann, [p.paper_id for p in todo])
+        if todo:
+            store.prepare_arrow()
         if self.remote is not None:
             if todo:
                 journal_at = store.path if self.journal is not None else None
@@ -675,26 +679,32 @@ class _Run:
             def submit(paper: PaperInput) -> Future[Outcome]:
                 return pool.submit(work, ann, paper)
 
+        ctrl_c = _CtrlC()
         try:
-            while True:
-                while self.report.stopped is None and len(running) < queued:
-                    paper = next(pending, None)
-                    if paper is None or not self._admit(paper):
-                        break
-                    running[submit(_input(paper))] = paper
-                if not running:
-                    return
-                try:
-                    done, _ = wait(running, timeout=FLUSH_EVERY / 4, return_when=FIRST_COMPLETED)
-                except KeyboardInterrupt:
-                    self._interrupt()
-                    continue
-                for future in done:
-                    self._settle(running.pop(future), future.result())
-                if self.writer.due():
-                    self._flush()
+            with ctrl_c:
+                while True:
+                    for _ in range(ctrl_c.take()):
+                        self._interrupt()
+                    while self.report.stopped is None and len(running) < queued:
+                        paper = next(pending, None)
+                        if paper is None or not self._admit(paper):
+                            break
+                        running[submit(_input(paper))] = paper
+                    if not running:
+                        return
+                    try:
+                        done, _ = wait(
+                            running, timeout=FLUSH_EVERY / 4, return_when=FIRST_COMPLETED
+                        )
+                    except KeyboardInterrupt:  # not in the main thread: no flag, an exception
+                        self._interrupt()
+                        continue
+                    for future in done:
+                        self._settle(running.pop(future), future.result())
+                    if self.writer.due():
+                        self._flush()
         except BaseException:
-            # A fatal error (refused key) or a second Ctrl-C: stop the others at once.
+            # A fatal error (refused key) or a third Ctrl-C: stop the others at once.
             self._cancel()
             raise
         finally:
@@ -773,6 +783,40 @@ class _Run:
             self.remote.committed(uids)
         elif self.journal is not None:
             self.journal.committed(uids)
+
+
+class _CtrlC:
+    """Ctrl-C as a count the run loop reads, instead of an exception raised wherever the
+    main thread happens to be (mid-commit, or inside an import that DuckDB makes and
+    whose failure it swallows). A third Ctrl-C raises KeyboardInterrupt as usual.
+
+    Only the main thread can own a signal handler; elsewhere this does nothing and
+    Ctrl-C stays an exception.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._taken = 0
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count >= 2 and self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def take(self) -> int:
+        """Ctrl-Cs since the last call."""
+        new, self._taken = self.count - self._taken, self.count
+        return new
 
 
 def _input(paper: _Pending) -> PaperInput:

@@ -406,6 +406,18 @@ class Store:
         row = self.con.execute(sql, params or []).fetchone()
         return None if row is None else row[0]
 
+    def prepare_arrow(self) -> None:
+        """Pay now for what DuckDB imports on its first Arrow scan (pyarrow.dataset, pandas
+        if installed: a third of a second).
+
+        Paid in the middle of a run, it stalls the writer; and DuckDB takes an import that
+        raises for a module not installed, so a Ctrl-C landing in it is lost.
+        """
+        import pyarrow as pa
+
+        _papertag_batch = pa.table({"x": pa.array([], pa.int8())})
+        self.con.execute("SELECT count(*) FROM _papertag_batch").fetchall()
+
     def insert_arrow(self, table: str, data: Any) -> None:
         """Bulk-insert a pyarrow Table (columnar path, never row by row)."""
         cols = ", ".join(data.column_names)
