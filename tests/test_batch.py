@@ -295,6 +295,56 @@ def test_ctrl_c_commits_what_finished_and_says_how_to_resume(tmp_path: Path, db_
     assert report.done == 30 - stored and srv.count == asked + report.calls
 
 
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_kill_9_leaves_no_process_calling_the_server(tmp_path: Path, db_path: Path) -> None:
+    _papers(db_path, tmp_path, 30)
+    with fault_server(latency=0.3) as srv:
+        proc = _spawn(db_path, srv.url, "--concurrency", "4")
+        _wait_for(lambda: srv.count >= 6)
+        workers = _children(proc.pid)
+        assert workers, "the calls run in a child process"
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        _wait_for(lambda: not any(_alive(w) for w in workers), timeout=5)
+        asked = srv.count
+        time.sleep(0.8)
+        assert srv.count == asked
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_worker_killed_mid_run_is_one_clear_error_and_resumable(
+    tmp_path: Path, db_path: Path
+) -> None:
+    _papers(db_path, tmp_path, 30)
+    with fault_server(latency=0.3) as srv:
+        proc = _spawn(db_path, srv.url, "--concurrency", "4")
+        _wait_for(lambda: srv.count >= 10)
+        (worker,) = _children(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        assert "the process calling the model stopped" in stderr and "Traceback" not in stderr
+        assert len(stderr.strip().splitlines()) == 1
+        report = annotate(db_path, "llm", model="fake-model", base_url=srv.url, concurrency=4)
+    with Store(db_path) as s:
+        assert s.scalar("SELECT count(DISTINCT paper_id) FROM annotations") == 30
+        assert s.scalar("SELECT count(*) FROM annotations") == 30
+    assert report.done + report.skipped == 30
+
+
 def test_a_second_process_is_refused_with_a_clear_message(tmp_path: Path, db_path: Path) -> None:
     _papers(db_path, tmp_path, 10)
     with fault_server(latency=1.0) as srv:
