@@ -8,49 +8,44 @@ query the views in SQL, :func:`export` them, draw a :func:`write_report` and
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
-# The process that calls the model for `annotate` (annotators/worker.py) imports only the
-# annotator: the public names below would cost it a third of a second of start-up
-# (DuckDB, pyarrow) that the run waits for.
-if not os.environ.get("_PAPERTAG_WORKER"):
-    from .annotate import AnnotateReport, annotate
-    from .annotators import Annotator, PaperInput, get_annotator
-    from .errors import (
-        AnnotationError,
-        BadRow,
-        ConfigError,
-        DatabaseBusy,
-        InputError,
-        PapertagError,
-        QueryError,
-        ReviewError,
-        ReviewImportError,
-        StoreError,
-        ValidationFailed,
-    )
-    from .evaluate import EvalResult, evaluate
-    from .export import ExportFormat, ExportResult, export
-    from .ingest import IngestReport, ingest
-    from .query import run_sql, stats
-    from .review import (
-        Conflict,
-        Decision,
-        ImportReport,
-        QueueItem,
-        add_label,
-        conflicts,
-        decide,
-        export_sheet,
-        import_sheet,
-        record_decision,
-        review_queue,
-        undo_decision,
-    )
-    from .schema import Annotation, Candidate, Label, validate_annotation
-    from .store import Store, open_store
-    from .taxonomy import Taxonomy, load_taxonomy
+from .annotate import AnnotateReport, annotate
+from .annotators import Annotator, PaperInput, get_annotator
+from .errors import (
+    AnnotationError,
+    BadRow,
+    ConfigError,
+    DatabaseBusy,
+    InputError,
+    PapertagError,
+    QueryError,
+    ReviewError,
+    ReviewImportError,
+    StoreError,
+    ValidationFailed,
+)
+from .evaluate import EvalResult, evaluate
+from .export import ExportFormat, ExportResult, export
+from .ingest import IngestReport, ingest
+from .query import run_sql, stats
+from .review import (
+    Conflict,
+    Decision,
+    ImportReport,
+    QueueItem,
+    add_label,
+    conflicts,
+    decide,
+    export_sheet,
+    import_sheet,
+    record_decision,
+    review_queue,
+    undo_decision,
+)
+from .schema import Annotation, Candidate, Label, validate_annotation
+from .store import Store, open_store
+from .taxonomy import Taxonomy, load_taxonomy
 
 if TYPE_CHECKING:
     from .report import ReportResult, write_report

@@ -30,10 +30,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import pyarrow as pa
-
+from ._lazy import lazy_import
 from .annotators import DEFAULT_CONCURRENCY, Annotator, AnnotatorInfo, PaperInput, get_annotator
 from .annotators.llm_config import LLMConfig
 from .annotators.worker import Outcome, ProcessWorker, work
@@ -41,6 +40,11 @@ from .errors import AnnotationError, ConfigError, PapertagError
 from .journal import Journal, call_row
 from .schema import Annotation
 from .store import Store
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_import("pyarrow")
 
 #: Results per write transaction.
 WRITE_BATCH = 2_000
@@ -80,35 +84,37 @@ class AnnotateReport:
     left: int = 0
 
 
-_CALL_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("paper_id", pa.string()),
-        ("annotation_id", pa.string()),
-        ("annotator", pa.string()),
-        ("model", pa.string()),
-        ("host", pa.string()),
-        ("path", pa.string()),
-        ("prompt_version", pa.string()),
-        ("taxonomy_version", pa.string()),
-        ("options", pa.string()),
-        ("request_hash", pa.string()),
-        ("request_body", pa.string()),
-        ("status", pa.int32()),
-        ("response_body", pa.string()),
-        ("finish_reason", pa.string()),
-        ("refusal", pa.string()),
-        ("prompt_tokens", pa.int32()),
-        ("completion_tokens", pa.int32()),
-        ("cost_usd", pa.float64()),
-        ("duration_ms", pa.float64()),
-        ("attempt", pa.int32()),
-        ("error", pa.string()),
-        ("started_at", pa.timestamp("us")),
-        ("call_uid", pa.string()),
-        ("replay_of", pa.int64()),
-    ]
-)
+@functools.cache
+def _call_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("paper_id", pa.string()),
+            ("annotation_id", pa.string()),
+            ("annotator", pa.string()),
+            ("model", pa.string()),
+            ("host", pa.string()),
+            ("path", pa.string()),
+            ("prompt_version", pa.string()),
+            ("taxonomy_version", pa.string()),
+            ("options", pa.string()),
+            ("request_hash", pa.string()),
+            ("request_body", pa.string()),
+            ("status", pa.int32()),
+            ("response_body", pa.string()),
+            ("finish_reason", pa.string()),
+            ("refusal", pa.string()),
+            ("prompt_tokens", pa.int32()),
+            ("completion_tokens", pa.int32()),
+            ("cost_usd", pa.float64()),
+            ("duration_ms", pa.float64()),
+            ("attempt", pa.int32()),
+            ("error", pa.string()),
+            ("started_at", pa.timestamp("us")),
+            ("call_uid", pa.string()),
+            ("replay_of", pa.int64()),
+        ]
+    )
 
 
 def annotation_id(paper_id: str, content_hash: str, annotator: AnnotatorInfo) -> str:
@@ -305,7 +311,7 @@ class _Writer:
                 store.insert_arrow("annotation_failures", pa.Table.from_pylist(self.fail_rows))
             if self.call_rows:
                 store.insert_arrow(
-                    "llm_calls", pa.Table.from_pylist(self.call_rows, schema=_CALL_SCHEMA)
+                    "llm_calls", pa.Table.from_pylist(self.call_rows, schema=_call_schema())
                 )
         uids = [r["call_uid"] for r in self.call_rows]
         self.ann_rows, self.label_rows, self.fail_rows, self.call_rows = [], [], [], []
@@ -321,7 +327,7 @@ def recover_journal(store: Store, journal: Journal) -> int:
     """Move the rows a killed run journaled into ``llm_calls``; returns how many were new."""
     rows = journal.read()
     if rows:
-        table = pa.Table.from_pylist(rows, schema=_CALL_SCHEMA)
+        table = pa.Table.from_pylist(rows, schema=_call_schema())
         cols = ", ".join(table.column_names)
         with store.transaction() as con:
             before = int(store.scalar("SELECT count(*) FROM llm_calls"))

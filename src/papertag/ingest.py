@@ -34,13 +34,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import duckdb
-import pyarrow as pa
-
+from ._lazy import lazy_import
 from .errors import InputError
 from .store import Store
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+else:
+    duckdb = lazy_import("duckdb")
+    pa = lazy_import("pyarrow")
 
 #: Longest abstract accepted; anything larger is not an abstract but a mistake.
 MAX_ABSTRACT_CHARS = 1_000_000
@@ -686,35 +691,52 @@ class IngestReport:
         return sum(int(getattr(f, attr)) for f in self.files if not f.error)
 
 
-_PAPER_SCHEMA = pa.schema(
-    [
-        ("paper_id", pa.string()),
-        ("title", pa.string()),
-        ("abstract", pa.string()),
-        ("arxiv_id", pa.string()),
-        ("title_key", pa.string()),
-        ("content_hash", pa.string()),
-        ("url", pa.string()),
-        ("published_at", pa.date32()),
-        ("upvotes", pa.int32()),
-        ("keywords", pa.list_(pa.string())),
-        ("first_seen", pa.timestamp("us")),
-        ("updated_at", pa.timestamp("us")),
-    ]
+#: The columns of a new-paper row, in order.
+_PAPER_FIELDS = (
+    "paper_id",
+    "title",
+    "abstract",
+    "arxiv_id",
+    "title_key",
+    "content_hash",
+    "url",
+    "published_at",
+    "upvotes",
+    "keywords",
+    "first_seen",
+    "updated_at",
 )
-_ENRICH_SCHEMA = pa.schema(
-    [
-        ("paper_id", pa.string()),
-        ("arxiv_id", pa.string()),
-        ("url", pa.string()),
-        ("published_at", pa.date32()),
-        ("upvotes", pa.int32()),
-        ("keywords", pa.list_(pa.string())),
-    ]
-)
-# Column positions in a new-paper row (laid out as _PAPER_SCHEMA).
+
+
+@functools.cache
+def _paper_schema() -> pa.Schema:
+    types = {
+        "published_at": pa.date32(),
+        "upvotes": pa.int32(),
+        "keywords": pa.list_(pa.string()),
+        "first_seen": pa.timestamp("us"),
+        "updated_at": pa.timestamp("us"),
+    }
+    return pa.schema([(name, types.get(name, pa.string())) for name in _PAPER_FIELDS])
+
+
+@functools.cache
+def _enrich_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("paper_id", pa.string()),
+            ("arxiv_id", pa.string()),
+            ("url", pa.string()),
+            ("published_at", pa.date32()),
+            ("upvotes", pa.int32()),
+            ("keywords", pa.list_(pa.string())),
+        ]
+    )
+
+
+# Column positions in a new-paper row.
 _TITLE, _ABSTRACT, _ARXIV, _HASH, _URL, _PUBLISHED, _UPVOTES, _KEYWORDS, _FIRST_SEEN = (
-    _PAPER_SCHEMA.get_field_index(name)
+    _PAPER_FIELDS.index(name)
     for name in (
         "title",
         "abstract",
@@ -737,15 +759,17 @@ def _table(rows: Iterable[Sequence[Any]], schema: pa.Schema) -> pa.Table:
     )
 
 
-_UPDATE_SCHEMA = pa.schema(
-    [
-        ("paper_id", pa.string()),
-        ("title", pa.string()),
-        ("abstract", pa.string()),
-        ("content_hash", pa.string()),
-        ("seen_at", pa.timestamp("us")),
-    ]
-)
+@functools.cache
+def _update_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("paper_id", pa.string()),
+            ("title", pa.string()),
+            ("abstract", pa.string()),
+            ("content_hash", pa.string()),
+            ("seen_at", pa.timestamp("us")),
+        ]
+    )
 
 
 def _with_table(store: Store, table: pa.Table, sql: str) -> list[tuple[Any, ...]]:
@@ -891,7 +915,7 @@ def _write_batch(
         link_date.append(e.listed_on)
 
     if new:
-        table = _table(new.values(), _PAPER_SCHEMA)
+        table = _table(new.values(), _paper_schema())
         store.insert_arrow("papers", table)
         store.insert_arrow(
             "paper_versions",
@@ -901,7 +925,7 @@ def _write_batch(
         )
         report.new_papers += len(new)
     if updates:
-        upd = _table(((*u, now) for u in updates.values()), _UPDATE_SCHEMA)
+        upd = _table(((*u, now) for u in updates.values()), _update_schema())
         _with_table(
             store,
             upd,
@@ -913,7 +937,7 @@ def _write_batch(
     if enrich:
         _with_table(
             store,
-            _table(enrich.values(), _ENRICH_SCHEMA),
+            _table(enrich.values(), _enrich_schema()),
             "UPDATE papers SET arxiv_id = coalesce(papers.arxiv_id, e.arxiv_id), url = coalesce(e.url, papers.url), "
             "published_at = coalesce(e.published_at, papers.published_at), upvotes = coalesce(e.upvotes, papers.upvotes), "
             "keywords = coalesce(e.keywords, papers.keywords) FROM _papertag_rows e WHERE papers.paper_id = e.paper_id",

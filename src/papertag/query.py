@@ -9,12 +9,16 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
-
+from ._lazy import lazy_import
 from .errors import QueryError
 from .store import Store
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    duckdb = lazy_import("duckdb")
 
 
 @dataclass

@@ -11,12 +11,16 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
-
+from ._lazy import lazy_import
 from .errors import DatabaseBusy, StoreError
 from .schema import ACCEPT_THRESHOLD
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    duckdb = lazy_import("duckdb")
 
 DEFAULT_DB = "papertag.duckdb"
 DB_ENV = "PAPERTAG_DB"
@@ -27,7 +31,7 @@ def default_db_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DB)
 
 
-Migration = Callable[[duckdb.DuckDBPyConnection], None]
+Migration = Callable[["duckdb.DuckDBPyConnection"], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 
 

@@ -94,7 +94,6 @@ class ProcessWorker:
             [sys.executable, "-c", _CHILD_MAIN, str(to_child_r), str(from_child_w)],
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "_PAPERTAG_WORKER": "1"},
         )
         os.close(to_child_r)
         os.close(from_child_w)
