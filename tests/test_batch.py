@@ -405,3 +405,42 @@ def test_max_cost_needs_a_price(tmp_path: Path, db_path: Path) -> None:
         annotate(
             db_path, "llm", model="no-such-model", base_url="http://127.0.0.1:9/v1", max_cost=1
         )
+
+
+def test_an_answer_replayed_by_a_killed_run_is_offered_again(tmp_path: Path, db_path: Path) -> None:
+    """Two kills in a row: run 1 paid for an answer and died; run 2 replayed it and died
+    before committing. Run 3 must replay it again, not ask the server (and pay) twice."""
+    from papertag.annotate import paid_answers
+    from papertag.annotators.llm_config import LLMConfig
+
+    _papers(db_path, tmp_path, 1)
+    ann = LLMConfig(model="fake-model", base_url="http://127.0.0.1:9/v1")
+    with Store(db_path) as s:
+        paper_id = s.scalar("SELECT paper_id FROM papers")
+
+        def log_call(run_id: str, replay_of: int | None, annotation_id: str | None) -> int:
+            s.con.execute(
+                "INSERT INTO llm_calls (run_id, paper_id, annotation_id, annotator, model, host, "
+                "path, prompt_version, taxonomy_version, request_hash, status, response_body, "
+                "attempt, started_at, replay_of) VALUES (?, ?, ?, ?, ?, ?, '/v1/chat/completions', "
+                "?, ?, 'h1', 200, '{\"answer\": 1}', 1, TIMESTAMP '2026-11-23 10:00', ?)",
+                [
+                    run_id,
+                    paper_id,
+                    annotation_id,
+                    ann.name,
+                    ann.model,
+                    ann.host,
+                    ann.prompt_version,
+                    ann.taxonomy.version,
+                    replay_of,
+                ],
+            )
+            return int(s.scalar("SELECT max(call_id) FROM llm_calls"))
+
+        paid = log_call("run1", None, None)
+        assert paid_answers(s, ann, [paper_id]) == {"h1": [(paid, '{"answer": 1}')]}
+        replay = log_call("run2", paid, None)  # run 2 replayed it, then was killed
+        assert paid_answers(s, ann, [paper_id]) == {"h1": [(paid, '{"answer": 1}')]}
+        s.con.execute("UPDATE llm_calls SET annotation_id = 'a1' WHERE call_id = ?", [replay])
+        assert paid_answers(s, ann, [paper_id]) == {}

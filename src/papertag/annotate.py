@@ -349,7 +349,7 @@ def paid_answers(
 
     These are 200s logged for a paper whose run died before its annotation or
     failure was committed (so the call has no annotation and its run no failure
-    row for the paper), and that no later run has replayed yet.
+    row for the paper), and that no later run has replayed into a stored result.
     """
     rows = store.con.execute(
         """
@@ -361,7 +361,14 @@ def paid_answers(
           AND c.paper_id IN (SELECT unnest(?::VARCHAR[]))
           AND NOT EXISTS (SELECT 1 FROM annotation_failures f
                           WHERE f.run_id = c.run_id AND f.paper_id = c.paper_id)
-          AND NOT EXISTS (SELECT 1 FROM llm_calls r WHERE r.replay_of = c.call_id)
+          -- Used by a replay whose result was stored (a replay killed before its commit
+          -- leaves the answer free for the next run).
+          AND NOT EXISTS (SELECT 1 FROM llm_calls r
+                          WHERE r.replay_of = c.call_id
+                            AND (r.annotation_id IS NOT NULL
+                                 OR EXISTS (SELECT 1 FROM annotation_failures f2
+                                            WHERE f2.run_id = r.run_id
+                                              AND f2.paper_id = r.paper_id)))
         ORDER BY c.call_id
         """,
         [

@@ -30,8 +30,11 @@ HEADROOM = 0.95
 #: Seconds of successes used to measure the rate a server admits.
 MEASURE_WINDOW = 10.0
 #: While no 429 arrives, a learned rate grows by PROBE_STEP every PROBE_EVERY seconds.
-PROBE_EVERY = 3.0
-PROBE_STEP = 1.03
+PROBE_EVERY = 2.0
+PROBE_STEP = 1.05
+#: ... or by FAST_PROBE_STEP while the rate comes from fewer than PROVISIONAL_BELOW answers.
+FAST_PROBE_STEP = 1.25
+PROVISIONAL_BELOW = 30
 #: A burst of 429s from one overshoot counts once: cuts are at least this far apart.
 CUT_COOLDOWN = 1.0
 #: Requests in flight before the first answers come back.
@@ -87,6 +90,7 @@ class Throttle:
         self._last_cut = -math.inf
         self._last_probe = clock()
         self._successes: deque[float] = deque()
+        self._provisional = False
 
     # -- state ------------------------------------------------------------------
     @property
@@ -117,31 +121,39 @@ class Throttle:
 
     # -- the two calls around every HTTP attempt ------------------------------------
     def acquire(self, tokens: int = 0) -> None:
-        with self._cond:
-            while True:
-                if self._cancel.is_set():
-                    raise Cancelled()
-                now = self.clock()
-                if now < self._pause_until:
-                    self._cond.wait(self._pause_until - now)
-                elif self.in_flight >= max(1, int(self.window)):
-                    self._cond.wait(0.5)
-                else:
-                    break
-            self.in_flight += 1
-            at = now
-            if (rate := self.rate) is not None:
-                at = max(at, self._next_slot)
-                self._next_slot = at + 1 / rate
-            if tokens and (tps := self.token_rate) is not None:
-                at = max(at, self._next_token_slot)
-                self._next_token_slot = at + tokens / tps
-        if at > now:
+        while True:
+            with self._cond:
+                while True:
+                    if self._cancel.is_set():
+                        raise Cancelled()
+                    now = self.clock()
+                    if now < self._pause_until:
+                        self._cond.wait(self._pause_until - now)
+                    elif self.in_flight >= max(1, int(self.window)):
+                        self._cond.wait(0.5)
+                    else:
+                        break
+                self.in_flight += 1
+                at = now
+                if (rate := self.rate) is not None:
+                    at = max(at, self._next_slot)
+                    self._next_slot = at + 1 / rate
+                if tokens and (tps := self.token_rate) is not None:
+                    at = max(at, self._next_token_slot)
+                    self._next_token_slot = at + tokens / tps
+            if at <= now:
+                return
             try:
                 self.sleep(at - now)
             except Cancelled:
                 self.release(None, {})
                 raise
+            with self._cond:
+                if self.clock() >= self._pause_until:
+                    return
+                # A 429 came while this request waited for its slot: the slot was paced for
+                # a rate now known to be too high. Give it back and queue again.
+                self.in_flight -= 1
 
     def release(
         self, status: int | None, headers: Mapping[str, str], wait: float | None = None
@@ -187,6 +199,9 @@ class Throttle:
         self.throttled += 1
         pause = min(wait if wait is not None else DEFAULT_PAUSE, MAX_PAUSE)
         self._pause_until = max(self._pause_until, now + pause)
+        # Slots handed out before this 429 are void (their holders queue again): pace anew
+        # from the end of the pause.
+        self._next_slot = self._next_token_slot = self._pause_until
         self._last_probe = now
         if now - self._last_cut < CUT_COOLDOWN:
             return
@@ -194,6 +209,9 @@ class Throttle:
         self._slow_start = False
         self.window = max(1.0, self.window * 0.7)
         measured = self._measured_rate(now)
+        # A first 429 that comes within a few answers measures the start-up ramp, not the
+        # server: probe up fast from there until the next 429 gives a real measurement.
+        self._provisional = self.learned_rate is None and len(self._successes) < PROVISIONAL_BELOW
         if measured is not None:
             # What the server admitted while we pushed past it is its limit: aim just under.
             self.learned_rate = measured * HEADROOM
@@ -206,7 +224,7 @@ class Throttle:
         self.window = min(float(self.max_window), self.window + step)
         if self.learned_rate is not None and now - self._last_probe >= PROBE_EVERY:
             self._last_probe = now
-            self.learned_rate *= PROBE_STEP
+            self.learned_rate *= FAST_PROBE_STEP if self._provisional else PROBE_STEP
             ceiling = min((r for r in (self.user_rate, self.header_rate) if r), default=None)
             if ceiling is not None and self.learned_rate >= ceiling:
                 self.learned_rate = None
