@@ -42,8 +42,7 @@ from tenacity import (
 from ..errors import AnnotationError, PapertagError, ProviderError, ValidationFailed
 from ..journal import CallRecord
 from ..schema import Annotation, ValidationContext, format_validation_error, paper_text
-from ..taxonomy import Taxonomy
-from . import DEFAULT_CONCURRENCY, PaperInput
+from . import PaperInput
 from .llm_config import LLMConfig, estimate_cost
 from .throttle import Throttle
 
@@ -290,39 +289,18 @@ class LLMAnnotator(LLMConfig):
     def __init__(
         self,
         *,
-        model: str | None = None,
-        base_url: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        mode: str | None = None,
-        max_reasks: int = 2,
         max_attempts: int = 5,
         backoff: float = 1.0,
         timeout: float = 120.0,
-        max_tokens: int = 1024,
-        temperature: float = 0.0,
-        seed: int | None = 0,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        rpm: float | None = None,
-        tpm: float | None = None,
-        taxonomy: Taxonomy | None = None,
         transport: httpx2.BaseTransport | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            model=model,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            mode=mode,
-            max_reasks=max_reasks,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            concurrency=concurrency,
-            rpm=rpm,
-            tpm=tpm,
-            taxonomy=taxonomy,
-        )
-        key = os.environ.get(api_key_env)
-        self.throttle = Throttle(concurrency, rpm=rpm, tpm=tpm)
+        """``settings`` are :class:`LLMConfig`'s (model, base_url, mode, ...); the rest
+        configure the client: HTTP attempts per call, backoff, timeout, and a transport
+        to send through (tests, cassettes)."""
+        super().__init__(**settings)
+        key = os.environ.get(self.api_key_env)
+        self.throttle = Throttle(self.concurrency, rpm=self.rpm, tpm=self.tpm)
         # Each worker thread annotates one paper at a time; its HTTP exchanges are its own.
         self._local = threading.local()
         #: Called with (paper_id, record) the moment an exchange ends (the crash journal).
@@ -344,7 +322,8 @@ class LLMAnnotator(LLMConfig):
                 transport=self.transport,
                 timeout=timeout,
                 limits=httpx2.Limits(
-                    max_connections=concurrency, max_keepalive_connections=concurrency
+                    max_connections=self.concurrency,
+                    max_keepalive_connections=self.concurrency,
                 ),
             ),
         )

@@ -198,6 +198,7 @@ class LLMConfig:
                 raise ConfigError(f"{name} must be more than 0")
         self.concurrency = concurrency
         self.rpm, self.tpm = rpm, tpm
+        self.api_key_env = api_key_env
         self.host = urlparse(self.base_url).netloc if self.base_url else "api.openai.com"
 
     @classmethod
