@@ -94,6 +94,9 @@ class ProcessWorker:
             [sys.executable, "-c", _CHILD_MAIN, str(to_child_r), str(from_child_w)],
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
+            # The child finds papertag where this process did (a notebook may have added
+            # a source checkout to sys.path), as multiprocessing's spawn does.
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
         )
         os.close(to_child_r)
         os.close(from_child_w)
