@@ -579,6 +579,7 @@ class _Run:
         )
         self.writer = _Writer(store, ann, self.run_id)
         self.budget = _Budget(ann, max_cost)
+        self.ctrl_c = _CtrlC()
         # Only annotators that call a server keep a journal (rules results cost nothing to redo).
         self.journal: Journal | None = None
         calls_server = remote is not None or hasattr(ann, "call_sink")
@@ -595,36 +596,49 @@ class _Run:
     ) -> AnnotateReport:
         report, ann, store = self.report, self.ann, self.store
         started = time.perf_counter()
-        if self.journal is not None:
-            report.recovered = recover_journal(store, self.journal)
-        store.con.execute(
-            "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, taxonomy_version, started_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [self.run_id, ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, _now()],
-        )
-        todo, report.skipped = pending_papers(
-            store, ann, force=force, retry_failed=retry_failed, limit=limit, paper_ids=paper_ids
-        )
-        report.total = len(todo)
-        transport = getattr(ann, "transport", None)
-        replay: dict[str, list[tuple[int, str]]] = {}
-        if (transport is not None or self.remote is not None) and not force and todo:
-            replay = paid_answers(store, ann, [p.paper_id for p in todo])
-        if todo:
-            store.prepare_arrow()
-        if self.remote is not None:
-            if todo:
-                journal_at = store.path if self.journal is not None else None
-                self.remote.start(self.run_id, self.writer.options, journal_at, replay)
-        else:
-            if transport is not None:
-                transport.replay = replay
+        # A Ctrl-C while the run prepares (imports, the worker starting) is noticed once
+        # it is ready, before any paper starts: raised in the middle of an import, it can
+        # leave a library half-loaded, or be swallowed by DuckDB's own lazy imports.
+        with self.ctrl_c:
             if self.journal is not None:
-                ann.call_sink = functools.partial(  # type: ignore[attr-defined]
-                    self.journal.write_call, self.run_id, ann, self.writer.options
-                )
-        if self.on_start:
-            self.on_start(len(todo))
+                report.recovered = recover_journal(store, self.journal)
+            store.con.execute(
+                "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, taxonomy_version, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    self.run_id,
+                    ann.name,
+                    ann.model,
+                    ann.prompt_version,
+                    ann.taxonomy.version,
+                    _now(),
+                ],
+            )
+            todo, report.skipped = pending_papers(
+                store, ann, force=force, retry_failed=retry_failed, limit=limit, paper_ids=paper_ids
+            )
+            report.total = len(todo)
+            transport = getattr(ann, "transport", None)
+            replay: dict[str, list[tuple[int, str]]] = {}
+            if (transport is not None or self.remote is not None) and not force and todo:
+                replay = paid_answers(store, ann, [p.paper_id for p in todo])
+            if todo:
+                store.prepare_arrow()
+            if self.remote is not None:
+                if todo:
+                    journal_at = store.path if self.journal is not None else None
+                    self.remote.start(self.run_id, self.writer.options, journal_at, replay)
+            else:
+                if transport is not None:
+                    transport.replay = replay
+                if self.journal is not None:
+                    ann.call_sink = functools.partial(  # type: ignore[attr-defined]
+                        self.journal.write_call, self.run_id, ann, self.writer.options
+                    )
+            if self.on_start:
+                self.on_start(len(todo))
+        if self.ctrl_c.take():
+            report.stopped = "interrupted"
         finished = False
         try:
             workers = int(getattr(ann, "concurrency", 1))
@@ -692,7 +706,7 @@ class _Run:
             def submit(paper: PaperInput) -> Future[Outcome]:
                 return pool.submit(work, ann, paper)
 
-        ctrl_c = _CtrlC()
+        ctrl_c = self.ctrl_c
         try:
             with ctrl_c:
                 while True:

@@ -94,6 +94,9 @@ class ProcessWorker:
             [sys.executable, "-c", _CHILD_MAIN, str(to_child_r), str(from_child_w)],
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
+            # Its own process group: a Ctrl-C at the terminal reaches only this process,
+            # which decides what it means (even while the child is still importing).
+            process_group=0,
             # The child finds papertag where this process did (a notebook may have added
             # a source checkout to sys.path), as multiprocessing's spawn does.
             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
@@ -214,7 +217,7 @@ def _child(conn_in: Connection, conn_out: Connection) -> None:
     _die_with_parent()
     if os.getppid() != parent:
         return  # the parent died before the line above took effect
-    # Ctrl-C reaches the whole process group; the parent decides what it means.
+    # A Ctrl-C sent to the child directly is the parent's to act on, not ours.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     lock = threading.Lock()
 
