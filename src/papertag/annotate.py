@@ -5,8 +5,10 @@ version): re-running the same annotator on the same text does nothing, while a
 changed abstract, prompt or taxonomy gives a new annotation and leaves the old
 one queryable (``current = false`` in the ``labels`` view).
 
-LLM annotators run ``concurrency`` papers at once in worker threads; results are
-handed to the one thread that writes to DuckDB, which commits at least once a
+LLM annotators run ``concurrency`` papers at once: in the threads of a child
+process (:mod:`papertag.annotators.worker`) when the annotator is named, in
+threads of this one when a caller hands in an annotator object. Results come
+back to the one thread that writes to DuckDB, which commits at least once a
 second. Every model response is also journaled the moment it arrives
 (:mod:`papertag.journal`), so after a ``kill -9`` the same command resumes: it
 stores what the journal holds and replays those answers instead of paying for
