@@ -183,6 +183,30 @@ def test_undo_appends_a_reversal_and_restores_the_item(review_db: Path) -> None:
             undo_decision(s, u.decision_id)
 
 
+def test_cli_undo_reverses_one_decision(review_db: Path) -> None:
+    with Store(review_db) as s:
+        item = review_queue(s)[0]
+        before = final(s, item.paper_id, item.field)
+        d = decide(s, item, "reject", reviewer="ann")
+    runner = CliRunner()
+    result = runner.invoke(app, ["review", "undo", str(d.decision_id), "--reviewer", "bob"])
+    assert result.exit_code == 0, result.output
+    assert f"undid decision {d.decision_id}" in result.output
+    with Store(review_db) as s:
+        last = decisions(s)[-1]
+        assert (last.action, last.reverts, last.reviewer, last.source) == (
+            "undo",
+            d.decision_id,
+            "bob",
+            "cli",
+        )
+        assert final(s, item.paper_id, item.field) == before
+    again = runner.invoke(app, ["review", "undo", str(d.decision_id)])
+    assert again.exit_code == 1 and "already undone" in again.output
+    missing = runner.invoke(app, ["review", "undo", "999999"])
+    assert missing.exit_code == 1 and "no review decision 999999" in missing.output
+
+
 def test_bad_decisions_are_refused(review_db: Path) -> None:
     with Store(review_db) as s:
         item = review_queue(s)[0]

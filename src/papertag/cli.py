@@ -47,6 +47,7 @@ from .review import (
     import_sheet,
     review_queue,
     summarize,
+    undo_decision,
 )
 from .review import conflicts as review_conflicts_
 from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
@@ -855,6 +856,31 @@ def review_import(
         report = _run(lambda: import_sheet(store, file, reviewer=reviewer))
     made = ", ".join(f"{n} {a}" for a, n in sorted(report.applied.items())) or "no decisions"
     out.print(f"applied {made} from {file}; {report.skipped} rows left blank or skipped")
+
+
+@review_cli.command("undo")
+def review_undo(
+    decision_id: Annotated[
+        int,
+        typer.Argument(
+            help="The decision to reverse (review_decisions.decision_id).", show_default=False
+        ),
+    ],
+    reviewer: ReviewerOpt = None,
+) -> None:
+    """Reverse one recorded decision by appending an undo row; nothing is deleted.
+
+    The label goes back to what it was before that decision (and into the review queue if
+    it is doubtful). Recent ids: `papertag sql "SELECT decision_id, paper_id, field, label,
+    action FROM review_decisions ORDER BY decision_id DESC LIMIT 10"`.
+    """
+    store = _store()
+    with store:
+        undo = _run(lambda: undo_decision(store, decision_id, reviewer=reviewer, source="cli"))
+    out.print(
+        f"undid decision {decision_id} on {undo.paper_id} {undo.field} {undo.label} "
+        f"(recorded as decision {undo.decision_id})"
+    )
 
 
 @review_cli.command("conflicts")
