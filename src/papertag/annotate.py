@@ -826,20 +826,25 @@ class _CtrlC:
     def __init__(self) -> None:
         self.count = 0
         self._taken = 0
-        self._previous: Any = None
+        self._installed = False
+        self._previous: Any = signal.SIG_DFL
 
     def __enter__(self) -> _CtrlC:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+            # None: a handler set outside Python, which cannot be put back; use the default.
+            self._previous = previous if previous is not None else signal.default_int_handler
+            self._installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
+        if self._installed:
             signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
 
     def _on_sigint(self, signum: int, frame: object) -> None:
         self.count += 1
-        if self.count >= 2 and self._previous is not None:
+        if self.count >= 2 and self._installed:
             signal.signal(signal.SIGINT, self._previous)
 
     def take(self) -> int:
