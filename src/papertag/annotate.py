@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._lazy import lazy_import
 from .annotators import DEFAULT_CONCURRENCY, Annotator, AnnotatorInfo, PaperInput, get_annotator
-from .annotators.llm_config import LLMConfig
+from .annotators.llm_config import LLMConfig, estimate_cost
 from .annotators.worker import Outcome, ProcessWorker, work
 from .errors import AnnotationError, ConfigError, PapertagError
 from .journal import Journal, call_row
@@ -408,13 +408,17 @@ def _estimate_paper(ann: AnnotatorInfo, paper: _Pending) -> tuple[int, int]:
     )
     if estimate_tokens is None:
         return 0, 0
-    return estimate_tokens(PaperInput(paper.paper_id, paper.title, paper.abstract))
+    return estimate_tokens(_input(paper))
 
 
-def _price(model: str, prompt: int, completion: int) -> float | None:
-    from .annotators.llm_config import estimate_cost
-
-    return estimate_cost(model, prompt, completion)
+def _resolve(annotator: str | Annotator, options: dict[str, Any], *, client: bool) -> AnnotatorInfo:
+    """The annotator named (built with ``options``) or given; for ``llm`` without
+    ``client``, only its settings (:class:`LLMConfig`)."""
+    if annotator == "llm" and not client:
+        return LLMConfig.from_options(options)
+    if isinstance(annotator, str):
+        return get_annotator(annotator, **options)
+    return annotator
 
 
 def estimate(
@@ -428,14 +432,8 @@ def estimate(
 ) -> Estimate:
     """How many papers a run would send, and their estimated tokens and cost."""
     store = db if isinstance(db, Store) else Store(db)
-    ann: AnnotatorInfo
-    if annotator == "llm":
-        # Estimates need the prompt and prices, not a client: no openai import, no connection.
-        ann = LLMConfig.from_options(options)
-    elif isinstance(annotator, str):
-        ann = get_annotator(annotator, **options)
-    else:
-        ann = annotator
+    # Estimates need the prompt and prices, not a client: no openai import, no connection.
+    ann = _resolve(annotator, options, client=False)
     try:
         todo, skipped = pending_papers(
             store, ann, force=force, retry_failed=retry_failed, limit=limit
@@ -444,7 +442,7 @@ def estimate(
         for paper in todo:
             p, c = _estimate_paper(ann, paper)
             prompt, completion = prompt + p, completion + c
-        cost = 0.0 if not prompt else _price(ann.model, prompt, completion)
+        cost = 0.0 if not prompt else estimate_cost(ann.model, prompt, completion)
         return Estimate(ann.name, ann.model, len(todo), skipped, prompt, completion, cost)
     finally:
         if isinstance(annotator, str):
@@ -465,7 +463,7 @@ class _Budget:
 
     def _likely(self, paper: _Pending) -> float:
         p, c = _estimate_paper(self.ann, paper)
-        first = _price(self.ann.model, p, c) or 0.0
+        first = estimate_cost(self.ann.model, p, c) or 0.0
         # Re-asks cost more than one attempt: once papers have settled, trust their average.
         seen = self.settled_cost / self.settled if self.settled >= 5 else first * 1.5
         return max(first, seen) * 1.2
@@ -518,15 +516,11 @@ def annotate(
     ann: AnnotatorInfo | None = None
     try:
         store = db if isinstance(db, Store) else Store(db)
-        if remote is not None:
-            ann = LLMConfig.from_options(options)
-        elif isinstance(annotator, str):
-            ann = get_annotator(annotator, **options)
-        else:
-            ann = annotator
+        # With a worker process, the client lives there: this one needs only the settings.
+        ann = _resolve(annotator, options, client=remote is None)
         if (
             max_cost is not None
-            and _price(ann.model, 1000, 1000) is None
+            and estimate_cost(ann.model, 1000, 1000) is None
             and hasattr(ann, "estimate_tokens")
         ):
             raise ConfigError(

@@ -412,11 +412,7 @@ class Store:
 
     def prepare_arrow(self) -> None:
         """Pay now for what DuckDB imports on its first Arrow scan (pyarrow.dataset, pandas
-        if installed: a third of a second).
-
-        Paid in the middle of a run, it stalls the writer; and DuckDB takes an import that
-        raises for a module not installed, so a Ctrl-C landing in it is lost.
-        """
+        if installed: a third of a second), which in the middle of a run stalls the writer."""
         import pyarrow as pa
 
         _papertag_batch = pa.table({"x": pa.array([], pa.int8())})

@@ -500,22 +500,18 @@ class LLMAnnotator(LLMConfig):
             return ProviderError(f"{self.host}: model {self.model!r} or endpoint not found (404)")
         if isinstance(exc, openai.BadRequestError) and _is_context_overflow(exc):
             # This paper (with its re-asks) is too long for the model: fail it, keep the run going.
-            return AnnotationError(
+            return self._call_failure(
                 f"too long for the model's context window: {_api_message(exc)}",
-                paper_id=paper.paper_id,
-                attempts=len(self._calls),
-                last_completion=self._last_body(),
+                paper,
             )
         if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
             return ProviderError(
                 f"{self.host} rejected the request ({exc.status_code}): {_api_message(exc)}"
             )
         if isinstance(exc, openai.APIStatusError):
-            return AnnotationError(
+            return self._call_failure(
                 f"server error after {len(self._calls)} attempts: HTTP {exc.status_code}: {_api_message(exc)}",
-                paper_id=paper.paper_id,
-                attempts=len(self._calls),
-                last_completion=self._last_body(),
+                paper,
                 retryable=True,
             )
         if isinstance(exc, openai.APIResponseValidationError | openai.APIConnectionError):
@@ -529,11 +525,9 @@ class LLMAnnotator(LLMConfig):
                 if self._calls and self._calls[-1].error
                 else type(exc).__name__
             )
-            return AnnotationError(
+            return self._call_failure(
                 f"{what} from {self.host} after {len(self._calls)} attempts: {last_error}",
-                paper_id=paper.paper_id,
-                attempts=len(self._calls),
-                last_completion=self._last_body(),
+                paper,
                 retryable=True,
             )
         return AnnotationError(
@@ -541,6 +535,18 @@ class LLMAnnotator(LLMConfig):
             paper_id=paper.paper_id,
             attempts=len(self._calls),
             retryable=True,
+        )
+
+    def _call_failure(
+        self, reason: str, paper: PaperInput, *, retryable: bool = False
+    ) -> AnnotationError:
+        """A failure row for this paper, with its attempts so far and the last answer."""
+        return AnnotationError(
+            reason,
+            paper_id=paper.paper_id,
+            attempts=len(self._calls),
+            last_completion=self._last_body(),
+            retryable=retryable,
         )
 
     def _last_body(self) -> str | None:

@@ -9,6 +9,7 @@ stay light; :class:`papertag.annotators.llm.LLMAnnotator` adds the client.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -41,8 +42,13 @@ PRICES: dict[str, tuple[float, float]] = {
 
 
 def price_for(model: str) -> tuple[float, float] | None:
+    return _price_for(model, os.environ.get("PAPERTAG_PRICES"))
+
+
+@functools.lru_cache(maxsize=64)
+def _price_for(model: str, override: str | None) -> tuple[float, float] | None:
+    # Cached by the variable's text: asked for every call's cost, it parses once per value.
     prices = dict(PRICES)
-    override = os.environ.get("PAPERTAG_PRICES")
     if override:
         try:
             prices.update({k: (float(v[0]), float(v[1])) for k, v in json.loads(override).items()})
