@@ -166,6 +166,14 @@ class CallTransport(httpx2.BaseTransport):
         self.on_call = on_call
         self.throttle = throttle
         self.sleep = sleep or (throttle.sleep if throttle is not None else time.sleep)
+        # One policy for every request (tenacity keeps each call's state per thread).
+        self._retrying = Retrying(
+            stop=stop_after_attempt(max_attempts),
+            wait=self._wait,
+            sleep=lambda seconds: self.sleep(seconds),  # looked up late: tests swap it
+            retry=retry_if_exception_type((_RetryableStatus, httpx2.TransportError)),
+            reraise=True,
+        )
         #: Responses already paid for (a run killed before storing its results), by request hash.
         self.replay: dict[str, list[tuple[int, str]]] = {}
         self._replay_lock = threading.Lock()
@@ -251,15 +259,8 @@ class CallTransport(httpx2.BaseTransport):
                 raise _RetryableStatus(response)
             return response
 
-        retrying = Retrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            sleep=self.sleep,
-            retry=retry_if_exception_type((_RetryableStatus, httpx2.TransportError)),
-            reraise=True,
-        )
         try:
-            return retrying(once)
+            return self._retrying(once)
         except _RetryableStatus as exc:
             # Out of attempts: hand the last answer to openai, which raises its typed error.
             return exc.response
@@ -435,8 +436,8 @@ class LLMAnnotator(LLMConfig):
                 completion = self._send(kwargs)
             except openai.APIError as exc:
                 raise self._api_failure(exc, paper) from None
-            if not completion.choices:
-                # A 200 without an answer is the server's fault: ask again as it is.
+            if completion is None or not completion.choices:
+                # A 200 without an answer (or not JSON) is the server's fault: ask again as it is.
                 last_error = None
                 continue
             try:
@@ -464,7 +465,7 @@ class LLMAnnotator(LLMConfig):
                 )
         raise self._failure(last_error, attempts, paper)
 
-    def _send(self, kwargs: dict[str, Any]) -> ChatCompletion:
+    def _send(self, kwargs: dict[str, Any]) -> ChatCompletion | None:
         """POST one chat completion through the openai client (its auth, errors and parsing).
 
         The body is serialised here rather than by ``chat.completions.create``, whose
@@ -476,11 +477,10 @@ class LLMAnnotator(LLMConfig):
         # openai merges extra_body over the typed parameters; so do we.
         body.update(kwargs.get("extra_body") or {})
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return self.client.post(
-            "/chat/completions",
-            cast_to=ChatCompletion,
-            content=content.encode(),
-        )
+        # As bytes: the openai client still raises its typed errors for every failed status,
+        # but its generic object construction (a fifth of a call's CPU) is left to pydantic.
+        raw = self.client.post("/chat/completions", cast_to=bytes, content=content.encode())
+        return _completion(raw)
 
     def _truncated(self, paper: PaperInput, attempts: int) -> AnnotationError:
         return AnnotationError(
@@ -604,6 +604,26 @@ class AnnotationResponse(Annotation, ResponseSchema):
 
 
 _SCHEMAS: dict[Any, dict[str, Any]] = {}
+
+
+def _completion(raw: bytes) -> ChatCompletion | None:
+    """The ChatCompletion in a 200's body, validated by pydantic's JSON parser.
+
+    A server whose answer does not fit the schema exactly (a field left out, a
+    finish_reason of its own) gets openai's lenient construction, as ``create`` does.
+    None if the body is not a JSON object at all.
+    """
+    try:
+        return ChatCompletion.model_validate_json(raw)
+    except pydantic.ValidationError:
+        pass
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return None
+    return ChatCompletion.construct(**data)
 
 
 def _is_context_overflow(exc: openai.APIStatusError) -> bool:
