@@ -23,12 +23,13 @@ import functools
 import hashlib
 import json
 import os
+import queue
 import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -688,6 +689,8 @@ class _Run:
     def _concurrent(self, todo: list[_Pending], workers: int) -> None:
         pending = iter(todo)
         running: dict[Future[Outcome], _Pending] = {}
+        # Futures land here as they finish: one queue to wait on, however many are running.
+        finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
         pool: ThreadPoolExecutor | None = None
         queued = workers
         if self.remote is not None:
@@ -699,8 +702,8 @@ class _Run:
             pool = ThreadPoolExecutor(workers, thread_name_prefix="papertag-annotate")
             ann = cast(Annotator, self.ann)  # in this process: the annotator itself
 
-            def submit(paper: PaperInput) -> Future[Outcome]:
-                return pool.submit(work, ann, paper)
+            def submit(papers: Sequence[PaperInput]) -> list[Future[Outcome]]:
+                return [pool.submit(work, ann, paper) for paper in papers]
 
         ctrl_c = self.ctrl_c
         try:
@@ -708,20 +711,30 @@ class _Run:
                 while True:
                     for _ in range(ctrl_c.take()):
                         self._interrupt()
-                    while self.report.stopped is None and len(running) < queued:
+                    batch: list[_Pending] = []
+                    while self.report.stopped is None and len(running) + len(batch) < queued:
                         paper = next(pending, None)
                         if paper is None or not self._admit(paper):
                             break
-                        running[submit(_input(paper))] = paper
+                        batch.append(paper)
+                    if batch:
+                        for future, paper in zip(
+                            submit([_input(p) for p in batch]), batch, strict=True
+                        ):
+                            running[future] = paper
+                            future.add_done_callback(finished.put)
                     if not running:
                         return
                     try:
-                        done, _ = wait(
-                            running, timeout=FLUSH_EVERY / 4, return_when=FIRST_COMPLETED
-                        )
+                        done = [finished.get(timeout=FLUSH_EVERY / 4)]
+                    except queue.Empty:
+                        done = []
                     except KeyboardInterrupt:  # not in the main thread: no flag, an exception
                         self._interrupt()
                         continue
+                    with contextlib.suppress(queue.Empty):
+                        while len(done) < len(running):
+                            done.append(finished.get_nowait())
                     for future in done:
                         self._settle(running.pop(future), future.result())
                     if self.writer.due():

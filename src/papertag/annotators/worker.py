@@ -17,10 +17,13 @@ so a ``kill -9`` of the command leaves no process still calling the server.
 Messages, pickled over two pipes:
 
 * parent to child: ``("init", options)`` (first), ``("start", run_id, options_json,
-  db_path, replay)``, ``("paper", key, PaperInput)``, ``("committed", call_uids)``,
-  ``("cancel",)``, ``("close",)``, ``("end",)``;
+  db_path, replay)``, ``("papers", [(key, PaperInput), ...])``, ``("committed",
+  call_uids)``, ``("cancel",)``, ``("close",)``, ``("end",)``;
 * child to parent: ``("ready", None)`` or ``("error", exception)`` once the
-  annotator is built, ``("done", key, Outcome)`` per paper, ``("bye", throttled)``.
+  annotator is built, ``("done", [(key, Outcome), ...])``, ``("bye", throttled)``.
+
+Papers and outcomes travel in batches: whatever is ready when the pipe is free goes
+in one message, so at a high rate both sides wake up once per batch, not per paper.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -152,9 +156,10 @@ class ProcessWorker:
                 reason = f"{type(exc).__name__}: {exc}"
                 break
             if msg[0] == "done":
-                future = self._futures.pop(msg[1], None)
-                if future is not None:
-                    future.set_result(msg[2])
+                for key, outcome in msg[1]:
+                    future = self._futures.pop(key, None)
+                    if future is not None:
+                        future.set_result(outcome)
             elif msg[0] == "bye":
                 self._bye.set_result(msg[1])
                 return
@@ -165,12 +170,18 @@ class ProcessWorker:
         if not self._bye.done():
             self._bye.set_exception(died)
 
-    def submit(self, paper: PaperInput) -> Future[Outcome]:
-        future: Future[Outcome] = Future()
-        key, self._next_key = self._next_key, self._next_key + 1
-        self._futures[key] = future
-        self._send("paper", key, paper)
-        return future
+    def submit(self, papers: Sequence[PaperInput]) -> list[Future[Outcome]]:
+        """Send papers to annotate (one message); their outcomes come back as futures."""
+        futures: list[Future[Outcome]] = []
+        batch = []
+        for paper in papers:
+            future: Future[Outcome] = Future()
+            key, self._next_key = self._next_key, self._next_key + 1
+            self._futures[key] = future
+            futures.append(future)
+            batch.append((key, paper))
+        self._send("papers", batch)
+        return futures
 
     def committed(self, call_uids: list[str]) -> None:
         self._send("committed", call_uids)
@@ -212,6 +223,56 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+class _Outbox:
+    """Sends finished outcomes to the parent from one thread, in batches: whatever
+    finished while the previous batch was being written goes in the next one."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._items: list[tuple[int, Outcome]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="papertag-outbox", daemon=True)
+        self._thread.start()
+
+    def put(self, key: int, outcome: Outcome) -> None:
+        with self._cond:
+            self._items.append((key, outcome))
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Send what is left, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._closed:
+                    self._cond.wait()
+                batch, self._items = self._items, []
+            if batch:
+                self.conn.send_bytes(_pickled_batch(batch))
+            elif self._closed:
+                return
+
+
+def _pickled_batch(batch: list[tuple[int, Outcome]]) -> bytes:
+    try:
+        return pickle.dumps(("done", batch))
+    except Exception:
+        pass
+    # An error that cannot cross the pipe still ends the run, as a message.
+    for _, out in batch:
+        try:
+            pickle.dumps(out)
+        except Exception:
+            out.fatal = PapertagError(f"{type(out.fatal).__name__}: {out.fatal}")
+    return pickle.dumps(("done", batch))
+
+
 def _child(conn_in: Connection, conn_out: Connection) -> None:
     parent = os.getppid()
     _die_with_parent()
@@ -219,21 +280,13 @@ def _child(conn_in: Connection, conn_out: Connection) -> None:
         return  # the parent died before the line above took effect
     # A Ctrl-C sent to the child directly is the parent's to act on, not ours.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    lock = threading.Lock()
 
     def send(*msg: Any) -> None:
         try:
             data = pickle.dumps(msg)
         except Exception as exc:
-            # An error that cannot cross the pipe still ends the run, as a message.
-            if msg[0] == "done":
-                out: Outcome = msg[2]
-                out.fatal = PapertagError(f"{type(out.fatal).__name__}: {out.fatal}")
-                data = pickle.dumps(msg)
-            else:
-                data = pickle.dumps(("error", PapertagError(f"{type(exc).__name__}: {exc}")))
-        with lock:
-            conn_out.send_bytes(data)
+            data = pickle.dumps(("error", PapertagError(f"{type(exc).__name__}: {exc}")))
+        conn_out.send_bytes(data)
 
     from .llm import LLMAnnotator
 
@@ -254,19 +307,27 @@ def _child(conn_in: Connection, conn_out: Connection) -> None:
         ann.call_sink = lambda paper_id, record: journal.write_call(
             run_id, ann, options_json, paper_id, record
         )
-    pool = ThreadPoolExecutor(ann.concurrency, thread_name_prefix="papertag-annotate")
+    outbox = _Outbox(conn_out)
+    todo: queue.SimpleQueue[tuple[int, PaperInput] | None] = queue.SimpleQueue()
 
-    def submit(key: int, paper: PaperInput) -> None:
-        future = pool.submit(work, ann, paper)
-        future.add_done_callback(lambda f: send("done", key, f.result()))
+    def annotate_papers() -> None:
+        while (item := todo.get()) is not None:
+            outbox.put(item[0], work(ann, item[1]))
 
+    threads = [
+        threading.Thread(target=annotate_papers, name=f"papertag-annotate-{i}", daemon=True)
+        for i in range(ann.concurrency)
+    ]
+    for thread in threads:
+        thread.start()
     while True:
         try:
             msg = conn_in.recv()
         except (EOFError, OSError):
             os._exit(1)  # the parent is gone: nobody is left to store an answer
-        if msg[0] == "paper":
-            submit(msg[1], msg[2])
+        if msg[0] == "papers":
+            for item in msg[1]:
+                todo.put(item)
         elif msg[0] == "committed" and journal is not None:
             journal.committed(msg[1])
         elif msg[0] == "cancel":
@@ -274,7 +335,11 @@ def _child(conn_in: Connection, conn_out: Connection) -> None:
         elif msg[0] == "close":
             ann.close()
         elif msg[0] == "end":
-            pool.shutdown(wait=True)
+            for _ in threads:
+                todo.put(None)
+            for thread in threads:
+                thread.join()
+            outbox.close()
             if journal is not None:
                 journal.close()
             send("bye", ann.throttle.throttled)
