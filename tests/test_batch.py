@@ -8,6 +8,7 @@ and --max-cost. HTTP goes through the real openai client; only the server is our
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -198,8 +199,22 @@ def test_fault_table(
         fault_table.append((name, outcome, reason or f"{calls.get(name, 0)} calls"))
         assert outcome == expected, f"{name}: {outcome} {reason}"
         assert reason_part in reason, f"{name}: {reason}"
-    # Every exchange (retries and re-asks included) is logged.
+    # Every exchange (retries and re-asks included) is logged, with the body as sent.
     assert sum(calls.values()) == len(requests)
+    with Store(db_path) as s:
+        bodies = [
+            json.loads(r[0]) for r in s.con.execute("SELECT request_body FROM llm_calls").fetchall()
+        ]
+        stored = s.con.execute(
+            "SELECT length(c.request_body), length(t.head) + length(t.tail) "
+            "FROM llm_call_rows c JOIN llm_request_templates t ON t.template_id = c.request_template"
+        ).fetchall()
+    key = functools.partial(json.dumps, sort_keys=True)
+    assert sorted(map(key, bodies)) == sorted(map(key, requests))
+    # The shared prompt and schema are stored once: each row keeps its paper's part (and a
+    # re-ask's extra messages), smaller than what it shares, except the 200,000-character paper.
+    assert len(stored) == len(requests)
+    assert sum(own < shared for own, shared in stored) == len(requests) - 1
     # The hostile abstract reached the model as data: delimiters neutralised, same schema.
     hostile = [r for r in requests if "ignore all previous" in json.dumps(r)]
     user = hostile[0]["messages"][-1]["content"]
@@ -295,6 +310,10 @@ def test_kill_9_then_resume_annotates_once_without_paying_twice(
             "SELECT count(*) FROM llm_calls WHERE run_id <> ? AND status = 200", [report.run_id]
         )
     assert kept >= answered - 4, f"{kept} kept of {answered} answered"
+    with Store(db_path) as s:
+        # Journaled calls come back whole: request (rebuilt from the run's template) and answer.
+        bodies = s.con.execute("SELECT request_body, response_body FROM llm_calls").fetchall()
+    assert all(json.loads(req)["messages"] and resp for req, resp in bodies)
     # Only the calls in flight at the kill are asked again. The server's count misses an
     # answer it had sent that the killed run had not read yet, so the bound is the window.
     assert repeated <= 4, f"{repeated} asked twice; {in_flight} in flight at the server"
@@ -469,7 +488,7 @@ def test_an_answer_replayed_by_a_killed_run_is_offered_again(tmp_path: Path, db_
 
         def log_call(run_id: str, replay_of: int | None, annotation_id: str | None) -> int:
             s.con.execute(
-                "INSERT INTO llm_calls (run_id, paper_id, annotation_id, annotator, model, host, "
+                "INSERT INTO llm_call_rows (run_id, paper_id, annotation_id, annotator, model, host, "
                 "path, prompt_version, taxonomy_version, request_hash, status, response_body, "
                 "attempt, started_at, replay_of) VALUES (?, ?, ?, ?, ?, ?, '/v1/chat/completions', "
                 "?, ?, 'h1', 200, '{\"answer\": 1}', 1, TIMESTAMP '2026-11-23 10:00', ?)",
@@ -491,5 +510,5 @@ def test_an_answer_replayed_by_a_killed_run_is_offered_again(tmp_path: Path, db_
         assert paid_answers(s, ann, [paper_id]) == {"h1": [(paid, '{"answer": 1}')]}
         replay = log_call("run2", paid, None)  # run 2 replayed it, then was killed
         assert paid_answers(s, ann, [paper_id]) == {"h1": [(paid, '{"answer": 1}')]}
-        s.con.execute("UPDATE llm_calls SET annotation_id = 'a1' WHERE call_id = ?", [replay])
+        s.con.execute("UPDATE llm_call_rows SET annotation_id = 'a1' WHERE call_id = ?", [replay])
         assert paid_answers(s, ann, [paper_id]) == {}

@@ -895,6 +895,37 @@ def test_database_from_an_older_papertag_opens_and_upgrades(db_path: Path, read_
         assert s.migrate() == []
 
 
+def test_llm_calls_logged_before_request_templates_survive_the_upgrade(db_path: Path) -> None:
+    con = duckdb.connect(str(db_path))
+    con.execute(
+        "CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
+    )
+    for name, fn in store_mod.MIGRATIONS:
+        if name.startswith("m008"):
+            break
+        fn(con)
+        con.execute("INSERT INTO _migrations VALUES (?, current_timestamp)", [name])
+    body = '{"model":"m","messages":[{"role":"user","content":"a paper"}]}'
+    con.execute(
+        "INSERT INTO llm_calls (run_id, annotator, model, host, prompt_version, taxonomy_version, "
+        "request_hash, request_body, status, attempt, started_at) "
+        "VALUES ('r1', 'llm', 'm', 'h', 'p', 't', 'x', ?, 200, 1, now()::TIMESTAMP)",
+        [body],
+    )
+    con.close()
+    with Store(db_path) as s:
+        assert s.con.execute("SELECT call_id, request_body FROM llm_calls").fetchall() == [
+            (1, body)
+        ]
+        # New calls take the next id after the old ones.
+        s.con.execute(
+            "INSERT INTO llm_call_rows (run_id, annotator, model, host, prompt_version, "
+            "taxonomy_version, request_hash, attempt, started_at) "
+            "VALUES ('r2', 'llm', 'm', 'h', 'p', 't', 'y', 1, now()::TIMESTAMP)"
+        )
+        assert s.scalar("SELECT max(call_id) FROM llm_calls") == 2
+
+
 def test_old_database_upgrades_through_the_cli_and_takes_new_papers(
     tmp_path: Path, db_path: Path
 ) -> None:

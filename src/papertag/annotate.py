@@ -40,7 +40,7 @@ from .annotators import DEFAULT_CONCURRENCY, Annotator, AnnotatorInfo, PaperInpu
 from .annotators.llm_config import LLMConfig, estimate_cost
 from .annotators.worker import Outcome, ProcessWorker, work
 from .errors import AnnotationError, ConfigError, PapertagError
-from .journal import Journal, call_row
+from .journal import Journal, RequestTemplate, call_row
 from .schema import Annotation
 from .store import Store
 
@@ -116,6 +116,7 @@ def _call_schema() -> pa.Schema:
             ("started_at", pa.timestamp("us")),
             ("call_uid", pa.string()),
             ("replay_of", pa.int64()),
+            ("request_template", pa.string()),
         ]
     )
 
@@ -314,7 +315,7 @@ class _Writer:
                 store.insert_arrow("annotation_failures", pa.Table.from_pylist(self.fail_rows))
             if self.call_rows:
                 store.insert_arrow(
-                    "llm_calls", pa.Table.from_pylist(self.call_rows, schema=_call_schema())
+                    "llm_call_rows", pa.Table.from_pylist(self.call_rows, schema=_call_schema())
                 )
         uids = [r["call_uid"] for r in self.call_rows]
         self.ann_rows, self.label_rows, self.fail_rows, self.call_rows = [], [], [], []
@@ -326,6 +327,15 @@ def options_json(annotator: AnnotatorInfo) -> str:
     return json.dumps(getattr(annotator, "options", dict)())
 
 
+def save_template(store: Store, template: RequestTemplate | None) -> None:
+    """Store the part of a run's requests that each call's row leaves out."""
+    if template is not None:
+        store.con.execute(
+            "INSERT OR IGNORE INTO llm_request_templates VALUES (?, ?, ?)",
+            [template.template_id, template.head, template.tail],
+        )
+
+
 def recover_journal(store: Store, journal: Journal) -> int:
     """Move the rows a killed run journaled into ``llm_calls``; returns how many were new."""
     rows = journal.read()
@@ -333,14 +343,14 @@ def recover_journal(store: Store, journal: Journal) -> int:
         table = pa.Table.from_pylist(rows, schema=_call_schema())
         cols = ", ".join(table.column_names)
         with store.transaction() as con:
-            before = int(store.scalar("SELECT count(*) FROM llm_calls"))
+            before = int(store.scalar("SELECT count(*) FROM llm_call_rows"))
             con.register("_journal", table)
             con.execute(
-                f"INSERT INTO llm_calls ({cols}) SELECT {cols} FROM _journal j "
-                "WHERE NOT EXISTS (SELECT 1 FROM llm_calls c WHERE c.call_uid = j.call_uid)"
+                f"INSERT INTO llm_call_rows ({cols}) SELECT {cols} FROM _journal j "
+                "WHERE NOT EXISTS (SELECT 1 FROM llm_call_rows c WHERE c.call_uid = j.call_uid)"
             )
             con.unregister("_journal")
-            added = int(store.scalar("SELECT count(*) FROM llm_calls")) - before
+            added = int(store.scalar("SELECT count(*) FROM llm_call_rows")) - before
     journal.clear()
     return added if rows else 0
 
@@ -356,7 +366,7 @@ def paid_answers(
     """
     rows = store.con.execute(
         """
-        SELECT c.request_hash, c.call_id, c.response_body FROM llm_calls c
+        SELECT c.request_hash, c.call_id, c.response_body FROM llm_call_rows c
         WHERE c.status = 200 AND c.annotation_id IS NULL AND c.response_body IS NOT NULL
           AND c.replay_of IS NULL
           AND c.annotator = ? AND c.model = ? AND c.host = ?
@@ -366,7 +376,7 @@ def paid_answers(
                           WHERE f.run_id = c.run_id AND f.paper_id = c.paper_id)
           -- Used by a replay whose result was stored (a replay killed before its commit
           -- leaves the answer free for the next run).
-          AND NOT EXISTS (SELECT 1 FROM llm_calls r
+          AND NOT EXISTS (SELECT 1 FROM llm_call_rows r
                           WHERE r.replay_of = c.call_id
                             AND (r.annotation_id IS NOT NULL
                                  OR EXISTS (SELECT 1 FROM annotation_failures f2
@@ -624,9 +634,12 @@ class _Run:
             if self.remote is not None:
                 if todo:
                     journal_at = store.path if self.journal is not None else None
+                    # Stored before any call that refers to it (journaled calls included).
+                    save_template(store, self.remote.wait_ready())
                     self.remote.start(self.run_id, self.writer.options, journal_at, replay)
             else:
                 if transport is not None:
+                    save_template(store, getattr(transport, "template", None))
                     transport.replay = replay
                 if self.journal is not None:
                     ann.call_sink = functools.partial(  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ committed to the database, so a long run keeps the journal small.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -50,6 +51,34 @@ class CallRecord:
     call_uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: The stored call whose response was replayed instead of asking again (no HTTP, no cost).
     replay_of: int | None = None
+    #: Set when ``request_body`` holds only what lies between this template's head and tail.
+    request_template: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestTemplate:
+    """What every request of a run shares: a body is ``head + (one paper's part) + tail``.
+
+    Stored once (``llm_request_templates``); each call keeps only its own part, and the
+    ``llm_calls`` view puts the body back together.
+    """
+
+    head: str
+    tail: str
+
+    @property
+    def template_id(self) -> str:
+        return hashlib.sha256(f"{self.head}\x00{self.tail}".encode()).hexdigest()[:16]
+
+    def middle(self, body: str) -> str | None:
+        """The part of ``body`` between head and tail; None if it does not have both."""
+        if (
+            len(body) >= len(self.head) + len(self.tail)
+            and body.startswith(self.head)
+            and body.endswith(self.tail)
+        ):
+            return body[len(self.head) : len(body) - len(self.tail)]
+        return None
 
 
 def call_row(
@@ -87,6 +116,7 @@ def call_row(
         "started_at": r.started_at,
         "call_uid": r.call_uid,
         "replay_of": r.replay_of,
+        "request_template": r.request_template,
     }
 
 
@@ -159,8 +189,9 @@ class Journal:
     ) -> None:
         """Journal one finished exchange (the call_sink of an annotator)."""
         row = call_row(run_id, annotator, options, paper_id, None, record)
-        # The prompt is large and rebuilt identically on resume; the answer is what must survive.
-        row["request_body"] = None
+        if record.request_template is None:
+            # A whole prompt is large (a re-ask's); the answer is what must survive.
+            row["request_body"] = None
         self.write(row)
 
     def committed(self, call_uids: Iterable[str]) -> None:

@@ -327,6 +327,35 @@ def m007_call_journal(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE llm_calls ADD COLUMN replay_of BIGINT")
 
 
+@migration
+def m008_request_templates(con: duckdb.DuckDBPyConnection) -> None:
+    # Every request of a run repeats the same system prompt and schema (most of its bytes)
+    # around one paper. The repeated part is stored once per run, in two halves; a call
+    # keeps only what lies between them. `llm_calls` becomes a view that puts each request
+    # back together, with the same columns as the table it replaces.
+    con.execute(
+        """
+        CREATE TABLE llm_request_templates (
+            template_id VARCHAR PRIMARY KEY,
+            head VARCHAR NOT NULL,
+            tail VARCHAR NOT NULL
+        );
+        ALTER TABLE llm_calls RENAME TO llm_call_rows;
+        ALTER TABLE llm_call_rows ADD COLUMN request_template VARCHAR;
+        CREATE VIEW llm_calls AS
+        SELECT c.call_id, c.run_id, c.paper_id, c.annotation_id, c.annotator, c.model, c.host,
+               c.path, c.prompt_version, c.taxonomy_version, c.options, c.request_hash,
+               CASE WHEN c.request_template IS NULL THEN c.request_body
+                    ELSE t.head || c.request_body || t.tail END AS request_body,
+               c.status, c.response_body, c.finish_reason, c.refusal, c.prompt_tokens,
+               c.completion_tokens, c.cost_usd, c.duration_ms, c.attempt, c.error,
+               c.started_at, c.call_uid, c.replay_of
+        FROM llm_call_rows c
+        LEFT JOIN llm_request_templates t ON t.template_id = c.request_template;
+        """
+    )
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     if "lock" in msg.lower():

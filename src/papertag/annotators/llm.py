@@ -40,7 +40,7 @@ from tenacity import (
 )
 
 from ..errors import AnnotationError, PapertagError, ProviderError, ValidationFailed
-from ..journal import CallRecord
+from ..journal import CallRecord, RequestTemplate
 from ..schema import Annotation, ValidationContext, format_validation_error, paper_text
 from . import PaperInput
 from .llm_config import LLMConfig, estimate_cost
@@ -174,6 +174,8 @@ class CallTransport(httpx2.BaseTransport):
             retry=retry_if_exception_type((_RetryableStatus, httpx2.TransportError)),
             reraise=True,
         )
+        #: The part every request shares, stored once instead of in each call's row.
+        self.template: RequestTemplate | None = None
         #: Responses already paid for (a run killed before storing its results), by request hash.
         self.replay: dict[str, list[tuple[int, str]]] = {}
         self._replay_lock = threading.Lock()
@@ -200,6 +202,9 @@ class CallTransport(httpx2.BaseTransport):
         host = request.url.host + (f":{request.url.port}" if request.url.port else "")
         request_hash = hashlib.sha256(body).hexdigest()[:16]
         request_text = body.decode("utf-8", errors="replace")
+        template_id = None
+        if self.template is not None and (part := self.template.middle(request_text)) is not None:
+            template_id, request_text = self.template.template_id, part
 
         def new_record(attempt: int) -> CallRecord:
             return CallRecord(
@@ -210,6 +215,7 @@ class CallTransport(httpx2.BaseTransport):
                 request_body=request_text,
                 attempt=attempt,
                 duration_ms=0.0,
+                request_template=template_id,
             )
 
         if (stored := self._replayed(request_hash)) is not None:
@@ -330,6 +336,7 @@ class LLMAnnotator(LLMConfig):
         )
         self.handlers = mode_registry.get_handlers(Provider.OPENAI, MODES[self.mode])
         self._template = self._request_template()
+        self.transport.template = self._split_template()
 
     def close(self) -> None:
         self.client.close()
@@ -390,6 +397,15 @@ class LLMAnnotator(LLMConfig):
         ):
             return None
         return kwargs, slots[0]
+
+    def _split_template(self) -> RequestTemplate | None:
+        """The body of the shaped request, cut where the paper goes."""
+        if self._template is None:
+            return None
+        kwargs, _ = self._template
+        slot = json.dumps(_USER_SLOT, ensure_ascii=False)[1:-1]
+        parts = _body(kwargs).split(slot)
+        return RequestTemplate(parts[0], parts[1]) if len(parts) == 2 else None
 
     def _request(self, paper: PaperInput) -> dict[str, Any]:
         messages = self._messages(paper)
@@ -473,10 +489,7 @@ class LLMAnnotator(LLMConfig):
         call (the tool schema is large) and whose import adds a quarter of a second to
         start-up; the bytes sent are what ``create`` would send for these arguments.
         """
-        body = {k: v for k, v in kwargs.items() if k != "extra_body"}
-        # openai merges extra_body over the typed parameters; so do we.
-        body.update(kwargs.get("extra_body") or {})
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        content = _body(kwargs)
         # As bytes: the openai client still raises its typed errors for every failed status,
         # but its generic object construction (a fifth of a call's CPU) is left to pydantic.
         raw = self.client.post("/chat/completions", cast_to=bytes, content=content.encode())
@@ -604,6 +617,14 @@ class AnnotationResponse(Annotation, ResponseSchema):
 
 
 _SCHEMAS: dict[Any, dict[str, Any]] = {}
+
+
+def _body(kwargs: dict[str, Any]) -> str:
+    """The JSON body ``chat.completions.create`` sends for these arguments."""
+    body = {k: v for k, v in kwargs.items() if k != "extra_body"}
+    # openai merges extra_body over the typed parameters; so do we.
+    body.update(kwargs.get("extra_body") or {})
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _completion(raw: bytes) -> ChatCompletion | None:

@@ -19,8 +19,8 @@ Messages, pickled over two pipes:
 * parent to child: ``("init", options)`` (first), ``("start", run_id, options_json,
   db_path, replay)``, ``("papers", [(key, PaperInput), ...])``, ``("committed",
   call_uids)``, ``("cancel",)``, ``("close",)``, ``("end",)``;
-* child to parent: ``("ready", None)`` or ``("error", exception)`` once the
-  annotator is built, ``("done", [(key, Outcome), ...])``, ``("bye", throttled)``.
+* child to parent: ``("ready", RequestTemplate | None)`` or ``("error", exception)``
+  once the annotator is built, ``("done", [(key, Outcome), ...])``, ``("bye", throttled)``.
 
 Papers and outcomes travel in batches: whatever is ready when the pipe is free goes
 in one message, so at a high rate both sides wake up once per batch, not per paper.
@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AnnotationError, PapertagError
+from ..journal import RequestTemplate
 from ..schema import Annotation
 from . import Annotator, PaperInput
 
@@ -129,16 +130,22 @@ class ProcessWorker:
         how = f"exit code {code}" if code is not None else "its pipe closed"
         return WorkerDied(f"the process calling the model stopped ({how}); run again to resume")
 
-    def start(
-        self, run_id: str, options_json: str, db_path: Path | None, replay: dict[str, Any]
-    ) -> None:
-        """Wait until the annotator is built (raising its error), then begin a run."""
+    def wait_ready(self) -> RequestTemplate | None:
+        """Wait until the annotator is built (raising its error); returns the part every
+        request of the run shares (to store before any call refers to it)."""
         try:
             kind, payload = self._in.recv()
         except (EOFError, OSError):
             raise self._died() from None
         if kind == "error":
             raise payload
+        template: RequestTemplate | None = payload
+        return template
+
+    def start(
+        self, run_id: str, options_json: str, db_path: Path | None, replay: dict[str, Any]
+    ) -> None:
+        """Begin a run (after :meth:`wait_ready`)."""
         self._send("start", run_id, options_json, str(db_path) if db_path else None, replay)
         self._reader = threading.Thread(
             target=self._read, name="papertag-worker-reader", daemon=True
@@ -296,7 +303,7 @@ def _child(conn_in: Connection, conn_out: Connection) -> None:
     except BaseException as exc:
         send("error", exc)
         return
-    send("ready", None)
+    send("ready", ann.transport.template)
     _, run_id, options_json, db_path, replay = conn_in.recv()
     ann.transport.replay = replay
     journal = None
