@@ -357,6 +357,10 @@ def _child(conn_in: Connection, conn_out: Connection) -> None:
 
 
 def main() -> None:
+    # openai loads its optional aiohttp transport if it can (a tenth of a second, most of
+    # it aiohttp, which instructor installs); this process uses only the sync client, so
+    # it is told aiohttp is absent and starts that much sooner (openai handles the absence).
+    sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
     conn_in = Connection(int(sys.argv[1]), writable=False)
     conn_out = Connection(int(sys.argv[2]), readable=False)
     _child(conn_in, conn_out)
