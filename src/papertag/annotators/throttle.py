@@ -37,10 +37,8 @@ FAST_PROBE_STEP = 1.25
 PROVISIONAL_BELOW = 30
 #: A burst of 429s from one overshoot counts once: cuts are at least this far apart.
 CUT_COOLDOWN = 1.0
-#: Requests in flight before the first answers come back. A wave of 4 cost a 0.2 s
-#: server a tenth of a run's time in ramp-up; a server whose limit is smaller answers the
-#: excess of one wave of 16 with 429s, once, and the window is cut from there.
-SLOW_START = 16
+#: Requests in flight before the first answers come back.
+SLOW_START = 4
 #: Pause after a 429 that says nothing about when to come back.
 DEFAULT_PAUSE = 1.0
 MAX_PAUSE = 120.0
