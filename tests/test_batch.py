@@ -512,3 +512,44 @@ def test_an_answer_replayed_by_a_killed_run_is_offered_again(tmp_path: Path, db_
         assert paid_answers(s, ann, [paper_id]) == {"h1": [(paid, '{"answer": 1}')]}
         s.con.execute("UPDATE llm_call_rows SET annotation_id = 'a1' WHERE call_id = ?", [replay])
         assert paid_answers(s, ann, [paper_id]) == {}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["annotate", "-a", "llm", "--model", "m"], True),
+        (["--db", "x.duckdb", "annotate", "--annotator=llm", "--concurrency", "16"], True),
+        (["annotate", "--annotator", "llm", "--concurrency", "1"], False),
+        (["annotate", "-a", "llm", "--concurrency=1"], False),
+        (["annotate", "-a", "llm", "--dry-run"], False),
+        (["annotate", "-a", "llm", "--help"], False),
+        (["annotate"], False),
+        (["annotate", "-a", "rules"], False),
+        (["evaluate", "-a", "llm"], False),
+    ],
+)
+def test_the_command_starts_the_worker_only_when_annotate_will_call_a_model(
+    argv: list[str], expected: bool
+) -> None:
+    from papertag_launch import wants_worker
+
+    assert wants_worker(argv) is expected
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_a_worker_started_for_a_command_that_fails_first_is_stopped(tmp_path: Path) -> None:
+    """The worker starts before the CLI parses anything; a command that fails before
+    using it still ends at once, with its one-line error, and leaves no process behind."""
+    db = tmp_path / "missing-dir" / "x.duckdb"
+    cmd = [PAPERTAG, "--db", str(db), "annotate", "-a", "llm", "--model", "m"]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = []
+    while proc.poll() is None and time.monotonic() - started < 30:
+        workers += [pid for pid in _children(proc.pid) if pid not in workers]
+        time.sleep(0.01)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "does not exist" in stderr and len(stderr.splitlines()) == 1
+    assert workers, "the worker was not started before the CLI loaded"
+    time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)]

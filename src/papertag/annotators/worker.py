@@ -33,7 +33,6 @@ import os
 import pickle
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -44,6 +43,8 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from papertag_launch import spawn_worker, take_prestarted
 
 from ..errors import AnnotationError, PapertagError
 from ..journal import RequestTemplate
@@ -80,9 +81,6 @@ def work(ann: Annotator, paper: PaperInput) -> Outcome:
     return out
 
 
-_CHILD_MAIN = "from papertag.annotators.worker import main; main()"
-
-
 class WorkerDied(PapertagError):
     """The child process that calls the model stopped without saying why."""
 
@@ -91,23 +89,8 @@ class ProcessWorker:
     """The parent's handle on the child: submit papers, get futures of outcomes."""
 
     def __init__(self, options: dict[str, Any]) -> None:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        self.proc = subprocess.Popen(
-            # -c, not -m: what the child pickles (Outcome) must be this module's classes,
-            # not those of a second copy run as __main__.
-            [sys.executable, "-c", _CHILD_MAIN, str(to_child_r), str(from_child_w)],
-            pass_fds=(to_child_r, from_child_w),
-            stdin=subprocess.DEVNULL,
-            # Its own process group: a Ctrl-C at the terminal reaches only this process,
-            # which decides what it means (even while the child is still importing).
-            process_group=0,
-            # The child finds papertag where this process did (a notebook may have added
-            # a source checkout to sys.path), as multiprocessing's spawn does.
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
+        # The `papertag` command may have started it already, before loading anything.
+        self.proc, to_child_w, from_child_r = take_prestarted() or spawn_worker()
         self._out = Connection(to_child_w, readable=False)
         self._in = Connection(from_child_r, writable=False)
         self._send_lock = threading.Lock()
