@@ -260,10 +260,19 @@ def test_rate_limit_settles_under_the_server_limit(
     _papers(db_path, tmp_path, 45)
     with fault_server(rpm=600, rate_headers=headers, retry_after_header=headers) as srv:
         report = annotate(db_path, "llm", model="fake-model", base_url=srv.url, concurrency=16)
-        throttled, total = srv.statuses[429], srv.count
-    assert report.done == 45 and report.failed == 0
-    # Unthrottled, 16 workers would send hundreds of requests a second into a 10/s limit.
-    assert throttled == report.throttled and throttled / total < 0.25
+        throttled = srv.statuses[429]
+    assert report.done == 45 and report.failed == 0 and throttled == report.throttled
+    with Store(db_path) as s:
+        sent = s.con.execute(
+            "SELECT epoch_ms(started_at) - min(epoch_ms(started_at)) OVER (), status "
+            "FROM llm_calls ORDER BY started_at"
+        ).fetchall()
+    # Not knowing the limit, the run overshoots it once: at most the 16 requests in flight
+    # when the first 429 comes back. Unthrottled, 16 workers would send hundreds of requests
+    # a second into a 10/s limit; throttled, the run then settles under it.
+    assert throttled <= 16 + 2
+    settled = [status for ms, status in sent if ms > 1500]
+    assert len(settled) >= 20 and settled.count(429) <= 2
 
 
 def _spawn(db: Path, url: str, *extra: str) -> subprocess.Popen[str]:

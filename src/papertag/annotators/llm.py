@@ -238,9 +238,9 @@ class CallTransport(httpx2.BaseTransport):
         def once() -> httpx2.Response:
             nonlocal attempt_no
             attempt_no += 1
-            record = new_record(attempt_no)
             if self.throttle is not None:
                 self.throttle.acquire(est_tokens)
+            record = new_record(attempt_no)  # started now: after any wait for a slot
             t0 = time.perf_counter()
             try:
                 response = self.inner.handle_request(request)
