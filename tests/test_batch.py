@@ -562,3 +562,35 @@ def test_a_worker_started_for_a_command_that_fails_first_is_stopped(tmp_path: Pa
     assert workers, "the worker was not started before the CLI loaded"
     time.sleep(0.2)
     assert not [pid for pid in workers if _alive(pid)]
+
+
+def test_each_calling_thread_keeps_one_connection_of_its_own() -> None:
+    """No shared pool to queue on: a thread's requests reuse its own kept-alive connection."""
+    import threading
+
+    import httpx2
+
+    from papertag.annotators.llm import PoolPerThread
+
+    client = httpx2.Client(transport=PoolPerThread(tls=False))  # shared, as the annotator's
+    ports: dict[str, list[int]] = {}
+    barrier = threading.Barrier(4)  # all four alive at once: no thread reuses another's
+
+    def send(srv_url: str) -> None:
+        barrier.wait()
+        for _ in range(3):
+            r = client.post(f"{srv_url}/chat/completions", json={"messages": []})
+            assert r.status_code == 200
+            port = r.extensions["network_stream"].get_extra_info("client_addr")[1]
+            ports.setdefault(threading.current_thread().name, []).append(port)
+        barrier.wait()
+
+    with fault_server() as srv:
+        threads = [threading.Thread(target=send, args=(srv.url,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    client.close()
+    assert len(ports) == 4 and all(len(set(p)) == 1 and len(p) == 3 for p in ports.values())
+    assert len({p[0] for p in ports.values()}) == 4
