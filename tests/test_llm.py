@@ -121,6 +121,28 @@ def test_request_is_what_instructor_and_openai_create_would_send(paper: Path, mo
     assert TITLE in json.dumps(ours) and "papertag:user-message" not in json.dumps(ours)
 
 
+@pytest.mark.parametrize("mode", ["tools", "json", "json_schema", "md_json"])
+def test_first_ask_built_from_the_template_is_the_full_request(mode: str) -> None:
+    """Only the paper's message is serialised for a first ask; the bytes must be those of
+    the whole shaped request, whatever the text holds."""
+    from papertag.annotators import PaperInput
+    from papertag.annotators.llm import LLMAnnotator, _body
+
+    ann = LLMAnnotator(model="fake-model", base_url="http://127.0.0.1:9/v1", mode=mode)
+    try:
+        for title, abstract in [
+            (TITLE, ABSTRACT),
+            ('Quotes "and" \\ backslashes', "Tabs\tnewlines\n, unicode: μ-law, 日本語, emoji 🙂."),
+            ("Controls", "bell \u0007 escape \u001b[31m null \u0000 braces {{ x }} {% y %}."),
+            ("Long", "word " * 20_000),
+        ]:
+            messages = ann._messages(PaperInput("x", title, abstract))
+            first = ann._first_body(messages[1]["content"])
+            assert first == _body(ann._shaped(messages))
+    finally:
+        ann.close()
+
+
 def test_validation_error_is_fed_back_and_fixed(paper: Path) -> None:
     bad = json.loads(json.dumps(GOOD))
     bad["technique"][0]["id"] = "quantisation"

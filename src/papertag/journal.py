@@ -65,10 +65,11 @@ class RequestTemplate:
 
     head: str
     tail: str
+    template_id: str = field(init=False)
 
-    @property
-    def template_id(self) -> str:
-        return hashlib.sha256(f"{self.head}\x00{self.tail}".encode()).hexdigest()[:16]
+    def __post_init__(self) -> None:
+        digest = hashlib.sha256(f"{self.head}\x00{self.tail}".encode()).hexdigest()[:16]
+        object.__setattr__(self, "template_id", digest)
 
     def middle(self, body: str) -> str | None:
         """The part of ``body`` between head and tail; None if it does not have both."""

@@ -448,7 +448,9 @@ class LLMAnnotator(LLMConfig):
         return RequestTemplate(parts[0], parts[1]) if len(parts) == 2 else None
 
     def _request(self, paper: PaperInput) -> dict[str, Any]:
-        messages = self._messages(paper)
+        return self._shaped(self._messages(paper))
+
+    def _shaped(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         if self._template is None:
             return self._shape(messages)
         kwargs, i = self._template
@@ -484,12 +486,16 @@ class LLMAnnotator(LLMConfig):
         # response model and re-renders every message as a Jinja template, which also
         # mangles abstracts containing "{{", instructor#2669), which would make papertag,
         # not the provider, the bottleneck of a large batch.
-        kwargs = self._request(paper)
+        messages = self._messages(paper)
+        kwargs = self._shaped(messages)
+        # Until a re-ask changes the request, its body is the run's template around this
+        # paper's message: only that part is serialised (the rest is 90% of the bytes).
+        body = self._first_body(messages[1]["content"]) or _body(kwargs)
         attempts = self.max_reasks + 1
         last_error: Exception | None = None
         for attempt in range(1, attempts + 1):
             try:
-                completion = self._send(kwargs)
+                completion = self._send(body)
             except openai.APIError as exc:
                 raise self._api_failure(exc, paper) from None
             if completion is None or not completion.choices:
@@ -519,17 +525,25 @@ class LLMAnnotator(LLMConfig):
                 kwargs = self.handlers.reask_handler(
                     kwargs=kwargs, response=completion, exception=exc
                 )
+                body = _body(kwargs)
         raise self._failure(last_error, attempts, paper)
 
-    def _send(self, kwargs: dict[str, Any]) -> ChatCompletion | None:
-        """POST one chat completion through the openai client (its auth, errors and parsing).
+    def _first_body(self, user_message: str) -> str | None:
+        """The body of a first ask, from the template (None: the mode allows no template)."""
+        template = self.transport.template
+        if template is None:
+            return None
+        return template.head + json.dumps(user_message, ensure_ascii=False)[1:-1] + template.tail
 
-        The body is serialised here rather than by ``chat.completions.create``, whose
-        walk of the request against its typed parameters costs about a millisecond a
-        call (the tool schema is large) and whose import adds a quarter of a second to
-        start-up; the bytes sent are what ``create`` would send for these arguments.
+    def _send(self, content: str) -> ChatCompletion | None:
+        """POST one chat completion body through the openai client (its auth, errors and parsing).
+
+        The body is serialised here (:func:`_body`) rather than by
+        ``chat.completions.create``, whose walk of the request against its typed
+        parameters costs about a millisecond a call (the tool schema is large) and whose
+        import adds a quarter of a second to start-up; the bytes sent are what ``create``
+        would send for these arguments.
         """
-        content = _body(kwargs)
         # As bytes: the openai client still raises its typed errors for every failed status,
         # but its generic object construction (a fifth of a call's CPU) is left to pydantic.
         raw = self.client.post("/chat/completions", cast_to=bytes, content=content.encode())
