@@ -186,9 +186,15 @@ def bench_crash(tmp: Path, n: int, kills: int) -> None:
             )
             # Past start-up (about a second), into the run.
             time.sleep(rng.uniform(1.2, 3.0))
-            in_flight_at_kill += srv.in_flight
+            killed_at = time.monotonic()
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            time.sleep(0.05)
+            # In flight at the kill: what the server still holds now the command and its
+            # worker are gone, what it answered since, and what it answered in the 10 ms
+            # before (on the wire, or read but not yet written to the journal).
+            recent = sum(1 for t in srv.answered_at if t >= killed_at - 0.01)
+            in_flight_at_kill += srv.in_flight + recent
         run(annotate_cmd(db, srv.url, "--concurrency", "16"))
         repeated_at_kill = sum(c - 1 for c in srv.bodies.values() if c > 1)
     papers = count(db, "SELECT count(*) FROM papers")

@@ -23,7 +23,7 @@ import random
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -128,6 +128,8 @@ class FaultServer:
         self.bodies: Counter[str] = Counter()
         self.first_at: float | None = None
         self.last_at: float | None = None
+        #: When each of the latest answers was written (time.monotonic()).
+        self.answered_at: deque[float] = deque(maxlen=10_000)
         self.in_flight = 0
         self.max_in_flight = 0
         self._bucket = float(self._depth)
@@ -252,6 +254,7 @@ class FaultServer:
                 out += [f"{k}: {v}" for k, v in {**limit_headers, **reply.headers}.items()]
                 writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + body)
                 self.last_at = time.monotonic()
+                self.answered_at.append(self.last_at)
                 await writer.drain()
                 if reply.truncate:
                     writer.close()
