@@ -267,7 +267,19 @@ class CallTransport(httpx2.BaseTransport):
             return response
 
         try:
-            return self._retrying(once)
+            # Most requests succeed at once: tenacity's bookkeeping (a few percent of a
+            # call) starts only after a failure, which it is handed as its first attempt.
+            return once()
+        except (_RetryableStatus, httpx2.TransportError) as exc:
+            first: list[BaseException] = [exc]
+
+        def attempt() -> httpx2.Response:
+            if first:
+                raise first.pop()
+            return once()
+
+        try:
+            return self._retrying(attempt)
         except _RetryableStatus as exc:
             # Out of attempts: hand the last answer to openai, which raises its typed error.
             return exc.response
