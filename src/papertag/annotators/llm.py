@@ -459,9 +459,6 @@ class LLMAnnotator(LLMConfig):
         parts = _body(kwargs).split(slot)
         return RequestTemplate(parts[0], parts[1]) if len(parts) == 2 else None
 
-    def _request(self, paper: PaperInput) -> dict[str, Any]:
-        return self._shaped(self._messages(paper))
-
     def _shaped(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         if self._template is None:
             return self._shape(messages)
@@ -499,10 +496,14 @@ class LLMAnnotator(LLMConfig):
         # mangles abstracts containing "{{", instructor#2669), which would make papertag,
         # not the provider, the bottleneck of a large batch.
         messages = self._messages(paper)
-        kwargs = self._shaped(messages)
         # Until a re-ask changes the request, its body is the run's template around this
         # paper's message: only that part is serialised (the rest is 90% of the bytes).
-        body = self._first_body(messages[1]["content"]) or _body(kwargs)
+        # The request as arguments is shaped only when a re-ask needs it.
+        kwargs: dict[str, Any] | None = None
+        body = self._first_body(messages[1]["content"])
+        if body is None:
+            kwargs = self._shaped(messages)
+            body = _body(kwargs)
         attempts = self.max_reasks + 1
         last_error: Exception | None = None
         for attempt in range(1, attempts + 1):
@@ -535,7 +536,9 @@ class LLMAnnotator(LLMConfig):
                 # ValueError covers invalid JSON and instructor's ResponseParsingError.
                 last_error = exc
                 kwargs = self.handlers.reask_handler(
-                    kwargs=kwargs, response=completion, exception=exc
+                    kwargs=kwargs if kwargs is not None else self._shaped(messages),
+                    response=completion,
+                    exception=exc,
                 )
                 body = _body(kwargs)
         raise self._failure(last_error, attempts, paper)
