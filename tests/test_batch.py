@@ -564,33 +564,37 @@ def test_a_worker_started_for_a_command_that_fails_first_is_stopped(tmp_path: Pa
     assert not [pid for pid in workers if _alive(pid)]
 
 
-def test_each_calling_thread_keeps_one_connection_of_its_own() -> None:
-    """No shared pool to queue on: a thread's requests reuse its own kept-alive connection."""
+def test_connections_are_one_per_request_in_flight_not_per_thread() -> None:
+    """No shared pool to queue on, and no connection per thread: eight threads with at
+    most four requests in flight open four connections and keep reusing them."""
     import threading
 
     import httpx2
 
-    from papertag.annotators.llm import PoolPerThread
+    from papertag.annotators.llm import ConnectionStack
 
-    client = httpx2.Client(transport=PoolPerThread(tls=False))  # shared, as the annotator's
-    ports: dict[str, list[int]] = {}
-    barrier = threading.Barrier(4)  # all four alive at once: no thread reuses another's
+    stack = ConnectionStack(tls=False)
+    client = httpx2.Client(transport=stack)  # shared, as the annotator's
+    slots = threading.BoundedSemaphore(4)  # as the throttle's window
+    all_in = threading.Barrier(4)
+    ports: list[int] = []
 
-    def send(srv_url: str) -> None:
-        barrier.wait()
+    def send(srv_url: str, first: bool) -> None:
         for _ in range(3):
-            r = client.post(f"{srv_url}/chat/completions", json={"messages": []})
-            assert r.status_code == 200
-            port = r.extensions["network_stream"].get_extra_info("client_addr")[1]
-            ports.setdefault(threading.current_thread().name, []).append(port)
-        barrier.wait()
+            with slots:
+                if first:
+                    all_in.wait()  # four in flight at once: four connections needed
+                    first = False
+                r = client.post(f"{srv_url}/chat/completions", json={"messages": []})
+            assert r.status_code == 200 and r.json()["choices"]
+            ports.append(r.extensions["network_stream"].get_extra_info("client_addr")[1])
 
-    with fault_server() as srv:
-        threads = [threading.Thread(target=send, args=(srv.url,)) for _ in range(4)]
+    with fault_server(latency=0.05) as srv:
+        threads = [threading.Thread(target=send, args=(srv.url, i < 4)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
     client.close()
-    assert len(ports) == 4 and all(len(set(p)) == 1 and len(p) == 3 for p in ports.values())
-    assert len({p[0] for p in ports.values()}) == 4
+    assert len(ports) == 24
+    assert stack.connections == 4 and len(set(ports)) == 4

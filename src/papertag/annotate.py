@@ -708,9 +708,10 @@ class _Run:
         queued = workers
         if self.remote is not None:
             submit = self.remote.submit
-            # A second round of papers waits in the child, so its calls go on while this
-            # thread is busy committing (a batch of long prompts takes a tenth of a second).
-            queued = 2 * workers
+            # Beyond the calls in flight, a round of papers waits in the child with its
+            # requests built (see worker.py) and another in its queue, so its calls go on
+            # while this thread is busy committing (a second's batch takes a tenth of one).
+            queued = 3 * workers
         else:
             pool = ThreadPoolExecutor(workers, thread_name_prefix="papertag-annotate")
             ann = cast(Annotator, self.ann)  # in this process: the annotator itself

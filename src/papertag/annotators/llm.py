@@ -9,6 +9,7 @@ retries are turned off (``max_retries=0``) so the two never multiply.
 
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import json
@@ -292,41 +293,59 @@ class CallTransport(httpx2.BaseTransport):
         self.inner.close()
 
 
-class PoolPerThread(httpx2.BaseTransport):
-    """A connection of its own for each thread that sends requests.
+class ConnectionStack(httpx2.BaseTransport):
+    """Kept-alive connections, each serving one request at a time.
 
-    One shared pool serialises every request on its lock, and while holding it polls
-    each idle connection to see whether the server closed it: with 32 calls in flight,
-    a fast server's requests spent most of their time waiting for that lock. Each
-    thread sends one request at a time, so one kept-alive connection serves it.
+    A request takes the connection freed last (the one least likely to have been closed
+    by the server) or, if every one is busy, opens another: there are never more
+    connections than requests in flight at once, however many threads send them.
+    One shared httpcore pool would serialise every request on its lock, and while
+    holding it poll each idle connection to see whether the server closed it: with 32
+    calls in flight, a fast server's requests spent most of their time waiting there.
+    Here each connection is a pool of its own, and taking one is a list pop.
     """
 
     def __init__(self, *, tls: bool = True) -> None:
         self.tls = tls
         self._ssl: ssl.SSLContext | None = None
-        self._local = threading.local()
         self._lock = threading.Lock()
+        self._idle: collections.deque[httpx2.HTTPTransport] = collections.deque()
         self._pools: list[httpx2.HTTPTransport] = []
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        pool: httpx2.HTTPTransport | None = getattr(self._local, "pool", None)
-        if pool is None:
-            with self._lock:
-                if self._ssl is None:
-                    # Built once and shared: loading the CA bundle takes 40 ms. A plain-http
-                    # server needs none.
-                    self._ssl = httpx2.create_ssl_context(verify=self.tls)
-                pool = httpx2.HTTPTransport(
-                    verify=self._ssl,
-                    limits=httpx2.Limits(max_connections=1, max_keepalive_connections=1),
-                )
-                self._pools.append(pool)
-            self._local.pool = pool
-        return pool.handle_request(request)
+        try:
+            pool = self._idle.pop()  # a deque's pop and append need no lock
+        except IndexError:
+            pool = self._open()
+        try:
+            response = pool.handle_request(request)
+            # The connection is free again once the body is read (no call streams).
+            response.read()
+        finally:
+            self._idle.append(pool)
+        return response
+
+    def _open(self) -> httpx2.HTTPTransport:
+        with self._lock:
+            if self._ssl is None:
+                # Built once and shared: loading the CA bundle takes 40 ms. A plain-http
+                # server needs none.
+                self._ssl = httpx2.create_ssl_context(verify=self.tls)
+            pool = httpx2.HTTPTransport(
+                verify=self._ssl,
+                limits=httpx2.Limits(max_connections=1, max_keepalive_connections=1),
+            )
+            self._pools.append(pool)
+        return pool
+
+    @property
+    def connections(self) -> int:
+        """How many connections were opened (at most the requests ever in flight at once)."""
+        return len(self._pools)
 
     def close(self) -> None:
         with self._lock:
-            pools, self._pools = self._pools, []
+            pools = list(self._pools)
         for pool in pools:
             pool.close()
 
@@ -365,7 +384,7 @@ class LLMAnnotator(LLMConfig):
         #: Called with (paper_id, record) the moment an exchange ends (the crash journal).
         self.call_sink: Callable[[str, CallRecord], None] | None = None
         self.transport = CallTransport(
-            transport or PoolPerThread(tls=not (self.base_url or "").startswith("http://")),
+            transport or ConnectionStack(tls=not (self.base_url or "").startswith("http://")),
             max_attempts=max_attempts,
             backoff=backoff,
             on_call=self._record,
