@@ -311,6 +311,9 @@ class ConnectionStack(httpx2.BaseTransport):
         self._lock = threading.Lock()
         self._idle: collections.deque[httpx2.HTTPTransport] = collections.deque()
         self._pools: list[httpx2.HTTPTransport] = []
+        # One ready now: the first builds the SSL context and imports httpcore (a few
+        # hundredths of a second), which otherwise every first request of a run waits for.
+        self._idle.append(self._open())
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         try:
