@@ -926,6 +926,54 @@ def test_llm_calls_logged_before_request_templates_survive_the_upgrade(db_path: 
         assert s.scalar("SELECT max(call_id) FROM llm_calls") == 2
 
 
+def test_call_log_keeps_its_rows_ids_and_constraints_when_its_index_goes(db_path: Path) -> None:
+    """m009 rebuilds llm_call_rows without its primary key's index (checkpoints of a growing
+    log cost in proportion to it): every row comes through as it was, call ids go on from
+    the sequence, and the NOT NULLs still hold."""
+    con = duckdb.connect(str(db_path))
+    con.execute(
+        "CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
+    )
+    for name, fn in store_mod.MIGRATIONS:
+        if name.startswith("m009"):
+            break
+        fn(con)
+        con.execute("INSERT INTO _migrations VALUES (?, current_timestamp)", [name])
+    con.execute("INSERT INTO llm_request_templates VALUES ('t1', '{\"head\":\"', '\"}')")
+    for template, body, replay in [("t1", "middle", None), (None, '{"whole": 1}', 1)]:
+        con.execute(
+            "INSERT INTO llm_call_rows (run_id, annotator, model, host, prompt_version, "
+            "taxonomy_version, request_hash, request_body, status, attempt, started_at, "
+            "call_uid, replay_of, request_template, options) VALUES ('r1', 'llm', 'm', 'h', "
+            "'p', 't', 'x', ?, 200, 1, now()::TIMESTAMP, 'u', ?, ?, '{\"a\": 1}')",
+            [body, replay, template],
+        )
+    before = con.execute("SELECT * FROM llm_calls ORDER BY call_id").fetchall()
+    assert con.execute(
+        "SELECT index_count FROM duckdb_tables() WHERE table_name = 'llm_call_rows'"
+    ).fetchone() == (1,)
+    con.close()
+    with Store(db_path) as s:
+        assert s.con.execute("SELECT * FROM llm_calls ORDER BY call_id").fetchall() == before
+        assert [r[12] for r in before] == ['{"head":"middle"}', '{"whole": 1}']
+        assert (
+            s.scalar("SELECT index_count FROM duckdb_tables() WHERE table_name = 'llm_call_rows'")
+            == 0
+        )
+        s.con.execute(
+            "INSERT INTO llm_call_rows (run_id, annotator, model, host, prompt_version, "
+            "taxonomy_version, request_hash, attempt, started_at) "
+            "VALUES ('r2', 'llm', 'm', 'h', 'p', 't', 'y', 1, now()::TIMESTAMP)"
+        )
+        assert s.scalar("SELECT max(call_id) FROM llm_calls") == 3
+        with pytest.raises(duckdb.ConstraintException):
+            s.con.execute(
+                "INSERT INTO llm_call_rows (annotator, model, host, prompt_version, "
+                "taxonomy_version, request_hash, attempt, started_at) "
+                "VALUES ('llm', 'm', 'h', 'p', 't', 'y', 1, now()::TIMESTAMP)"
+            )
+
+
 def test_old_database_upgrades_through_the_cli_and_takes_new_papers(
     tmp_path: Path, db_path: Path
 ) -> None:
