@@ -11,7 +11,8 @@ times the whole command. Four figures, each printed with its target:
    share of the limit used and share of requests answered 429, with the server
    advertising its limit in x-ratelimit-* headers and without any header;
 4. crash: runs killed with SIGKILL at random moments, then resumed: every paper
-   annotated exactly once; requests repeated vs requests in flight at the kills.
+   annotated exactly once; requests repeated vs requests in flight at the kills (sent,
+   but their answers not yet recorded in the database or the journal).
 
     .venv/bin/python bench/llm.py [--quick]
 """
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fault_server import FaultServer  # noqa: E402
 
 from papertag.ingest import Entry, FileReport, parse_file, write_entries  # noqa: E402
+from papertag.journal import Journal  # noqa: E402
 from papertag.store import Store  # noqa: E402
 
 DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
@@ -171,6 +173,19 @@ def bench_rate_limit(tmp: Path, n: int, headers: bool) -> None:
     )
 
 
+def recorded_requests(db: Path) -> set[str]:
+    """Hashes of the requests whose answers papertag has recorded: in the database or in
+    the crash journal a killed run leaves beside it."""
+    with Store(db, read_only=True) as s:
+        rows = s.con.execute(
+            "SELECT request_hash FROM llm_call_rows WHERE response_body IS NOT NULL"
+        ).fetchall()
+    journaled = Journal(db).read()
+    return {r[0] for r in rows} | {
+        r["request_hash"] for r in journaled if r.get("response_body") is not None
+    }
+
+
 def bench_crash(tmp: Path, n: int, kills: int) -> None:
     db = tmp / "crash.duckdb"
     make_db(db, n)
@@ -178,6 +193,7 @@ def bench_crash(tmp: Path, n: int, kills: int) -> None:
     repeated_at_kill = in_flight_at_kill = 0
     with FaultServer(latency=0.2, keep_requests=False).start() as srv:
         for _ in range(kills):
+            before = dict(srv.bodies)
             proc = subprocess.Popen(
                 annotate_cmd(db, srv.url, "--concurrency", "16"),
                 stdout=subprocess.DEVNULL,
@@ -186,15 +202,13 @@ def bench_crash(tmp: Path, n: int, kills: int) -> None:
             )
             # Past start-up (about a second), into the run.
             time.sleep(rng.uniform(1.2, 3.0))
-            killed_at = time.monotonic()
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            time.sleep(0.05)
-            # In flight at the kill: what the server still holds now the command and its
-            # worker are gone, what it answered since, and what it answered in the 10 ms
-            # before (on the wire, or read but not yet written to the journal).
-            recent = sum(1 for t in srv.answered_at if t >= killed_at - 0.01)
-            in_flight_at_kill += srv.in_flight + recent
+            time.sleep(0.05)  # the worker dies with the command
+            # In flight at the kill: requests this run sent whose answers papertag had not
+            # recorded (in the database or its journal) when it died.
+            sent = {h[:16] for h, c in srv.bodies.items() if c > before.get(h, 0)}
+            in_flight_at_kill += len(sent - recorded_requests(db))
         run(annotate_cmd(db, srv.url, "--concurrency", "16"))
         repeated_at_kill = sum(c - 1 for c in srv.bodies.values() if c > 1)
     papers = count(db, "SELECT count(*) FROM papers")

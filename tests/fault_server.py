@@ -23,7 +23,7 @@ import random
 import re
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -128,8 +128,6 @@ class FaultServer:
         self.bodies: Counter[str] = Counter()
         self.first_at: float | None = None
         self.last_at: float | None = None
-        #: When each of the latest answers was written (time.monotonic()).
-        self.answered_at: deque[float] = deque(maxlen=10_000)
         self.in_flight = 0
         self.max_in_flight = 0
         self._bucket = float(self._depth)
@@ -207,7 +205,10 @@ class FaultServer:
                     k.strip().lower(): v.strip()
                     for k, _, v in (line.partition(":") for line in lines[1:] if line)
                 }
-                raw = await reader.readexactly(int(headers.get("content-length", 0)))
+                try:
+                    raw = await reader.readexactly(int(headers.get("content-length", 0)))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return  # the client died while sending (the benchmark's kill -9)
                 request = json.loads(raw) if raw else {}
                 self.count += 1
                 self.bodies[hashlib.sha256(raw).hexdigest()] += 1
@@ -254,7 +255,6 @@ class FaultServer:
                 out += [f"{k}: {v}" for k, v in {**limit_headers, **reply.headers}.items()]
                 writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + body)
                 self.last_at = time.monotonic()
-                self.answered_at.append(self.last_at)
                 await writer.drain()
                 if reply.truncate:
                     writer.close()
