@@ -598,3 +598,29 @@ def test_connections_are_one_per_request_in_flight_not_per_thread() -> None:
     client.close()
     assert len(ports) == 24
     assert stack.connections == 4 and len(set(ports)) == 4
+
+
+def test_second_threads_start_only_once_round_trips_are_long() -> None:
+    """The worker's second thread per call (its request built ahead) joins in when the
+    latest answers took 50 ms or more; at a fast server's few milliseconds it stays out."""
+    from types import SimpleNamespace
+
+    from papertag.annotators.worker import _RoundTrips
+
+    def calls(ms: float, n: int = 1, **extra: object) -> list[SimpleNamespace]:
+        fields: dict[str, object] = {"status": 200, "replay_of": None, **extra}
+        return [SimpleNamespace(duration_ms=ms, **fields) for _ in range(n)]
+
+    fast = _RoundTrips()
+    for _ in range(200):
+        fast.add(calls(5.0) + calls(30.0))
+    fast.add(calls(400.0, 3))  # a few slow answers among many fast ones
+    # Replayed answers and failed connections say nothing about the server's round trip.
+    fast.add(calls(900.0, 5, replay_of=7) + calls(900.0, 5, status=None))
+    assert not fast.long.is_set()
+
+    slow = _RoundTrips()
+    slow.add(calls(200.0, 4))
+    assert not slow.long.is_set()  # not on the first few answers
+    slow.add(calls(200.0))
+    assert slow.long.is_set()

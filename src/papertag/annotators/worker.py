@@ -36,6 +36,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -249,6 +250,31 @@ class _Outbox:
                 return
 
 
+#: Round trips (an exchange's send to its answer read) from this long on, over the run's
+#: latest few, call for a second thread behind each call (see _child).
+LONG_ROUND_TRIP_MS = 50.0
+
+
+class _RoundTrips:
+    """The run's latest round trips, and whether they have been long."""
+
+    def __init__(self) -> None:
+        self.recent: deque[float] = deque(maxlen=15)
+        self.long = threading.Event()
+
+    def add(self, calls: Sequence[Any]) -> None:
+        if self.long.is_set():
+            return
+        for call in calls:
+            # A replayed answer or a failed connection says nothing of the server's pace.
+            if call.status is not None and call.replay_of is None:
+                self.recent.append(call.duration_ms)
+        # The median: one slow answer among fast ones (a pause, a retry) changes nothing.
+        latest = sorted(self.recent)  # copied in one step: other threads append meanwhile
+        if len(latest) >= 5 and latest[len(latest) // 2] >= LONG_ROUND_TRIP_MS:
+            self.long.set()
+
+
 def _pickled_batch(batch: list[tuple[int, Outcome]]) -> bytes:
     try:
         return pickle.dumps(("done", batch))
@@ -300,20 +326,32 @@ def _child(conn_in: Connection, conn_out: Connection) -> None:
     outbox = _Outbox(conn_out)
     todo: queue.SimpleQueue[tuple[int, PaperInput] | None] = queue.SimpleQueue()
 
-    def annotate_papers() -> None:
-        while (item := todo.get()) is not None:
-            outbox.put(item[0], work(ann, item[1]))
+    round_trips = _RoundTrips()
 
-    # Twice as many threads as calls in flight: behind each call waits a second thread
-    # with its next request built, which the throttle lets go the moment an answer is
-    # read, while the answer's thread journals, parses and validates it. With one thread
-    # per call, that work and the next request's building came between every answer and
-    # the next request (a few milliseconds of every 0.2 s round trip, once the threads
-    # queue for the interpreter lock). Connections stay one per call in flight.
+    def annotate_papers(second: bool) -> None:
+        if second:
+            round_trips.long.wait()
+        while (item := todo.get()) is not None:
+            outcome = work(ann, item[1])
+            round_trips.add(outcome.calls)
+            outbox.put(item[0], outcome)
+
+    # Once answers are slow to come, a second thread waits behind each call in flight with
+    # its next request built: the throttle lets it go the moment an answer is read, while
+    # the answer's thread parses and validates it. With one thread per call, that work and
+    # the next request's building came between every answer and the next request (a few
+    # milliseconds of every 0.2 s round trip, once threads queue for the interpreter lock).
+    # Against a fast server the second threads would only add hand-offs (5% fewer papers a
+    # second at zero latency), so they wait until round trips are long. Connections stay
+    # one per call in flight either way (ConnectionStack).
     threads = [
-        threading.Thread(target=annotate_papers, name=f"papertag-annotate-{i}", daemon=True)
+        threading.Thread(
+            target=annotate_papers, args=(i >= ann.concurrency,), name=f"papertag-annotate-{i}"
+        )
         for i in range(2 * ann.concurrency)
     ]
+    for thread in threads:
+        thread.daemon = True
     for thread in threads:
         thread.start()
     while True:
@@ -331,6 +369,7 @@ def _child(conn_in: Connection, conn_out: Connection) -> None:
         elif msg[0] == "close":
             ann.close()
         elif msg[0] == "end":
+            round_trips.long.set()  # second threads still waiting: on to their end
             for _ in threads:
                 todo.put(None)
             for thread in threads:
