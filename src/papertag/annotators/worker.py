@@ -346,12 +346,13 @@ def _child(conn_in: Connection, conn_out: Connection) -> None:
     # one per call in flight either way (ConnectionStack).
     threads = [
         threading.Thread(
-            target=annotate_papers, args=(i >= ann.concurrency,), name=f"papertag-annotate-{i}"
+            target=annotate_papers,
+            args=(i >= ann.concurrency,),
+            name=f"papertag-annotate-{i}",
+            daemon=True,
         )
         for i in range(2 * ann.concurrency)
     ]
-    for thread in threads:
-        thread.daemon = True
     for thread in threads:
         thread.start()
     while True:
