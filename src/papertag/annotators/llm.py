@@ -309,7 +309,7 @@ class ConnectionStack(httpx2.BaseTransport):
     One shared httpcore pool would serialise every request on its lock, and while
     holding it poll each idle connection to see whether the server closed it: with 32
     calls in flight, a fast server's requests spent most of their time waiting there.
-    Here each connection is a pool of its own, and taking one is a list pop.
+    Here each connection is a pool of its own, and taking one is a deque pop.
     """
 
     def __init__(self, *, tls: bool = True) -> None:
@@ -350,7 +350,8 @@ class ConnectionStack(httpx2.BaseTransport):
 
     @property
     def connections(self) -> int:
-        """How many connections were opened (at most the requests ever in flight at once)."""
+        """How many single-connection pools exist: one from the start, then at most the
+        requests ever in flight at once."""
         return len(self._pools)
 
     def close(self) -> None:
