@@ -895,16 +895,22 @@ def test_database_from_an_older_papertag_opens_and_upgrades(db_path: Path, read_
         assert s.migrate() == []
 
 
-def test_llm_calls_logged_before_request_templates_survive_the_upgrade(db_path: Path) -> None:
+def _migrated_before(db_path: Path, stop: str) -> duckdb.DuckDBPyConnection:
+    """A database as a papertag whose last migration came just before ``stop`` left it."""
     con = duckdb.connect(str(db_path))
     con.execute(
         "CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
     )
     for name, fn in store_mod.MIGRATIONS:
-        if name.startswith("m008"):
+        if name.startswith(stop):
             break
         fn(con)
         con.execute("INSERT INTO _migrations VALUES (?, current_timestamp)", [name])
+    return con
+
+
+def test_llm_calls_logged_before_request_templates_survive_the_upgrade(db_path: Path) -> None:
+    con = _migrated_before(db_path, "m008")
     body = '{"model":"m","messages":[{"role":"user","content":"a paper"}]}'
     con.execute(
         "INSERT INTO llm_calls (run_id, annotator, model, host, prompt_version, taxonomy_version, "
@@ -930,15 +936,7 @@ def test_call_log_keeps_its_rows_ids_and_constraints_when_its_index_goes(db_path
     """m009 rebuilds llm_call_rows without its primary key's index (checkpoints of a growing
     log cost in proportion to it): every row comes through as it was, call ids go on from
     the sequence, and the NOT NULLs still hold."""
-    con = duckdb.connect(str(db_path))
-    con.execute(
-        "CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
-    )
-    for name, fn in store_mod.MIGRATIONS:
-        if name.startswith("m009"):
-            break
-        fn(con)
-        con.execute("INSERT INTO _migrations VALUES (?, current_timestamp)", [name])
+    con = _migrated_before(db_path, "m009")
     con.execute("INSERT INTO llm_request_templates VALUES ('t1', '{\"head\":\"', '\"}')")
     for template, body, replay in [("t1", "middle", None), (None, '{"whole": 1}', 1)]:
         con.execute(

@@ -708,9 +708,10 @@ class _Run:
         queued = workers
         if self.remote is not None:
             submit = self.remote.submit
-            # Beyond the calls in flight, a round of papers waits in the child with its
-            # requests built (see worker.py) and another in its queue, so its calls go on
-            # while this thread is busy committing (a second's batch takes a tenth of one).
+            # Beyond the calls in flight, two rounds of papers wait in the child (against a
+            # slow server one of them with its requests built, see worker.py), so its calls
+            # go on while this thread is busy committing (a second's batch takes a tenth
+            # of one).
             queued = 3 * workers
         else:
             pool = ThreadPoolExecutor(workers, thread_name_prefix="papertag-annotate")

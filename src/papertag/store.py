@@ -362,53 +362,30 @@ def m009_call_rows_without_index(con: duckdb.DuckDBPyConnection) -> None:
     # the whole table (100 new rows: 50 ms over 2,000 stored, 260 ms over 22,000; 12 and
     # 7 ms without it), so a growing call log slowed every run's close and the checkpoints
     # during runs. call_id comes from llm_call_seq, unique without an index to check it.
+    # DuckDB cannot drop a primary key: the table is copied, and its NOT NULLs, the id's
+    # default and the view over it are carried over as the catalog has them.
+    not_null = [
+        row[0]
+        for row in con.execute(
+            "SELECT unnest(constraint_column_names) FROM duckdb_constraints() "
+            "WHERE table_name = 'llm_call_rows' AND constraint_type = 'NOT NULL'"
+        ).fetchall()
+    ]
+    view = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'llm_calls'").fetchone()
+    if view is None:
+        raise StoreError("m009: the llm_calls view of m008 is missing")
     con.execute(
         """
         DROP VIEW llm_calls;
-        CREATE TABLE llm_call_rows_new (
-            call_id BIGINT NOT NULL DEFAULT nextval('llm_call_seq'),
-            run_id VARCHAR NOT NULL,
-            paper_id VARCHAR,
-            annotation_id VARCHAR,
-            annotator VARCHAR NOT NULL,
-            model VARCHAR NOT NULL,
-            host VARCHAR NOT NULL,
-            path VARCHAR,
-            prompt_version VARCHAR NOT NULL,
-            taxonomy_version VARCHAR NOT NULL,
-            options JSON,
-            request_hash VARCHAR NOT NULL,
-            request_body VARCHAR,
-            status INTEGER,
-            response_body VARCHAR,
-            finish_reason VARCHAR,
-            refusal VARCHAR,
-            prompt_tokens INTEGER,
-            completion_tokens INTEGER,
-            cost_usd DOUBLE,
-            duration_ms DOUBLE,
-            attempt INTEGER NOT NULL,
-            error VARCHAR,
-            started_at TIMESTAMP NOT NULL,
-            call_uid VARCHAR,
-            replay_of BIGINT,
-            request_template VARCHAR
-        );
-        INSERT INTO llm_call_rows_new BY NAME SELECT * FROM llm_call_rows ORDER BY call_id;
+        CREATE TABLE llm_call_rows_new AS SELECT * FROM llm_call_rows ORDER BY call_id;
         DROP TABLE llm_call_rows;
         ALTER TABLE llm_call_rows_new RENAME TO llm_call_rows;
-        CREATE VIEW llm_calls AS
-        SELECT c.call_id, c.run_id, c.paper_id, c.annotation_id, c.annotator, c.model, c.host,
-               c.path, c.prompt_version, c.taxonomy_version, c.options, c.request_hash,
-               CASE WHEN c.request_template IS NULL THEN c.request_body
-                    ELSE t.head || c.request_body || t.tail END AS request_body,
-               c.status, c.response_body, c.finish_reason, c.refusal, c.prompt_tokens,
-               c.completion_tokens, c.cost_usd, c.duration_ms, c.attempt, c.error,
-               c.started_at, c.call_uid, c.replay_of
-        FROM llm_call_rows c
-        LEFT JOIN llm_request_templates t ON t.template_id = c.request_template;
+        ALTER TABLE llm_call_rows ALTER COLUMN call_id SET DEFAULT nextval('llm_call_seq');
         """
     )
+    for column in not_null:
+        con.execute(f"ALTER TABLE llm_call_rows ALTER COLUMN {column} SET NOT NULL")
+    con.execute(view[0])
 
 
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:

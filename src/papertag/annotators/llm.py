@@ -485,7 +485,7 @@ class LLMAnnotator(LLMConfig):
         if self._template is None:
             return None
         kwargs, _ = self._template
-        slot = json.dumps(_USER_SLOT, ensure_ascii=False)[1:-1]
+        slot = _json_text(_USER_SLOT)
         parts = _body(kwargs).split(slot)
         return RequestTemplate(parts[0], parts[1]) if len(parts) == 2 else None
 
@@ -578,7 +578,7 @@ class LLMAnnotator(LLMConfig):
         template = self.transport.template
         if template is None:
             return None
-        return template.head + json.dumps(user_message, ensure_ascii=False)[1:-1] + template.tail
+        return template.head + _json_text(user_message) + template.tail
 
     def _send(self, content: str) -> ChatCompletion | None:
         """POST one chat completion body through the openai client (its auth, errors and parsing).
@@ -716,6 +716,12 @@ class AnnotationResponse(Annotation, ResponseSchema):
 
 
 _SCHEMAS: dict[Any, dict[str, Any]] = {}
+
+
+def _json_text(text: str) -> str:
+    """``text`` as it appears inside a JSON string in :func:`_body` (quotes left off): the
+    template is cut, and a first ask filled in, with the same escaping."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
 
 
 def _body(kwargs: dict[str, Any]) -> str:

@@ -174,9 +174,10 @@ class Throttle:
                 self._on_throttled(now, wait)
             elif status is not None and status < 400:
                 self._on_success(now)
-            # Wake as many as may start now, not every waiter: a worker keeps a second
-            # request ready behind each one in flight, and waking them all for one free
-            # slot would spend the calls' time on a herd that goes back to sleep.
+            # Wake as many as may start now, not every waiter: against a slow server a
+            # worker keeps a second request ready behind each one in flight, and waking
+            # them all for one free slot would spend the calls' time on a herd that goes
+            # back to sleep.
             self._cond.notify(max(1, int(self.window) - self.in_flight))
 
     # -- adaptation ------------------------------------------------------------------
