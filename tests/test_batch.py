@@ -258,7 +258,13 @@ def test_rate_limit_settles_under_the_server_limit(
     tmp_path: Path, db_path: Path, headers: bool
 ) -> None:
     _papers(db_path, tmp_path, 45)
-    with fault_server(rpm=600, rate_headers=headers, retry_after_header=headers) as srv:
+    # As at a provider, a 429 comes back at once and an answer takes the model's time. With
+    # answers as quick as 429s, threads whose answers came first would send again before the
+    # first 429 is back, and the overshoot would measure this machine's speed (19 on a slow
+    # CI run), not the throttle.
+    with fault_server(
+        latency=0.1, rpm=600, rate_headers=headers, retry_after_header=headers
+    ) as srv:
         report = annotate(db_path, "llm", model="fake-model", base_url=srv.url, concurrency=16)
         throttled = srv.statuses[429]
     assert report.done == 45 and report.failed == 0 and throttled == report.throttled
