@@ -76,10 +76,26 @@ def wants_worker(argv: list[str]) -> bool:
     return llm and not one
 
 
+class _WithoutPandas:
+    """Makes ``import pandas`` fail in this process, as if pandas were not installed.
+
+    No command uses pandas, but DuckDB imports it when it can, on a connection's first
+    query with parameters, to recognise pandas' values among them: with numpy, a third
+    of a second of every command's start (of ``annotate``'s wait for its first request).
+    A finder that raises, not ``sys.modules["pandas"] = None``: pyarrow's Cython import
+    takes that None for the module.
+    """
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is not used by the papertag command", name=name)
+
+
 def main() -> None:
     global _prestarted
     if wants_worker(sys.argv[1:]):
         _prestarted = spawn_worker()
+    sys.meta_path.insert(0, _WithoutPandas())
     try:
         from papertag.cli import main as cli_main
 

@@ -629,7 +629,7 @@ class _Run:
             replay: dict[str, list[tuple[int, str]]] = {}
             if (transport is not None or self.remote is not None) and not force and todo:
                 replay = paid_answers(store, ann, [p.paper_id for p in todo])
-            if todo:
+            if todo and self.remote is None:
                 store.prepare_arrow()
             if self.remote is not None:
                 if todo:
@@ -706,6 +706,8 @@ class _Run:
         finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
         pool: ThreadPoolExecutor | None = None
         queued = workers
+        # In this process, calls start as they are submitted; the child may be ready first.
+        arrow_ready = self.remote is None
         if self.remote is not None:
             submit = self.remote.submit
             # Beyond the calls in flight, two rounds of papers wait in the child (against a
@@ -738,6 +740,11 @@ class _Run:
                         ):
                             running[future] = paper
                             future.add_done_callback(finished.put)
+                        if not arrow_ready:
+                            # While the first requests are out: nothing is due to be written
+                            # before their answers come back.
+                            self.store.prepare_arrow()
+                            arrow_ready = True
                     if not running:
                         return
                     try:

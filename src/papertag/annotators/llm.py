@@ -27,12 +27,16 @@ from typing import Any
 
 import httpx2
 import instructor
-import openai
 import pydantic
 from instructor.core import IncompleteOutputException
 from instructor.v2.core.function_calls import ResponseSchema
 from instructor.v2.core.providers import Provider
 from instructor.v2.core.registry import mode_registry
+
+# From the modules that define them, not from the package: the worker defers openai's
+# __init__ (worker.main), which imports every type of every API.
+from openai import _exceptions as openai_errors
+from openai._client import OpenAI
 from openai.types.chat import ChatCompletion
 from tenacity import (
     RetryCallState,
@@ -402,7 +406,7 @@ class LLMAnnotator(LLMConfig):
             throttle=self.throttle,
         )
         # max_retries=0: tenacity in CallTransport owns transport retries, so they never multiply.
-        self.client = openai.OpenAI(
+        self.client = OpenAI(
             api_key=key or "no-key",
             base_url=self.base_url,
             max_retries=0,
@@ -539,7 +543,7 @@ class LLMAnnotator(LLMConfig):
         for attempt in range(1, attempts + 1):
             try:
                 completion = self._send(body)
-            except openai.APIError as exc:
+            except openai_errors.APIError as exc:
                 raise self._api_failure(exc, paper) from None
             if completion is None or not completion.choices:
                 # A 200 without an answer (or not JSON) is the server's fault: ask again as it is.
@@ -602,34 +606,36 @@ class LLMAnnotator(LLMConfig):
             last_completion=self._last_body(),
         )
 
-    def _api_failure(self, exc: openai.APIError, paper: PaperInput) -> PapertagError:
+    def _api_failure(self, exc: openai_errors.APIError, paper: PaperInput) -> PapertagError:
         """Client errors stop the run (ProviderError); transient ones end in a failure row."""
-        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        if isinstance(exc, openai_errors.AuthenticationError | openai_errors.PermissionDeniedError):
             return ProviderError(
                 f"{self.host} refused the API key ({exc.status_code}); check the key"
             )
-        if isinstance(exc, openai.NotFoundError):
+        if isinstance(exc, openai_errors.NotFoundError):
             return ProviderError(f"{self.host}: model {self.model!r} or endpoint not found (404)")
-        if isinstance(exc, openai.BadRequestError) and _is_context_overflow(exc):
+        if isinstance(exc, openai_errors.BadRequestError) and _is_context_overflow(exc):
             # This paper (with its re-asks) is too long for the model: fail it, keep the run going.
             return self._call_failure(
                 f"too long for the model's context window: {_api_message(exc)}",
                 paper,
             )
-        if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
+        if isinstance(exc, openai_errors.BadRequestError | openai_errors.UnprocessableEntityError):
             return ProviderError(
                 f"{self.host} rejected the request ({exc.status_code}): {_api_message(exc)}"
             )
-        if isinstance(exc, openai.APIStatusError):
+        if isinstance(exc, openai_errors.APIStatusError):
             return self._call_failure(
                 f"server error after {len(self._calls)} attempts: HTTP {exc.status_code}: {_api_message(exc)}",
                 paper,
                 retryable=True,
             )
-        if isinstance(exc, openai.APIResponseValidationError | openai.APIConnectionError):
+        if isinstance(
+            exc, openai_errors.APIResponseValidationError | openai_errors.APIConnectionError
+        ):
             what = (
                 "no answer"
-                if isinstance(exc, openai.APIConnectionError)
+                if isinstance(exc, openai_errors.APIConnectionError)
                 else "an unreadable answer"
             )
             last_error = (
@@ -752,7 +758,7 @@ def _completion(raw: bytes) -> ChatCompletion | None:
     return ChatCompletion.construct(**data)
 
 
-def _is_context_overflow(exc: openai.APIStatusError) -> bool:
+def _is_context_overflow(exc: openai_errors.APIStatusError) -> bool:
     body = exc.body if isinstance(exc.body, dict) else {}
     inner = body.get("error") if isinstance(body.get("error"), dict) else body
     code = str(inner.get("code") or "") if isinstance(inner, dict) else ""
@@ -760,7 +766,7 @@ def _is_context_overflow(exc: openai.APIStatusError) -> bool:
     return code == "context_length_exceeded" or "context length" in text or "context window" in text
 
 
-def _api_message(exc: openai.APIStatusError) -> str:
+def _api_message(exc: openai_errors.APIStatusError) -> str:
     body = exc.body
     if isinstance(body, dict):
         inner = body.get("error")
