@@ -106,12 +106,23 @@ def test_existing_file_is_kept_unless_force(demo_db: Path) -> None:
         (["--format", "xlsx"], 2, "xlsx"),
         (["--out", "no/such/dir/x.parquet"], 1, "does not exist"),
         (["--out", "."], 1, "is a directory"),
+        (["--out", "labels.txt"], 1, "cannot tell the format from '.txt'"),
+        (["--format", "csv", "--out", "x.parquet"], 1, "the extension says parquet"),
     ],
 )
 def test_bad_export_options(demo_db: Path, args: list[str], code: int, words: str) -> None:
     result = runner.invoke(app, ["export", *args])
     assert result.exit_code == code
     assert words in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "starts"), [("labels.csv", b"paper_id,"), ("l.JSONL", b'{"paper_id":'), ("l", b"PAR1")]
+)
+def test_format_from_the_out_extension(demo_db: Path, name: str, starts: bytes) -> None:
+    result = runner.invoke(app, ["export", "--out", name])
+    assert result.exit_code == 0, result.output
+    assert Path(name).read_bytes().startswith(starts)
 
 
 def test_unknown_format_from_the_library(demo_db: Path) -> None:

@@ -608,11 +608,14 @@ def stats_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 @app.command()
 def export(
     fmt: Annotated[
-        ExportFormat,
+        ExportFormat | None,
         typer.Option(
-            "--format", help="File format: parquet, csv or jsonl (one JSON object a line)."
+            "--format",
+            help="File format: parquet, csv or jsonl (one JSON object a line). Default: what "
+            "--out's extension says (.parquet, .csv, .jsonl), else parquet.",
+            show_default=False,
         ),
-    ] = ExportFormat.parquet,
+    ] = None,
     final: Annotated[
         bool,
         typer.Option(

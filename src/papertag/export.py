@@ -89,6 +89,44 @@ class ExportResult:
     long: bool
 
 
+#: File extensions that name a format: ``--out labels.csv`` needs no ``--format csv``.
+_SUFFIXES = {
+    ".parquet": ExportFormat.parquet,
+    ".pq": ExportFormat.parquet,
+    ".csv": ExportFormat.csv,
+    ".jsonl": ExportFormat.jsonl,
+    ".ndjson": ExportFormat.jsonl,
+}
+
+
+def export_format(fmt: ExportFormat | str | None, out: str | Path | None) -> ExportFormat:
+    """The format asked for, else the one ``out``'s extension names, else Parquet.
+
+    An extension that names another format than the one asked for is refused: the
+    file would not be what its name says.
+    """
+    suffix = Path(out).suffix.lower() if out is not None else ""
+    named = _SUFFIXES.get(suffix)
+    if fmt is None:
+        if named is None and suffix:
+            known = ", ".join(_SUFFIXES)
+            raise ConfigError(
+                f"{out}: cannot tell the format from {suffix!r}; "
+                f"use --format, or one of these extensions: {known}"
+            )
+        return named or ExportFormat.parquet
+    try:
+        asked = ExportFormat(fmt)
+    except ValueError:
+        allowed = ", ".join(f.value for f in ExportFormat)
+        raise ConfigError(f"unknown export format {fmt!r}; use one of: {allowed}") from None
+    if named is not None and named != asked:
+        raise ConfigError(
+            f"{out}: the extension says {named.value}, the format asked is {asked.value}"
+        )
+    return asked
+
+
 def default_out(fmt: ExportFormat) -> Path:
     """``papertag-export.<ext>`` in the working directory."""
     return Path(f"{DEFAULT_STEM}.{fmt.value}")
@@ -122,7 +160,7 @@ def _sql_string(value: str) -> str:
 
 def export(
     db: Store | str | Path | None,
-    fmt: ExportFormat | str = ExportFormat.parquet,
+    fmt: ExportFormat | str | None = None,
     out: str | Path | None = None,
     *,
     final: bool = False,
@@ -131,13 +169,11 @@ def export(
 ) -> ExportResult:
     """Write the labels to ``out`` (default :func:`default_out`) and return what was written.
 
-    ``db`` is an open :class:`Store` or a database path (opened read-only).
+    ``db`` is an open :class:`Store` or a database path (opened read-only). ``fmt``
+    defaults to what ``out``'s extension names (``.parquet``, ``.csv``, ``.jsonl``),
+    else Parquet (:func:`export_format`).
     """
-    try:
-        fmt = ExportFormat(fmt)
-    except ValueError:
-        allowed = ", ".join(f.value for f in ExportFormat)
-        raise ConfigError(f"unknown export format {fmt!r}; use one of: {allowed}") from None
+    fmt = export_format(fmt, out)
     path = Path(out) if out is not None else default_out(fmt)
     check_out_path(path, overwrite=overwrite)
     tmp = temp_beside(path)
