@@ -104,7 +104,8 @@ def test_schema_constrained_json_mode_for_local_servers(paper: Path) -> None:
 @pytest.mark.parametrize("mode", ["tools", "json", "json_schema", "md_json"])
 def test_request_is_what_instructor_and_openai_create_would_send(paper: Path, mode: str) -> None:
     """The request is shaped once per annotator and posted as bytes; it must equal what
-    instructor's handler makes of this paper's messages, sent by chat.completions.create."""
+    instructor's handler makes of this paper's messages, sent by chat.completions.create,
+    body and headers."""
     from papertag.annotators import PaperInput
     from papertag.annotators.llm import LLMAnnotator
 
@@ -117,7 +118,10 @@ def test_request_is_what_instructor_and_openai_create_would_send(paper: Path, mo
         finally:
             ann.close()
         ours, reference = srv.requests
+        our_headers, reference_headers = srv.headers
     assert ours == reference
+    # Built once by the client (PreparedPost), the headers are still the client's own.
+    assert our_headers == reference_headers and "authorization" in our_headers
     assert TITLE in json.dumps(ours) and "papertag:user-message" not in json.dumps(ours)
 
 

@@ -37,6 +37,7 @@ from instructor.v2.core.registry import mode_registry
 # __init__ (worker.main), which imports every type of every API.
 from openai import _exceptions as openai_errors
 from openai._client import OpenAI
+from openai._models import FinalRequestOptions
 from openai.types.chat import ChatCompletion
 from tenacity import (
     RetryCallState,
@@ -372,6 +373,54 @@ class ConnectionStack(httpx2.BaseTransport):
 
 
 #: Stands for a paper's user message while a request is shaped once per annotator.
+class PreparedPost:
+    """POSTs bodies to one endpoint of an openai client as ``client.post`` would, for
+    a fraction of its CPU.
+
+    The client builds the request once (URL, auth header, its own ``x-stainless-*``
+    headers, timeout) and still turns every failure into its typed errors, as
+    ``client.post`` does: a timeout into APITimeoutError, any other failure to get an
+    answer into APIConnectionError, a status other than 2xx into that status's
+    APIStatusError. What is no longer done per call is rebuilding that same request
+    (copying its options twice, parsing the URL three times, merging the headers):
+    0.4 ms a call, a third of a call's CPU, which at a fast server's rate was the
+    worker process's limit. Retries are the transport's (the client is built with
+    ``max_retries=0``), so nothing else of ``client.post`` applies. Only for a client
+    with a fixed key, as papertag builds it (no workload identity, no key provider).
+    """
+
+    def __init__(self, client: OpenAI, transport: httpx2.BaseTransport, path: str) -> None:
+        template = client._build_request(
+            FinalRequestOptions.construct(method="post", url=path, content=b"")
+        )
+        self.client = client
+        self.transport = transport
+        self.url = template.url
+        self.headers = [(k, v) for k, v in template.headers.raw if k.lower() != b"content-length"]
+        self.extensions = template.extensions
+
+    def __call__(self, content: bytes) -> bytes:
+        request = httpx2.Request(
+            "POST",
+            self.url,
+            headers=self.headers,
+            content=content,
+            extensions=dict(self.extensions),
+        )
+        try:
+            response = self.transport.handle_request(request)
+        except httpx2.TimeoutException as exc:
+            raise openai_errors.APITimeoutError(request=request) from exc
+        except openai_errors.OpenAIError:
+            raise
+        except Exception as exc:
+            raise openai_errors.APIConnectionError(request=request) from exc
+        response.request = request
+        if not response.is_success:
+            raise self.client._make_status_error_from_response(response)
+        return response.read()
+
+
 _USER_SLOT = "\x00papertag:user-message\x00"
 _USER_SLOT_MESSAGE = {"role": "user", "content": _USER_SLOT}
 
@@ -420,6 +469,7 @@ class LLMAnnotator(LLMConfig):
                 ),
             ),
         )
+        self.post = PreparedPost(self.client, self.transport, "/chat/completions")
         self.handlers = mode_registry.get_handlers(Provider.OPENAI, MODES[self.mode])
         self._template = self._request_template()
         self.transport.template = self._split_template()
@@ -585,18 +635,16 @@ class LLMAnnotator(LLMConfig):
         return template.head + _json_text(user_message) + template.tail
 
     def _send(self, content: str) -> ChatCompletion | None:
-        """POST one chat completion body through the openai client (its auth, errors and parsing).
+        """POST one chat completion body with the openai client's request (:class:`PreparedPost`).
 
         The body is serialised here (:func:`_body`) rather than by
         ``chat.completions.create``, whose walk of the request against its typed
         parameters costs about a millisecond a call (the tool schema is large) and whose
         import adds a quarter of a second to start-up; the bytes sent are what ``create``
-        would send for these arguments.
+        would send for these arguments. The answer is parsed by pydantic, not by the
+        client's generic object construction (a fifth of a call's CPU).
         """
-        # As bytes: the openai client still raises its typed errors for every failed status,
-        # but its generic object construction (a fifth of a call's CPU) is left to pydantic.
-        raw = self.client.post("/chat/completions", cast_to=bytes, content=content.encode())
-        return _completion(raw)
+        return _completion(self.post(content.encode()))
 
     def _truncated(self, paper: PaperInput, attempts: int) -> AnnotationError:
         return AnnotationError(
