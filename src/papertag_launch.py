@@ -1,8 +1,8 @@
 """The ``papertag`` command's entry point: start the LLM worker before anything else loads.
 
 ``papertag annotate --annotator llm`` makes its calls in a second Python process
-(``papertag/annotators/worker.py``), which spends most of a second importing
-``openai``. Started here, before this process imports papertag and its CLI (a
+(``papertag/annotators/worker.py``), which spends a third of a second importing
+the ``openai`` client. Started here, before this process imports papertag and its CLI (a
 quarter of a second), that import overlaps all of this process's start-up. The
 CLI adopts the worker; if the command turns out not to need it (the guess below
 reads the command line before the CLI parses it), it is stopped unused.
@@ -91,11 +91,17 @@ class _WithoutPandas:
             raise ModuleNotFoundError("pandas is not used by the papertag command", name=name)
 
 
+def keep_pandas_out() -> None:
+    """From now on ``import pandas`` fails in this process (see :class:`_WithoutPandas`)."""
+    if not any(isinstance(f, _WithoutPandas) for f in sys.meta_path):
+        sys.meta_path.insert(0, _WithoutPandas())
+
+
 def main() -> None:
     global _prestarted
     if wants_worker(sys.argv[1:]):
         _prestarted = spawn_worker()
-    sys.meta_path.insert(0, _WithoutPandas())
+    keep_pandas_out()
     try:
         from papertag.cli import main as cli_main
 

@@ -5,8 +5,9 @@ client and validation, and the writer's batches cost more on top; in one process
 both wait on one interpreter lock, and the writer's work delays the answers
 waiting to be read. So ``annotate --annotator llm --concurrency N`` (N > 1) runs
 the calls here, in a ``python`` child process, and the parent keeps
-the database, the progress bar and the budget. The child also imports ``openai``
-(most of a second) while the parent opens the database and finds the papers to do.
+the database, the progress bar and the budget. The child also imports the ``openai``
+client (a third of a second, its packages' ``__init__`` files deferred: see
+:func:`defer_openai_inits`) while the parent opens the database and finds the papers to do.
 
 The child owns everything of a call: the client, the throttle (so rate limits are
 shared by all calls, as before), the replay of answers already paid for, and the
