@@ -972,6 +972,34 @@ def test_call_log_keeps_its_rows_ids_and_constraints_when_its_index_goes(db_path
             )
 
 
+def test_review_decisions_made_before_notes_upgrade_with_none(db_path: Path) -> None:
+    """m010 adds review_decisions.note: earlier decisions keep every value, with no note, and
+    still count in the verdicts; new ones record theirs."""
+    con = _migrated_before(db_path, "m010")
+    con.execute(
+        "INSERT INTO review_decisions (paper_id, field, label, action, previous_value, "
+        "new_value, reviewer, decided_at, source) VALUES ('p1', 'technique', 'pruning', "
+        "'change', 'pruning', 'other', 'ann', now()::TIMESTAMP, 'app')"
+    )
+    before = con.execute("SELECT * FROM review_decisions").fetchall()
+    con.close()
+    with Store(db_path) as s:
+        rows = s.con.execute("SELECT * FROM review_decisions").fetchall()
+        assert [r[:-1] for r in rows] == before and rows[0][-1] is None
+        assert s.con.execute(
+            "SELECT label, included FROM review_verdicts ORDER BY label"
+        ).fetchall() == [
+            ("other", True),
+            ("pruning", False),
+        ]
+        s.con.execute(
+            "INSERT INTO review_decisions (paper_id, field, label, action, reviewer, decided_at, "
+            "source, note) VALUES ('p1', 'technique', 'other', 'add', 'ann', now()::TIMESTAMP, "
+            "'app', 'spiking chips')"
+        )
+        assert s.scalar("SELECT note FROM review_decisions WHERE action = 'add'") == "spiking chips"
+
+
 def test_old_database_upgrades_through_the_cli_and_takes_new_papers(
     tmp_path: Path, db_path: Path
 ) -> None:

@@ -221,6 +221,30 @@ def test_bad_decisions_are_refused(review_db: Path) -> None:
         assert decisions(s) == []
 
 
+def test_other_needs_a_note_saying_what_it_is_and_keeps_it(review_db: Path) -> None:
+    """The taxonomy's 'other' needs a free-text description; a person setting it gives one."""
+    with Store(review_db) as s:
+        item = next(i for i in review_queue(s) if i.field == "technique" and i.label != "other")
+        with pytest.raises(ReviewError, match="change to 'other' needs a note"):
+            decide(s, item, "change", new_label="other")
+        with pytest.raises(ReviewError, match="add to 'other' needs a note"):
+            add_label(s, item.paper_id, "target_metric", "other", note="   ")
+        assert decisions(s) == []
+        changed = decide(s, item, "change", new_label="other", note="  spiking hardware ")
+        added = add_label(s, item.paper_id, "target_metric", "other", note="carbon footprint")
+        # Any other decision may carry a comment; it needs none.
+        rejected = record_decision(s, item.paper_id, "modality", "text", "reject", note="no text")
+        undone = undo_decision(s, rejected.decision_id)
+        stored = {d.decision_id: d.note for d in decisions(s)}
+        assert stored == {
+            changed.decision_id: "spiking hardware",
+            added.decision_id: "carbon footprint",
+            rejected.decision_id: "no text",
+            undone.decision_id: None,
+        }
+        assert final(s, item.paper_id, item.field)["other"] == "person"
+
+
 def test_final_labels_has_the_contract_columns_and_is_model_only_without_decisions(
     review_db: Path,
 ) -> None:
@@ -377,6 +401,26 @@ def test_spreadsheet_round_trip(review_db: Path, tmp_path: Path, suffix: str) ->
             s, str(rows[1]["paper_id"]), str(rows[1]["field"])
         )
         assert len(review_queue(s)) == len(queue) - 3
+
+
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+def test_a_sheet_sets_other_only_with_a_note(review_db: Path, tmp_path: Path, suffix: str) -> None:
+    sheet = tmp_path / f"review{suffix}"
+    with Store(review_db) as s:
+        export_sheet(s, sheet)
+    rows = read_rows(sheet)
+    assert "note" in rows[0]
+    row = next(r for r in rows if r["field"] == "technique" and r["label"] != "other")
+    row["decision"], row["new_label"] = "change", "other"
+    write_rows(sheet, rows)
+    with Store(review_db) as s, pytest.raises(ReviewImportError) as exc:
+        import_sheet(s, sheet)
+    assert "change to 'other' needs a note in the note column" in str(exc.value)
+    row["note"] = "protein contact maps"
+    write_rows(sheet, rows)
+    with Store(review_db) as s:
+        assert import_sheet(s, sheet).applied == {"change": 1}
+        assert [(d.new_value, d.note) for d in decisions(s)] == [("other", "protein contact maps")]
 
 
 def bad_sheet_cases(

@@ -12,7 +12,7 @@ import pytest
 from textual.pilot import Pilot
 
 from papertag.review import QueueItem, decisions, review_queue
-from papertag.review_app import HelpScreen, PickerScreen, ReviewApp
+from papertag.review_app import HelpScreen, NoteScreen, PickerScreen, ReviewApp
 from papertag.store import Store
 from papertag.taxonomy import load_taxonomy
 
@@ -85,6 +85,28 @@ def test_keys_record_decisions_at_once(review_db: Path) -> None:
     assert tui.done == 3
     # The skipped item went to the end of this session's queue.
     assert tui.pending[-1] == queue[3]
+
+
+def test_changing_to_other_asks_what_it_is(review_db: Path) -> None:
+    with Store(review_db) as s:
+        queue = [i for i in review_queue(s) if i.field == "technique" and i.label != "other"]
+
+    async def script(pilot: Pilot[None], tui: ReviewApp) -> None:
+        assert tui.current == queue[0]
+        await pilot.press("c", *"other", "enter")
+        assert isinstance(tui.screen, NoteScreen)
+        await pilot.press("escape")  # no note: nothing is recorded, the item stays
+        assert not isinstance(tui.screen, NoteScreen) and tui.current == queue[0]
+        await pilot.press("c", *"other", "enter", "enter")  # an empty note is not taken
+        assert isinstance(tui.screen, NoteScreen)
+        await pilot.press(*"spiking chips", "enter")
+        assert not isinstance(tui.screen, NoteScreen)
+
+    drive(review_db, script, field="technique")
+    with Store(review_db) as s:
+        assert [(d.label, d.action, d.new_value, d.note) for d in decisions(s)] == [
+            (queue[0].label, "change", "other", "spiking chips")
+        ]
 
 
 def test_undo_appends_reversals_and_brings_the_item_back(review_db: Path) -> None:

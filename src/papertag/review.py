@@ -167,11 +167,13 @@ class Decision:
     confidence: float | None
     reverts: int | None
     source: str
+    #: The person's words: what an 'other' label is (required then), or any comment.
+    note: str | None = None
 
 
 _DECISION_COLUMNS = (
     "decision_id, paper_id, field, label, action, previous_value, new_value, reviewer, "
-    "decided_at, annotation_id, confidence, reverts, source"
+    "decided_at, annotation_id, confidence, reverts, source, note"
 )
 
 
@@ -189,8 +191,8 @@ def _check_ids(taxonomy: Taxonomy, field_name: str, *labels: str) -> None:
 def _insert(store: Store, values: Sequence[Any]) -> Decision:
     row = store.con.execute(
         "INSERT INTO review_decisions (paper_id, field, label, action, previous_value, new_value, "
-        "reviewer, decided_at, annotation_id, confidence, reverts, source) "
-        f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_DECISION_COLUMNS}",
+        "reviewer, decided_at, annotation_id, confidence, reverts, source, note) "
+        f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_DECISION_COLUMNS}",
         list(values),
     ).fetchone()
     if row is None:  # DuckDB always returns the inserted row; this keeps mypy honest.
@@ -209,14 +211,29 @@ def _decision_values(
     confidence: float | None,
     source: str,
     now: datetime,
+    note: str | None = None,
 ) -> tuple[Any, ...]:
+    note = note.strip() or None if note is not None else None
     if action == "add":
         # The row is about the added label; it did not exist before.
         return (paper_id, field_name, label, "add", None, label, reviewer, now, annotation_id,
-                confidence, None, source)  # fmt: skip
+                confidence, None, source, note)  # fmt: skip
     new_value = {"accept": label, "reject": None, "change": new_label}[action]
     return (paper_id, field_name, label, action, label, new_value, reviewer, now, annotation_id,
-            confidence, None, source)  # fmt: skip
+            confidence, None, source, note)  # fmt: skip
+
+
+#: The label id whose meaning a person must spell out in a note (the taxonomy's catch-all).
+OTHER = "other"
+
+
+def other_needs_note(field_name: str, action: str, label: str, new_label: str | None,
+                     note: str | None) -> str | None:  # fmt: skip
+    """Why a decision that sets ``other`` lacks its note, or None if it needs none or has one."""
+    sets = new_label if action == "change" else label if action == "add" else None
+    if sets == OTHER and not (note and note.strip()):
+        return f"{action} to {OTHER!r} needs a note: a few words saying what the {field_name} is"
+    return None
 
 
 def _validate_decision(
@@ -227,6 +244,7 @@ def _validate_decision(
     label: str,
     action: str,
     new_label: str | None,
+    note: str | None = None,
 ) -> None:
     if action not in ACTIONS:
         raise ReviewError(f"unknown action {action!r}; use one of: {', '.join(ACTIONS)}")
@@ -242,6 +260,8 @@ def _validate_decision(
         raise ReviewError(f"{action} takes no new label (got {new_label!r}); use change")
     else:
         _check_ids(taxonomy, field_name, label)
+    if (missing := other_needs_note(field_name, action, label, new_label, note)) is not None:
+        raise ReviewError(missing)
 
 
 def record_decision(
@@ -256,15 +276,17 @@ def record_decision(
     annotation_id: str | None = None,
     confidence: float | None = None,
     source: str = "api",
+    note: str | None = None,
 ) -> Decision:
     """Record one decision and commit it at once.
 
     ``action`` is ``accept``, ``reject``, ``change`` (to ``new_label``) or ``add`` (``label``
     is the label a person adds). ``annotation_id`` and ``confidence`` say what the reviewer
-    was shown; the decision itself is keyed to (paper, field, label).
+    was shown; the decision itself is keyed to (paper, field, label). ``note`` is the
+    person's words, required when the label set is ``other`` (what it is).
     """
     taxonomy = load_taxonomy()
-    _validate_decision(store, taxonomy, paper_id, field, label, action, new_label)
+    _validate_decision(store, taxonomy, paper_id, field, label, action, new_label, note)
     values = _decision_values(
         paper_id,
         field,
@@ -276,6 +298,7 @@ def record_decision(
         confidence,
         source,
         _now(),
+        note,
     )
     with store.transaction():
         return _insert(store, values)
@@ -289,6 +312,7 @@ def decide(
     new_label: str | None = None,
     reviewer: str | None = None,
     source: str = "api",
+    note: str | None = None,
 ) -> Decision:
     """Accept, reject or change a queued item (see :func:`record_decision`)."""
     if action == "add":
@@ -304,6 +328,7 @@ def decide(
         annotation_id=item.annotation_id,
         confidence=item.confidence,
         source=source,
+        note=note,
     )
 
 
@@ -316,8 +341,9 @@ def add_label(
     reviewer: str | None = None,
     annotation_id: str | None = None,
     source: str = "api",
+    note: str | None = None,
 ) -> Decision:
-    """Record that a person adds a label the model missed."""
+    """Record that a person adds a label the model missed (``other`` needs a ``note``)."""
     return record_decision(
         store,
         paper_id,
@@ -327,6 +353,7 @@ def add_label(
         reviewer=reviewer,
         annotation_id=annotation_id,
         source=source,
+        note=note,
     )
 
 
@@ -367,6 +394,7 @@ def undo_decision(
                 target.confidence,
                 decision_id,
                 source,
+                None,
             ),
         )
 
@@ -500,6 +528,7 @@ SHEET_COLUMNS: tuple[str, ...] = (
     "confidence",
     "decision",
     "new_label",
+    "note",
     "evidence",
     "definition",
     "other_labels",
@@ -539,7 +568,8 @@ def export_sheet(
 
     Fill in ``decision`` (accept, reject, change, add, skip) and, for change and add,
     ``new_label``; a row may be added per missing label (paper_id, field, decision ``add``,
-    new_label). Then :func:`import_sheet`.
+    new_label). ``note`` is free, and required when new_label is ``other`` (what it is).
+    Then :func:`import_sheet`.
     """
     out = Path(path)
     fmt = _sheet_format(out)
@@ -560,6 +590,7 @@ def export_sheet(
                 item.field,
                 item.label,
                 round(item.confidence, 3),
+                "",
                 "",
                 "",
                 item.evidence,
@@ -601,7 +632,7 @@ def _write_xlsx(path: Path, rows: list[list[Any]], taxonomy: Taxonomy) -> None:
         cell.font = Font(bold=True)
     ws.freeze_panes = "A2"
     widths = {"paper_id": 14, "title": 40, "field": 13, "label": 22, "confidence": 10,
-              "decision": 10, "new_label": 22, "evidence": 50, "definition": 50,
+              "decision": 10, "new_label": 22, "note": 30, "evidence": 50, "definition": 50,
               "other_labels": 40, "kind": 10, "annotation_id": 18, "abstract": 80}  # fmt: skip
     for i, name in enumerate(SHEET_COLUMNS, start=1):
         ws.column_dimensions[get_column_letter(i)].width = widths[name]
@@ -721,7 +752,7 @@ def _plan_row(
         return None, []
     paper_id, field_name = cells.get("paper_id", ""), cells.get("field", "")
     label, new_label = cells.get("label", ""), cells.get("new_label", "")
-    annotation_id = cells.get("annotation_id", "")
+    annotation_id, note = cells.get("annotation_id", ""), cells.get("note", "")
     if word not in DECISION_WORDS:
         return None, [f"unknown decision {word!r}; use one of: {', '.join(DECISION_WORDS)}"]
     if not paper_id or not store.scalar(
@@ -739,6 +770,12 @@ def _plan_row(
             problems.append(f"unknown {field_name} id {new_label!r} in new_label")
         elif word == "change" and new_label == label:
             problems.append(f"change to {new_label!r}, the label itself; write accept instead")
+        elif (
+            missing := other_needs_note(
+                field_name, word, new_label if word == "add" else label, new_label, note
+            )
+        ) is not None:
+            problems.append(missing.replace("needs a note", "needs a note in the note column"))
     elif new_label:
         problems.append(f"new_label {new_label!r} is only read with change or add")
     if problems:
@@ -801,6 +838,7 @@ def _plan_row(
         confidence,
         "spreadsheet",
         now,
+        note,
     )
     return _Planned(number, values), []
 

@@ -6,6 +6,7 @@ it is made, so quitting (or a crash) loses nothing and the next run resumes the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -21,6 +22,7 @@ from textual.widgets.option_list import Option
 
 from .errors import ReviewError
 from .review import (
+    OTHER,
     Decision,
     PaperContext,
     QueueItem,
@@ -39,7 +41,7 @@ from .taxonomy import FIELDS, Taxonomy, load_taxonomy
 KEYS: tuple[tuple[str, str], ...] = (
     ("a", "accept the proposed label"),
     ("r", "reject it"),
-    ("c", "change it to another id of the field (fuzzy picker)"),
+    ("c", "change it to another id of the field (fuzzy picker; 'other' asks what it is)"),
     ("n", "add a label the model missed, to this paper (fuzzy picker over all fields)"),
     ("s", "skip: come back to it at the end of this session"),
     ("u", "undo the last decision or skip (the reversal is recorded)"),
@@ -154,6 +156,38 @@ class PickerScreen(ModalScreen[Choice | None]):
         self.dismiss(None)
 
 
+class NoteScreen(ModalScreen[str | None]):
+    """One line of the person's words: what the 'other' label being set is."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, prompt: str) -> None:
+        super().__init__()
+        self.prompt = prompt
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="note"):
+            yield Static(Text(self.prompt, style="bold"))
+            yield Input(placeholder="a few words", id="note-text")
+            yield Static(Text("enter records · escape cancels", style="dim"), id="note-hint")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    @on(Input.Submitted, "#note-text")
+    def _submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if text:
+            self.dismiss(text)
+        else:
+            self.query_one("#note-hint", Static).update(
+                Text("the note cannot be empty · escape cancels", style="bold red")
+            )
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 @dataclass
 class _Step:
     """What one key did, so undo can take it back."""
@@ -174,7 +208,8 @@ class ReviewApp(App[None]):
     #others { height: auto; max-height: 12; padding: 0 1; }
     #status { height: 1; padding: 0 1; background: $boost; }
     #title { height: auto; padding: 0 2; }
-    HelpScreen, PickerScreen { align: center middle; }
+    HelpScreen, PickerScreen, NoteScreen { align: center middle; }
+    #note { width: 90; height: auto; border: thick $accent; background: $surface; padding: 0 1; }
     #help { width: 90; height: auto; border: thick $primary; background: $surface; padding: 1 2; }
     #picker { width: 90; height: 24; border: thick $accent; background: $surface; padding: 0 1; }
     #options { height: 1fr; }
@@ -339,14 +374,34 @@ class ReviewApp(App[None]):
         self.history.append(step)
         self._show()
 
-    def _decide(self, action: str, new_label: str | None = None) -> None:
+    def _with_note(self, field_name: str, label: str, then: Callable[[str | None], None]) -> None:
+        """``then(note)``: the person's note first if ``label`` is ``other``, else at once."""
+        if label != OTHER:
+            then(None)
+            return
+
+        def noted(note: str | None) -> None:
+            if note is not None:
+                then(note)
+
+        self.push_screen(
+            NoteScreen(f"What is this 'other' {field_name}? (recorded with it)"), noted
+        )
+
+    def _decide(self, action: str, new_label: str | None = None, note: str | None = None) -> None:
         item = self.current
         if item is None:
             self.notify("The queue is clear; press q to quit.")
             return
         try:
             decision = decide(
-                self.store, item, action, new_label=new_label, reviewer=self.reviewer, source="app"
+                self.store,
+                item,
+                action,
+                new_label=new_label,
+                reviewer=self.reviewer,
+                source="app",
+                note=note,
             )
         except ReviewError as exc:
             self.notify(str(exc), severity="error")
@@ -370,7 +425,11 @@ class ReviewApp(App[None]):
 
         def chosen(choice: Choice | None) -> None:
             if choice is not None:
-                self._decide("change", choice.label)
+                self._with_note(
+                    item.field,
+                    choice.label,
+                    lambda note: self._decide("change", choice.label, note),
+                )
 
         self.push_screen(
             PickerScreen(f"Change {item.field} {item.label!r} to:", choices, self.taxonomy),
@@ -389,8 +448,10 @@ class ReviewApp(App[None]):
         choices = [Choice(f, i) for f in fields for i in self.taxonomy.ids(f) if (f, i) not in have]
 
         def chosen(choice: Choice | None) -> None:
-            if choice is None:
-                return
+            if choice is not None:
+                self._with_note(choice.field, choice.label, lambda note: added(choice, note))
+
+        def added(choice: Choice, note: str | None) -> None:
             try:
                 decision = add_label(
                     self.store,
@@ -400,6 +461,7 @@ class ReviewApp(App[None]):
                     reviewer=self.reviewer,
                     annotation_id=item.annotation_id,
                     source="app",
+                    note=note,
                 )
             except ReviewError as exc:
                 self.notify(str(exc), severity="error")

@@ -388,6 +388,13 @@ def m009_call_rows_without_index(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(view[0])
 
 
+@migration
+def m010_decision_notes(con: duckdb.DuckDBPyConnection) -> None:
+    # A person's words on a decision: required when the label a person sets is 'other' (the
+    # taxonomy asks what the 'other' is, as a model's 'other' label carries it), free otherwise.
+    con.execute("ALTER TABLE review_decisions ADD COLUMN note VARCHAR")
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     if "lock" in msg.lower():
