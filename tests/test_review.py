@@ -26,6 +26,7 @@ from papertag.review import (
     decisions,
     export_sheet,
     import_sheet,
+    is_decided,
     record_decision,
     review_queue,
     undo_decision,
@@ -219,6 +220,21 @@ def test_bad_decisions_are_refused(review_db: Path) -> None:
         with pytest.raises(ReviewError, match="unknown action"):
             decide(s, item, "maybe")
         assert decisions(s) == []
+
+
+def test_a_skip_sends_the_item_last_and_decides_nothing(review_db: Path) -> None:
+    with Store(review_db) as s:
+        queue = review_queue(s)
+        first = decide(s, queue[0], "skip", reviewer="ann")
+        decide(s, queue[1], "skip", reviewer="ann")
+        assert review_queue(s) == [*queue[2:], queue[0], queue[1]]
+        assert not is_decided(s, *queue[0].key)
+        assert (first.previous_value, first.new_value) == (queue[0].label, queue[0].label)
+        undo_decision(s, first.decision_id)
+        assert review_queue(s) == [queue[0], *queue[2:], queue[1]]
+        # Deciding a skipped item takes it out of the queue like any other.
+        decide(s, queue[1], "accept")
+        assert review_queue(s) == [queue[0], *queue[2:]]
 
 
 def test_other_needs_a_note_saying_what_it_is_and_keeps_it(review_db: Path) -> None:

@@ -79,6 +79,7 @@ def test_keys_record_decisions_at_once(review_db: Path) -> None:
             ("reject", queue[1].field, queue[1].label, None, "tester", "app"),
             ("change", queue[2].field, queue[2].label, change_to, "tester", "app"),
             ("add", "modality", "text", "text", "tester", "app"),
+            ("skip", queue[3].field, queue[3].label, queue[3].label, "tester", "app"),
         ]
         assert final(s, queue[0].paper_id, queue[0].field)[queue[0].label] == "person"
         assert final(s, queue[2].paper_id, queue[2].field)[change_to] == "person"
@@ -118,7 +119,7 @@ def test_undo_appends_reversals_and_brings_the_item_back(review_db: Path) -> Non
         assert tui.current == queue[3]
         await pilot.press("u")  # the accept
         assert tui.current == queue[2]
-        await pilot.press("u")  # the skip: nothing to write
+        await pilot.press("u")  # the skip
         assert tui.current == queue[1]
         await pilot.press("u")  # the reject
         assert tui.current == queue[0]
@@ -130,11 +131,13 @@ def test_undo_appends_reversals_and_brings_the_item_back(review_db: Path) -> Non
         trail = [(d.action, d.label, d.reverts) for d in decisions(s)]
         assert trail == [
             ("reject", queue[0].label, None),
+            ("skip", queue[1].label, None),
             ("accept", queue[2].label, None),
-            ("undo", queue[2].label, 2),
+            ("undo", queue[2].label, 3),
+            ("undo", queue[1].label, 2),
             ("undo", queue[0].label, 1),
         ]
-        assert review_queue(s) == queue  # everything is back in the queue
+        assert review_queue(s) == queue  # everything is back in the queue, in its order
         assert s.scalar("SELECT count(*) FROM final_labels WHERE decided_by = 'person'") == 0
 
 
@@ -174,6 +177,25 @@ def test_quitting_and_coming_back_resumes_the_queue(review_db: Path) -> None:
     with Store(review_db) as s:
         assert [d.label for d in decisions(s)] == [i.label for i in queue[:4]]
         assert review_queue(s) == queue[4:]
+
+
+def test_a_skip_holds_in_the_next_session(review_db: Path) -> None:
+    with Store(review_db) as s:
+        queue = review_queue(s)
+
+    async def first(pilot: Pilot[None], tui: ReviewApp) -> None:
+        await pilot.press("s", "s", "a", "q")
+
+    async def second(pilot: Pilot[None], tui: ReviewApp) -> None:
+        # What was skipped comes after everything else, in the order it was skipped.
+        assert tui.pending == [*queue[3:], queue[0], queue[1]]
+        await pilot.press("q")
+
+    drive(review_db, first)
+    drive(review_db, second)
+    with Store(review_db) as s:
+        # A skip decides nothing: no person's row in final_labels for it.
+        assert final(s, queue[0].paper_id, queue[0].field).get(queue[0].label) != "person"
 
 
 def test_screen_shows_the_paper_the_label_and_the_keys(review_db: Path) -> None:

@@ -29,10 +29,10 @@ from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from .store import Store
 from .taxonomy import FIELDS, Taxonomy, load_taxonomy
 
-Action = Literal["accept", "reject", "change", "add"]
-ACTIONS: tuple[str, ...] = ("accept", "reject", "change", "add")
+Action = Literal["accept", "reject", "change", "add", "skip"]
+ACTIONS: tuple[str, ...] = ("accept", "reject", "change", "add", "skip")
 #: Words the decision column of a review spreadsheet may hold (blank means "not decided").
-DECISION_WORDS: tuple[str, ...] = (*ACTIONS, "skip")
+DECISION_WORDS: tuple[str, ...] = ACTIONS
 
 
 def default_reviewer() -> str:
@@ -106,14 +106,26 @@ open_items AS (
     QUALIFY row_number() OVER (
         PARTITION BY paper_id, field, label
         ORDER BY abs(confidence - 0.5), annotator, model) = 1
+),
+skipped AS (
+    -- A skip (not undone) sends its item to the end of the queue, in every later session too.
+    SELECT paper_id, field, label, max(decision_id) AS skipped_at
+    FROM review_decisions
+    WHERE action = 'skip'
+      AND decision_id NOT IN (
+          SELECT reverts FROM review_decisions WHERE action = 'undo' AND reverts IS NOT NULL)
+    GROUP BY paper_id, field, label
 )
-SELECT paper_id, field, label, kind, confidence, evidence, note, annotation_id, annotator, model
-FROM open_items
+SELECT o.paper_id, o.field, o.label, kind, confidence, evidence, note, annotation_id, annotator,
+       model
+FROM open_items o
+LEFT JOIN skipped s ON s.paper_id = o.paper_id AND s.field = o.field AND s.label = o.label
 -- The most uncertain paper first, with all of its doubtful labels together (one reading of
 -- the abstract settles them all); within a paper, field by field, the most uncertain first.
-ORDER BY paper_doubt, paper_items DESC, paper_id,
-         CASE field WHEN 'technique' THEN 0 WHEN 'modality' THEN 1 ELSE 2 END,
-         abs(confidence - 0.5), label
+-- Skipped items after all others, the earliest skipped first.
+ORDER BY s.skipped_at NULLS FIRST, paper_doubt, paper_items DESC, o.paper_id,
+         CASE o.field WHEN 'technique' THEN 0 WHEN 'modality' THEN 1 ELSE 2 END,
+         abs(confidence - 0.5), o.label
 """
 
 
@@ -218,7 +230,8 @@ def _decision_values(
         # The row is about the added label; it did not exist before.
         return (paper_id, field_name, label, "add", None, label, reviewer, now, annotation_id,
                 confidence, None, source, note)  # fmt: skip
-    new_value = {"accept": label, "reject": None, "change": new_label}[action]
+    # A skip leaves the label as it was; it only sends the item to the end of the queue.
+    new_value = {"accept": label, "reject": None, "change": new_label, "skip": label}[action]
     return (paper_id, field_name, label, action, label, new_value, reviewer, now, annotation_id,
             confidence, None, source, note)  # fmt: skip
 

@@ -43,7 +43,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("r", "reject it"),
     ("c", "change it to another id of the field (fuzzy picker; 'other' asks what it is)"),
     ("n", "add a label the model missed, to this paper (fuzzy picker over all fields)"),
-    ("s", "skip: come back to it at the end of this session"),
+    ("s", "skip: come back to it after everything else, in later sessions too"),
     ("u", "undo the last decision or skip (the reversal is recorded)"),
     ("?", "show these keys"),
     ("q", "quit; every decision is already saved"),
@@ -476,9 +476,16 @@ class ReviewApp(App[None]):
         item = self.current
         if item is None:
             return
-        # To the end of this session's queue; nothing is written.
+        # Recorded, though it decides nothing: this session and later ones show the item
+        # after everything not skipped.
+        try:
+            decision = decide(self.store, item, "skip", reviewer=self.reviewer, source="app")
+        except ReviewError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.recorded.append(decision)
         self.pending.append(self.pending.pop(0))
-        self._step(_Step("skip", item, None))
+        self._step(_Step("skip", item, decision))
 
     def action_undo(self) -> None:
         if not self.history:
