@@ -474,10 +474,43 @@ def test_max_cost_stops_before_the_limit(
     monkeypatch.setenv("PAPERTAG_PRICES", json.dumps({"fake-model": [10.0, 20.0]}))
     with fault_server() as srv:
         report = annotate(
-            db_path, "llm", model="fake-model", base_url=srv.url, concurrency=2, max_cost=0.1
+            db_path, "llm", model="fake-model", base_url=srv.url, concurrency=2, max_cost=0.08
         )
+    # A paper is admitted while what was spent plus its likely cost (about $0.04, estimated
+    # from the prompt's length) fits: 20 papers at $0.002.
     assert report.stopped == "max-cost" and 0 < report.done < 30
-    assert report.cost_usd <= 0.1 and report.left == 30 - report.done
+    assert report.cost_usd <= 0.08 and report.left == 30 - report.done
+
+
+def test_max_cost_with_papers_in_flight_waits_for_room_instead_of_stopping(
+    tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is set aside for papers in flight is released as they settle at their real cost:
+    a refusal then means "not yet", and the run stops only when a paper alone would not fit."""
+    monkeypatch.setenv("PAPERTAG_PRICES", json.dumps({"fake-model": [10.0, 20.0]}))
+    done = {}
+    for concurrency in (1, 16):
+        db = tmp_path / f"c{concurrency}.duckdb"
+        _papers(db, tmp_path, 30)
+        with fault_server() as srv:
+            report = annotate(
+                db, "llm", model="fake-model", base_url=srv.url, concurrency=concurrency,
+                max_cost=0.08,
+            )  # fmt: skip
+        assert report.stopped == "max-cost" and report.cost_usd <= 0.08
+        done[concurrency] = report.done
+    # Stopping at the first paper that did not fit beside those in flight did 1 of 30 at
+    # --concurrency 16 (20 at 1).
+    assert done[16] >= done[1] - 1 and done[1] > 5
+
+
+def test_a_price_covers_dated_snapshots_not_other_names() -> None:
+    from papertag.annotators.llm_config import price_for
+
+    assert price_for("gpt-4o-2024-08-06") == price_for("gpt-4o") is not None
+    assert price_for("gpt-4o-mini-2024-07-18") == price_for("gpt-4o-mini") != price_for("gpt-4o")
+    # A typo is not priced as the model it starts like: --max-cost then asks for a price.
+    assert price_for("gpt-4o-minii") is None and price_for("gpt-4o-x") is None
 
 
 def test_max_cost_needs_a_price(tmp_path: Path, db_path: Path) -> None:

@@ -1086,6 +1086,26 @@ def test_sql_formats_parse(db_path: Path) -> None:
     assert json.loads(dated.stdout)[0]["l"] == [1, 2]
 
 
+def test_a_table_shows_floats_and_times_to_a_person_and_csv_keeps_them(db_path: Path) -> None:
+    Store(db_path).close()
+    query = (
+        "SELECT 0.028034999999999942::DOUBLE AS cost, 4.5e-05::DOUBLE AS small, "
+        "1e-9::DOUBLE AS tiny, TIMESTAMP '2026-11-24 01:02:03.123456' AS at"
+    )
+    table = cli("sql", query)
+    assert table.exit_code == 0, table.output
+    row = table.stdout.splitlines()[3]
+    assert [c.strip() for c in row.strip("│").split("│")] == [
+        "0.028035",
+        "0.000045",
+        "1e-09",
+        "2026-11-24 01:02:03",
+    ]
+    as_csv = cli("sql", query, "--format", "csv")
+    cost, small = list(csv.reader(io.StringIO(as_csv.stdout)))[1][:2]
+    assert cost != "0.028035" and float(cost) == pytest.approx(0.028035) and small == "4.5e-05"
+
+
 @pytest.mark.parametrize(
     ("query", "fragment"),
     [

@@ -300,6 +300,40 @@ def test_key_never_reaches_database_or_output(
     )
 
 
+def test_a_server_never_reached_stops_the_run_at_once(tmp_path: Path, db_path: Path) -> None:
+    """A wrong --base-url or a server that is down: one paper's retries, not every paper's."""
+    import socket
+    import time
+
+    src = tmp_path / "p.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"title": f"{TITLE} {i}", "abstract": ABSTRACT}) + "\n" for i in range(40)
+        )
+    )
+    assert ingest([src], db_path).ok
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    t0 = time.perf_counter()
+    with pytest.raises(ProviderError, match=rf"no answer from 127.0.0.1:{port} after 5 attempts"):
+        run(db_path, f"http://127.0.0.1:{port}/v1", concurrency=4)
+    assert time.perf_counter() - t0 < 20
+    with Store(db_path) as s:
+        # At most the papers in flight when the first one gave up, not 40 papers x 5 attempts.
+        assert s.scalar("SELECT count(*) FROM llm_calls") <= 8 * 5
+        assert s.scalar("SELECT count(*) FROM annotations") == 0
+
+
+@pytest.mark.parametrize("url", ["not-a-url", "ftp://host/v1", "http:///v1"])
+def test_a_base_url_that_is_not_http_is_refused_before_any_call(paper: Path, url: str) -> None:
+    res = CliRunner().invoke(
+        app, ["annotate", "-a", "llm", "--model", "m", "--base-url", url, "--concurrency", "1"]
+    )
+    assert res.exit_code == 1 and "is not an http:// or https:// URL" in res.output
+    assert "Traceback" not in res.output and calls(paper) == []
+
+
 def test_no_key_and_no_server_is_a_clear_error(paper: Path) -> None:
     res = CliRunner().invoke(app, ["annotate", "--annotator", "llm", "--model", "gpt-4o-mini"])
     assert res.exit_code == 1 and "no API key" in res.output

@@ -584,6 +584,8 @@ class _Run:
         self.report = AnnotateReport(
             ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, self.run_id
         )
+        # A priced model's cost is known even when no answer carried tokens (none came).
+        self.report.cost_known = estimate_cost(ann.model, 0, 0) is not None
         self.writer = _Writer(store, ann, self.run_id)
         self.budget = _Budget(ann, max_cost)
         self.ctrl_c = _CtrlC()
@@ -685,7 +687,8 @@ class _Run:
     # -- the two ways of running ----------------------------------------------------------
     def _inline(self, todo: list[_Pending]) -> None:
         for paper in todo:
-            if not self._admit(paper):
+            # Nothing is in flight here, so a paper the budget refuses will never fit.
+            if self._admit(paper) is not True:
                 return
             try:
                 outcome = work(cast(Annotator, self.ann), _input(paper))
@@ -701,6 +704,7 @@ class _Run:
 
     def _concurrent(self, todo: list[_Pending], workers: int) -> None:
         pending = iter(todo)
+        held: _Pending | None = None  # next up, waiting for room in the budget
         running: dict[Future[Outcome], _Pending] = {}
         # Futures land here as they finish: one queue to wait on, however many are running.
         finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
@@ -730,8 +734,14 @@ class _Run:
                         self._interrupt()
                     batch: list[_Pending] = []
                     while self.report.stopped is None and len(running) + len(batch) < queued:
-                        paper = next(pending, None)
-                        if paper is None or not self._admit(paper):
+                        paper = held if held is not None else next(pending, None)
+                        held = None
+                        if paper is None:
+                            break
+                        admitted = self._admit(paper)
+                        if admitted is None:
+                            held = paper  # tried again once papers in flight have settled
+                        if not admitted:
                             break
                         batch.append(paper)
                     if batch:
@@ -770,13 +780,18 @@ class _Run:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     # -- shared steps ---------------------------------------------------------------------------
-    def _admit(self, paper: _Pending) -> bool:
+    def _admit(self, paper: _Pending) -> bool | None:
+        """Whether ``paper`` may start: True, False (the run stops starting papers), or None
+        (not yet: what is set aside for the papers in flight leaves no room, but may once
+        they have settled at their real cost)."""
         if self.report.stopped is not None:
             return False
-        if not self.budget.admit(paper, self.report.cost_usd):
-            self.report.stopped = "max-cost"
-            return False
-        return True
+        if self.budget.admit(paper, self.report.cost_usd):
+            return True
+        if self.budget.reserved:
+            return None
+        self.report.stopped = "max-cost"
+        return False
 
     def _interrupt(self) -> None:
         """Ctrl-C: start nothing new, end retry waits; calls in flight finish and are kept.

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -516,6 +517,23 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
+def _cell_text(value: Any) -> str:
+    """A value as a table shows it to a person: no float noise, no microseconds.
+
+    CSV and JSON output keep the values whole.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value == 0 or 1e-6 <= abs(value) < 1e15:
+            # 0.028034999999999942 -> 0.028035, 4.5e-05 -> 0.000045
+            return f"{value:.6f}".rstrip("0").rstrip(".")
+        return f"{value:.6g}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
 def _print_result(result: QueryResult, fmt: OutputFormat) -> None:
     if fmt is OutputFormat.csv:
         sys.stdout.write(to_csv(result))
@@ -523,10 +541,19 @@ def _print_result(result: QueryResult, fmt: OutputFormat) -> None:
         sys.stdout.write(to_json(result) + "\n")
     else:
         t = Table(show_lines=False)
-        for col in result.columns:
-            t.add_column(escape(col), overflow="fold")
-        for row in result.rows:
-            t.add_row(*("" if v is None else escape(str(v)) for v in row))
+        cells = [[escape(_cell_text(v)) for v in row] for row in result.rows]
+        widths = [
+            max([len(col), *(len(row[i]) for row in cells)]) for i, col in enumerate(result.columns)
+        ]
+        # When the short columns (ids, numbers, times) fit the terminal whole, they stay on
+        # one line and only long text folds; when not, every column folds (nothing is cut).
+        fixed = [w <= 24 for w in widths]
+        keep = sum(w + 3 for w, f in zip(widths, fixed, strict=True) if f) + 10 * fixed.count(False)
+        one_line = keep <= out.width
+        for col, f in zip(result.columns, fixed, strict=True):
+            t.add_column(escape(col), overflow="fold", no_wrap=one_line and f)
+        for row in cells:
+            t.add_row(*row)
         out.print(t)
         out.print(f"[dim]{len(result.rows)} row{'s' if len(result.rows) != 1 else ''}[/]")
 
@@ -569,18 +596,22 @@ def calls(
         OutputFormat, typer.Option("--format", help="Output format.")
     ] = OutputFormat.table,
 ) -> None:
-    """Show the most recent LLM calls (the `llm_calls` table): model, host, status, tokens, cost, time.
+    """Show the most recent LLM calls (the `llm_calls` view): model, status, tokens, cost, time.
 
-    Full request and response bodies are in the table: `papertag sql "SELECT * FROM llm_calls"`.
+    Host, attempt and the full request and response bodies are in the view:
+    `papertag sql "SELECT * FROM llm_calls"`.
     """
     store = _store(read_only=True)
     with store:
         result = _run(
             lambda: run_sql(
                 store,
-                "SELECT call_id, started_at, paper_id, model, host, status, attempt, finish_reason, "
+                # The columns a person scans; host, attempt and the bodies are in the view.
+                "SELECT call_id AS id, strftime(started_at, '%m-%d %H:%M:%S') AS started, paper_id, "
+                "model, status, finish_reason AS finish, "
                 "prompt_tokens AS tok_in, completion_tokens AS tok_out, round(cost_usd, 6) AS cost_usd, "
-                "round(duration_ms) AS ms, error FROM llm_calls ORDER BY call_id DESC LIMIT ?",
+                "CAST(round(duration_ms) AS INTEGER) AS ms, error FROM llm_calls "
+                "ORDER BY started_at DESC, call_id DESC LIMIT ?",
                 [limit],
             )
         )

@@ -186,6 +186,9 @@ class CallTransport(httpx2.BaseTransport):
         #: Responses already paid for (a run killed before storing its results), by request hash.
         self.replay: dict[str, list[tuple[int, str]]] = {}
         self._replay_lock = threading.Lock()
+        #: Whether the server was ever reached: an answer of any status, or a connection it
+        #: then broke or left unanswered (not a connection refused, unresolved or timed out).
+        self.reached = False
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -253,6 +256,8 @@ class CallTransport(httpx2.BaseTransport):
                 response = self.inner.handle_request(request)
                 content = response.read()
             except httpx2.TransportError as exc:
+                if not isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout):
+                    self.reached = True
                 record.duration_ms = (time.perf_counter() - t0) * 1000
                 record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 if self.throttle is not None:
@@ -261,6 +266,7 @@ class CallTransport(httpx2.BaseTransport):
                 raise
             record.duration_ms = (time.perf_counter() - t0) * 1000
             record.status = response.status_code
+            self.reached = True
             _summarise_response(record, content)
             if response.status_code >= 400 and record.error is None:
                 record.error = f"HTTP {response.status_code}"
@@ -691,6 +697,14 @@ class LLMAnnotator(LLMConfig):
                 if self._calls and self._calls[-1].error
                 else type(exc).__name__
             )
+            if isinstance(exc, openai_errors.APIConnectionError) and not self.transport.reached:
+                # Nothing was ever reached: a wrong --base-url or a server that is down.
+                # Every other paper would wait out the same retries (a quarter of an hour
+                # for 600 papers), so the run stops here.
+                return ProviderError(
+                    f"no answer from {self.host} after {len(self._calls)} attempts ({last_error}); "
+                    "check --base-url and that the server is running"
+                )
             return self._call_failure(
                 f"{what} from {self.host} after {len(self._calls)} attempts: {last_error}",
                 paper,

@@ -56,11 +56,17 @@ def _price_for(model: str, override: str | None) -> tuple[float, float] | None:
             raise ConfigError(
                 'PAPERTAG_PRICES must be JSON like {"model": [usd_per_1M_in, usd_per_1M_out]}'
             ) from None
-    # Dated snapshots (gpt-4o-2024-08-06) cost what their family costs.
-    for name in sorted(prices, key=len, reverse=True):
-        if model == name or model.startswith(name + "-"):
+    if model in prices:
+        return prices[model]
+    # Dated snapshots (gpt-4o-2024-08-06, gpt-4-0613) cost what their family costs; any other
+    # suffix is another model (gpt-4o-minii is a typo, not gpt-4o).
+    for name in prices:
+        if model.startswith(name) and _SNAPSHOT.fullmatch(model[len(name) :]):
             return prices[name]
     return None
+
+
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})")
 
 
 def estimate_cost(
@@ -184,6 +190,13 @@ class LLMConfig:
         self.output_schema = constrained_schema(self.taxonomy)
         self._schema_chars = len(json.dumps(self.output_schema))
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        if self.base_url is not None:
+            url = urlparse(self.base_url)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ConfigError(
+                    f"--base-url {self.base_url!r} is not an http:// or https:// URL with a host "
+                    "(e.g. http://localhost:11434/v1)"
+                )
         self.mode = mode or _default_mode(self.base_url)
         if self.mode not in MODE_NAMES:
             raise ConfigError(
