@@ -388,11 +388,16 @@ def annotate(
                 **options,
             )
         )
-    rate = (report.done + report.failed) / report.seconds if report.seconds else 0.0
+    attempted = report.done + report.failed
+    speed = (
+        f"; {report.seconds:.1f}s, {attempted / report.seconds:,.1f} papers/s"
+        if attempted and report.seconds
+        else ""
+    )
     out.print(
         f"annotated {report.done}, skipped {report.skipped} (already done), failed {report.failed} "
         f"[dim]({report.annotator}/{report.model}, prompt {report.prompt_version}, taxonomy "
-        f"{report.taxonomy_version}; {report.seconds:.1f}s, {rate:,.1f} papers/s)[/]"
+        f"{report.taxonomy_version}{speed})[/]"
     )
     if report.calls or report.replayed or report.recovered:
         cost = (
