@@ -462,6 +462,16 @@ def test_dry_run_sends_nothing(
         (est.prompt_tokens * 1.0 + est.completion_tokens * 4.0) / 1e6
     )
     assert proc.returncode == 0 and "12 papers would be annotated" in proc.stdout
+    assert est.cost_usd is not None and est.within_budget is None
+    # With a budget for about half of them, the papers it lets start, in order.
+    half = estimate(db_path, "llm", model="fake-model", base_url=srv.url, max_cost=est.cost_usd / 2)
+    assert half.within_budget is not None and 3 <= half.within_budget < 6
+    budget = subprocess.run(
+        [*cmd, "--base-url", srv.url, "--dry-run", "--max-cost", str(est.cost_usd / 2)],
+        capture_output=True,
+        text=True,
+    )
+    assert f"would stop it after about {half.within_budget} papers" in budget.stdout
     with Store(db_path) as s:
         assert s.scalar("SELECT count(*) FROM annotation_runs") == 0
 

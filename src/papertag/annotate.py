@@ -411,6 +411,8 @@ class Estimate:
     completion_tokens: int
     #: None when the model has no known price (see PAPERTAG_PRICES).
     cost_usd: float | None
+    #: With ``max_cost``: about how many of the papers it lets start (None: no limit or price).
+    within_budget: int | None = None
 
 
 def _estimate_paper(ann: AnnotatorInfo, paper: _Pending) -> tuple[int, int]:
@@ -439,9 +441,15 @@ def estimate(
     limit: int | None = None,
     force: bool = False,
     retry_failed: bool = False,
+    max_cost: float | None = None,
     **options: Any,
 ) -> Estimate:
-    """How many papers a run would send, and their estimated tokens and cost."""
+    """How many papers a run would send, and their estimated tokens and cost.
+
+    With ``max_cost``, also about how many of them the budget lets start: each paper
+    while the estimated spend so far plus its own likely cost (a fifth over its
+    estimate, as the run reserves) fits.
+    """
     store = db if isinstance(db, Store) else Store(db)
     # Estimates need the prompt and prices, not a client: no openai import, no connection.
     ann = _resolve(annotator, options, client=False)
@@ -450,11 +458,21 @@ def estimate(
             store, ann, force=force, retry_failed=retry_failed, limit=limit
         )
         prompt = completion = 0
+        spent, within, room = 0.0, 0, max_cost is not None
         for paper in todo:
             p, c = _estimate_paper(ann, paper)
             prompt, completion = prompt + p, completion + c
+            one = estimate_cost(ann.model, p, c)
+            # As the run: papers start in order, and the first that does not fit ends it.
+            if room and one is not None and max_cost is not None:
+                room = spent + one * 1.2 <= max_cost
+                if room:
+                    spent, within = spent + one, within + 1
         cost = 0.0 if not prompt else estimate_cost(ann.model, prompt, completion)
-        return Estimate(ann.name, ann.model, len(todo), skipped, prompt, completion, cost)
+        within_budget = within if max_cost is not None and cost is not None else None
+        return Estimate(
+            ann.name, ann.model, len(todo), skipped, prompt, completion, cost, within_budget
+        )
     finally:
         if isinstance(annotator, str):
             getattr(ann, "close", lambda: None)()

@@ -346,6 +346,7 @@ def annotate(
                     limit=limit,
                     force=force,
                     retry_failed=retry_failed,
+                    max_cost=max_cost,
                     **options,
                 )
             )
@@ -354,10 +355,16 @@ def annotate(
             if est.cost_usd is None
             else f"${est.cost_usd:,.4f}"
         )
+        budget = (
+            f"; --max-cost {max_cost:g} would stop it after about {est.within_budget} papers"
+            if est.within_budget is not None and est.within_budget < est.papers
+            else ""
+        )
         out.print(
             f"dry run, nothing sent: {est.papers} papers would be annotated by {est.annotator}/{est.model} "
             f"({est.skipped} already done); about {est.prompt_tokens:,} prompt + "
             f"{est.completion_tokens:,} completion tokens on first attempts; estimated cost {cost}"
+            f"{budget}"
         )
         return
     with store, _progress(f"annotate ({annotator.value})", None) as (progress, task):
