@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ._lazy import lazy_import
 from .annotators import DEFAULT_CONCURRENCY, Annotator, AnnotatorInfo, PaperInput, get_annotator
-from .annotators.llm_config import LLMConfig, estimate_cost
+from .annotators.llm_config import LLMConfig, estimate_cost, price_for
 from .annotators.worker import Outcome, ProcessWorker, work
 from .errors import AnnotationError, ConfigError, PapertagError
 from .journal import Journal, RequestTemplate, call_row
@@ -465,7 +465,7 @@ def estimate(
             one = estimate_cost(ann.model, p, c)
             # As the run: papers start in order, and the first that does not fit ends it.
             if room and one is not None and max_cost is not None:
-                room = spent + one * 1.2 <= max_cost
+                room = spent + one * RESERVE_MARGIN <= max_cost
                 if room:
                     spent, within = spent + one, within + 1
         cost = 0.0 if not prompt else estimate_cost(ann.model, prompt, completion)
@@ -478,6 +478,10 @@ def estimate(
             getattr(ann, "close", lambda: None)()
         if not isinstance(db, Store):
             store.close()
+
+
+#: --max-cost sets aside this much over a paper's likely cost while it is in flight.
+RESERVE_MARGIN = 1.2
 
 
 class _Budget:
@@ -495,7 +499,7 @@ class _Budget:
         first = estimate_cost(self.ann.model, p, c) or 0.0
         # Re-asks cost more than one attempt: once papers have settled, trust their average.
         seen = self.settled_cost / self.settled if self.settled >= 5 else first * 1.5
-        return max(first, seen) * 1.2
+        return max(first, seen) * RESERVE_MARGIN
 
     def admit(self, paper: _Pending, spent: float) -> bool:
         if self.max_cost is None:
@@ -549,7 +553,7 @@ def annotate(
         ann = _resolve(annotator, options, client=remote is None)
         if (
             max_cost is not None
-            and estimate_cost(ann.model, 1000, 1000) is None
+            and price_for(ann.model) is None
             and hasattr(ann, "estimate_tokens")
         ):
             raise ConfigError(
@@ -602,8 +606,8 @@ class _Run:
         self.report = AnnotateReport(
             ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, self.run_id
         )
-        # A priced model's cost is known even when no answer carried tokens (none came).
-        self.report.cost_known = estimate_cost(ann.model, 0, 0) is not None
+        # Known for a priced model, even when no answer carried tokens (none came).
+        self.report.cost_known = price_for(ann.model) is not None
         self.writer = _Writer(store, ann, self.run_id)
         self.budget = _Budget(ann, max_cost)
         self.ctrl_c = _CtrlC()
@@ -844,7 +848,6 @@ class _Run:
             report.prompt_tokens += c.prompt_tokens or 0
             report.completion_tokens += c.completion_tokens or 0
             cost += c.cost_usd or 0.0
-            report.cost_known = report.cost_known or c.cost_usd is not None
         report.cost_usd += cost
         self.budget.settle(paper, cost)
         if out.fatal is not None:

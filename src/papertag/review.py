@@ -225,7 +225,7 @@ def _decision_values(
     now: datetime,
     note: str | None = None,
 ) -> tuple[Any, ...]:
-    note = note.strip() or None if note is not None else None
+    note = (note or "").strip() or None
     if action == "add":
         # The row is about the added label; it did not exist before.
         return (paper_id, field_name, label, "add", None, label, reviewer, now, annotation_id,

@@ -22,7 +22,6 @@ from textual.widgets.option_list import Option
 
 from .errors import ReviewError
 from .review import (
-    OTHER,
     Decision,
     PaperContext,
     QueueItem,
@@ -31,6 +30,7 @@ from .review import (
     default_reviewer,
     evidence_span,
     is_decided,
+    other_needs_note,
     paper_context,
     undo_decision,
 )
@@ -374,9 +374,22 @@ class ReviewApp(App[None]):
         self.history.append(step)
         self._show()
 
-    def _with_note(self, field_name: str, label: str, then: Callable[[str | None], None]) -> None:
-        """``then(note)``: the person's note first if ``label`` is ``other``, else at once."""
-        if label != OTHER:
+    def _record(self, make: Callable[[], Decision]) -> Decision | None:
+        """The decision ``make`` records, kept for this session's summary; None (and the
+        reason shown) if it was refused."""
+        try:
+            decision = make()
+        except ReviewError as exc:
+            self.notify(str(exc), severity="error")
+            return None
+        self.recorded.append(decision)
+        return decision
+
+    def _with_note(
+        self, field_name: str, action: str, label: str, then: Callable[[str | None], None]
+    ) -> None:
+        """``then(note)``: first the person's note if setting ``label`` needs one, else at once."""
+        if other_needs_note(field_name, action, label, label, None) is None:
             then(None)
             return
 
@@ -393,8 +406,8 @@ class ReviewApp(App[None]):
         if item is None:
             self.notify("The queue is clear; press q to quit.")
             return
-        try:
-            decision = decide(
+        decision = self._record(
+            lambda: decide(
                 self.store,
                 item,
                 action,
@@ -403,10 +416,9 @@ class ReviewApp(App[None]):
                 source="app",
                 note=note,
             )
-        except ReviewError as exc:
-            self.notify(str(exc), severity="error")
+        )
+        if decision is None:
             return
-        self.recorded.append(decision)
         self.pending.pop(0)
         self._step(_Step("decide", item, decision))
 
@@ -427,6 +439,7 @@ class ReviewApp(App[None]):
             if choice is not None:
                 self._with_note(
                     item.field,
+                    "change",
                     choice.label,
                     lambda note: self._decide("change", choice.label, note),
                 )
@@ -449,11 +462,11 @@ class ReviewApp(App[None]):
 
         def chosen(choice: Choice | None) -> None:
             if choice is not None:
-                self._with_note(choice.field, choice.label, lambda note: added(choice, note))
+                self._with_note(choice.field, "add", choice.label, lambda note: added(choice, note))
 
         def added(choice: Choice, note: str | None) -> None:
-            try:
-                decision = add_label(
+            decision = self._record(
+                lambda: add_label(
                     self.store,
                     item.paper_id,
                     choice.field,
@@ -463,10 +476,9 @@ class ReviewApp(App[None]):
                     source="app",
                     note=note,
                 )
-            except ReviewError as exc:
-                self.notify(str(exc), severity="error")
+            )
+            if decision is None:
                 return
-            self.recorded.append(decision)
             self.notify(f"added {choice.field}: {choice.label}")
             self._step(_Step("add", item, decision))
 
@@ -478,12 +490,11 @@ class ReviewApp(App[None]):
             return
         # Recorded, though it decides nothing: this session and later ones show the item
         # after everything not skipped.
-        try:
-            decision = decide(self.store, item, "skip", reviewer=self.reviewer, source="app")
-        except ReviewError as exc:
-            self.notify(str(exc), severity="error")
+        decision = self._record(
+            lambda: decide(self.store, item, "skip", reviewer=self.reviewer, source="app")
+        )
+        if decision is None:
             return
-        self.recorded.append(decision)
         self.pending.append(self.pending.pop(0))
         self._step(_Step("skip", item, decision))
 
@@ -493,14 +504,14 @@ class ReviewApp(App[None]):
             return
         step = self.history[-1]
         if step.decision is not None:
-            try:
-                reversal = undo_decision(
-                    self.store, step.decision.decision_id, reviewer=self.reviewer, source="app"
+            undone = step.decision.decision_id
+            if (
+                self._record(
+                    lambda: undo_decision(self.store, undone, reviewer=self.reviewer, source="app")
                 )
-            except ReviewError as exc:
-                self.notify(str(exc), severity="error")
+                is None
+            ):
                 return
-            self.recorded.append(reversal)
         self.history.pop()
         # Undo is last-in first-out, so the queue goes back exactly to how it was.
         self.pending[:0] = step.dropped

@@ -378,7 +378,6 @@ class ConnectionStack(httpx2.BaseTransport):
 # --------------------------------------------------------------------------- annotator
 
 
-#: Stands for a paper's user message while a request is shaped once per annotator.
 class PreparedPost:
     """POSTs bodies to one endpoint of an openai client as ``client.post`` would, for
     a fraction of its CPU.
@@ -427,6 +426,7 @@ class PreparedPost:
         return response.read()
 
 
+#: Stands for a paper's user message while a request is shaped once per annotator.
 _USER_SLOT = "\x00papertag:user-message\x00"
 _USER_SLOT_MESSAGE = {"role": "user", "content": _USER_SLOT}
 
@@ -697,16 +697,14 @@ class LLMAnnotator(LLMConfig):
                 if self._calls and self._calls[-1].error
                 else type(exc).__name__
             )
+            message = f"{what} from {self.host} after {len(self._calls)} attempts: {last_error}"
             if isinstance(exc, openai_errors.APIConnectionError) and not self.transport.reached:
                 # Nothing was ever reached: a wrong --base-url or a server that is down.
                 # Every other paper would wait out the same retries (a quarter of an hour
                 # for 600 papers), so the run stops here.
-                return ProviderError(
-                    f"no answer from {self.host} after {len(self._calls)} attempts ({last_error}); "
-                    "check --base-url and that the server is running"
-                )
+                return ProviderError(f"{message}; check --base-url and that the server is running")
             return self._call_failure(
-                f"{what} from {self.host} after {len(self._calls)} attempts: {last_error}",
+                message,
                 paper,
                 retryable=True,
             )

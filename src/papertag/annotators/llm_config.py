@@ -45,6 +45,10 @@ def price_for(model: str) -> tuple[float, float] | None:
     return _price_for(model, os.environ.get("PAPERTAG_PRICES"))
 
 
+#: The suffix of a dated snapshot of a model: -2024-08-06, -0613.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})")
+
+
 @functools.lru_cache(maxsize=64)
 def _price_for(model: str, override: str | None) -> tuple[float, float] | None:
     # Cached by the variable's text: asked for every call's cost, it parses once per value.
@@ -64,9 +68,6 @@ def _price_for(model: str, override: str | None) -> tuple[float, float] | None:
         if model.startswith(name) and _SNAPSHOT.fullmatch(model[len(name) :]):
             return prices[name]
     return None
-
-
-_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})")
 
 
 def estimate_cost(
