@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DIGESTS ?= ../shared/digests
 DEMO_DB ?= papertag.duckdb
+SILVER ?= ../shared/train/silver.jsonl
+DEV_GOLD ?= ../shared/gold/dev.jsonl
+SHIPPED_MODEL := src/papertag/annotators/learned/default.npz
 
 RECORD_PORT ?= 8765
 DEMO_SQL := SELECT field, label, papers FROM (SELECT field, label, count(*) AS papers, row_number() OVER (PARTITION BY field ORDER BY count(*) DESC, label) AS r FROM labels WHERE current GROUP BY field, label) WHERE r <= 4 ORDER BY field, papers DESC
@@ -15,7 +18,7 @@ DEMO_SQL := SELECT field, label, papers FROM (SELECT field, label, count(*) AS p
 # again: a tenth of a second per process. Bytecode older than its source is ignored.
 COMPILE := $(BIN)/python -m compileall -q src
 
-.PHONY: venv demo test lint bench clean lock record screenshot
+.PHONY: venv demo test lint bench clean lock record screenshot model
 
 venv: $(STAMP)
 
@@ -32,6 +35,11 @@ demo: venv
 	$(BIN)/papertag --db $(DEMO_DB) stats
 	@echo 'Example query: the top labels of each field'
 	$(BIN)/papertag --db $(DEMO_DB) sql "$(DEMO_SQL)"
+
+# Rebuild the learned annotator's shipped model from the shared silver and dev labels
+# (deterministic: the same files give the same bytes; the file records their hashes).
+model: venv
+	$(BIN)/papertag train --no-reviews --from $(SILVER) --from $(DEV_GOLD) --out $(SHIPPED_MODEL) --force
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc

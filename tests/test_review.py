@@ -31,7 +31,7 @@ from papertag.review import (
     review_queue,
     undo_decision,
 )
-from papertag.schema import ACCEPT_THRESHOLD, DROP_THRESHOLD, Annotation
+from papertag.schema import ACCEPT_THRESHOLD, DROP_THRESHOLD, Annotation, validate_annotation
 from papertag.store import Store
 from papertag.taxonomy import load_taxonomy
 
@@ -43,7 +43,7 @@ def review_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real database: one shared digest ingested, its first 15 papers annotated by rules."""
     db = tmp_path_factory.mktemp("review") / "template.duckdb"
     assert ingest([DIGESTS[-1]], db).ok
-    assert annotate(db, limit=15).done == 15
+    assert annotate(db, "rules", limit=15).done == 15
     return db
 
 
@@ -73,7 +73,7 @@ def reannotate(db: Path, paper_id: str, title: str, abstract: str) -> None:
     src = db.parent / "update.jsonl"
     src.write_text(json.dumps({"title": title, "abstract": abstract}) + "\n", encoding="utf-8")
     assert ingest([src], db).ok
-    assert annotate(db, paper_ids=[paper_id]).done == 1
+    assert annotate(db, "rules", paper_ids=[paper_id]).done == 1
 
 
 # ------------------------------------------------------------------- queue
@@ -353,6 +353,141 @@ def test_a_decision_applies_to_every_annotators_slice(review_db: Path) -> None:
             [item.paper_id, item.field, item.label],
         ).fetchall()
         assert rows == [("rules", "rules", "person"), ("second", "second-model", "person")]
+
+
+class Dissenter:
+    """A third opinion: the rules annotator's labels, with some labels added or left out.
+
+    ``add`` maps paper_id -> [(field, label, confidence)] to assign besides the rules'
+    labels (the evidence quoted is that of the field's first rules label); ``drop`` maps
+    paper_id -> [(field, label)] of rules labels not to assign.
+    """
+
+    name = "dissent"
+    model = "dissent-model"
+
+    def __init__(
+        self,
+        add: dict[str, list[tuple[str, str, float]]] | None = None,
+        drop: dict[str, list[tuple[str, str]]] | None = None,
+    ) -> None:
+        self._rules = get_annotator("rules")
+        self.prompt_version = self._rules.prompt_version
+        self.taxonomy = self._rules.taxonomy
+        self._add = add or {}
+        self._drop = drop or {}
+
+    def annotate(self, paper: PaperInput) -> Annotation:
+        data = self._rules.annotate(paper).model_dump()
+        for field_name, label in self._drop.get(paper.paper_id, []):
+            data[field_name] = [x for x in data[field_name] if x["id"] != label]
+        for field_name, label, confidence in self._add.get(paper.paper_id, []):
+            evidence = data[field_name][0]["evidence"]
+            data[field_name].append({"id": label, "confidence": confidence, "evidence": evidence})
+            data["candidates"] = [
+                c for c in data["candidates"] if (c["field"], c["id"]) != (field_name, label)
+            ]
+        return validate_annotation(data, title=paper.title, abstract=paper.abstract)
+
+
+def unoffered(s: Store, paper_id: str, field: str) -> list[str]:
+    """The label ids of ``field`` that no current annotation of the paper offers at all."""
+    offered = {
+        r[0]
+        for r in s.con.execute(
+            "SELECT label FROM labels WHERE current AND paper_id = ? AND field = ? UNION "
+            "SELECT label FROM candidates WHERE current AND paper_id = ? AND field = ?",
+            [paper_id, field] * 2,
+        ).fetchall()
+    }
+    return [i for i in load_taxonomy().ids(field) if i not in offered and i != "other"]
+
+
+def test_a_disputed_label_comes_before_an_equally_uncertain_agreement(review_db: Path) -> None:
+    with Store(review_db) as s:
+        before = review_queue(s)
+        first = before[0]
+        doubt = abs(first.confidence - 0.5)
+        # Another paper, with room for one more technique label.
+        paper_id = s.scalar(
+            "SELECT paper_id FROM labels WHERE current AND field = 'technique' AND paper_id <> ? "
+            "GROUP BY paper_id HAVING count(*) < 3 ORDER BY paper_id LIMIT 1",
+            [first.paper_id],
+        )
+        label = unoffered(s, paper_id, "technique")[0]
+    # The dissenter assigns a technique the rules do not: as doubtful as the queue's most
+    # uncertain item once the dispute's 0.25 is counted, and far from the boundary without it.
+    confidence = 0.75 + doubt
+    assert doubt < 0.2 and confidence <= 1
+    dissent = Dissenter(add={paper_id: [("technique", label, confidence)]})
+    assert annotate(review_db, dissent, paper_ids=[paper_id]).done == 1
+    with Store(review_db) as s:
+        queue = review_queue(s)
+        assert queue[0].key == (paper_id, "technique", label)
+        assert (queue[0].annotator, queue[0].confidence) == ("dissent", confidence)
+        # The rest keeps its order: the dissenter agrees with the rules on everything else.
+        rest = [i for i in queue[1:] if i.paper_id != paper_id]
+        assert [i.key for i in rest] == [i.key for i in before if i.paper_id != paper_id]
+        assert len({i.key for i in queue}) == len(queue)
+        # With the annotator filter the rules' queue is as before: the rules never said it.
+        assert [i.key for i in review_queue(s, annotator="rules")] == [i.key for i in before]
+        # Decided, it leaves the queue; skipped, it goes last like any other item.
+        skip = decide(s, queue[0], "skip", reviewer="ann")
+        assert review_queue(s)[-1].key == queue[0].key
+        undo_decision(s, skip.decision_id)
+        decide(s, queue[0], "reject", reviewer="ann")
+        assert queue[0].key not in {i.key for i in review_queue(s)}
+
+
+def test_a_disputed_label_is_queued_at_or_above_accept_but_not_below_drop(
+    review_db: Path,
+) -> None:
+    with Store(review_db) as s:
+        # A paper with a sure technique label (kept by both annotators), a sure label the
+        # dissenter leaves out, and room for two technique labels of the dissenter's own.
+        paper_id, kept, left_out = s.con.execute(
+            "SELECT paper_id, arg_max(label, confidence), arg_min(label, confidence) FROM labels "
+            "WHERE current AND confidence >= ? AND field = 'target_metric' GROUP BY paper_id "
+            "HAVING count(*) = 2 AND paper_id IN (SELECT paper_id FROM labels WHERE current "
+            "AND field = 'technique' GROUP BY paper_id HAVING count(*) = 1) "
+            "ORDER BY paper_id LIMIT 1",
+            [ACCEPT_THRESHOLD],
+        ).fetchone()
+        sure_new, weak_new = unoffered(s, paper_id, "technique")[:2]
+        before = review_queue(s)
+    dissent = Dissenter(
+        add={paper_id: [("technique", sure_new, 0.95), ("technique", weak_new, 0.1)]},
+        drop={paper_id: [("target_metric", left_out)]},
+    )
+    assert annotate(review_db, dissent, paper_ids=[paper_id]).done == 1
+    with Store(review_db) as s:
+        queue = review_queue(s)
+        by_key = {i.key: i for i in queue}
+        # Assigned by the dissenter alone at 0.95, and by the rules alone at or above 0.8.
+        added = by_key[(paper_id, "technique", sure_new)]
+        assert (added.annotator, added.kind, added.confidence) == ("dissent", "label", 0.95)
+        dropped = by_key[(paper_id, "target_metric", left_out)]
+        assert dropped.annotator == "rules" and dropped.confidence >= ACCEPT_THRESHOLD
+        # Sure labels both annotators assign stay out, and so does a disputed one below drop.
+        assert (paper_id, "target_metric", kept) not in by_key
+        assert (paper_id, "technique", weak_new) not in by_key
+        assert {k for k in by_key if k[0] != paper_id} == {i.key for i in before} - {
+            i.key for i in before if i.paper_id == paper_id
+        }
+        assert all(
+            DROP_THRESHOLD <= i.confidence < ACCEPT_THRESHOLD
+            for i in queue
+            if i.key not in {added.key, dropped.key}
+        )
+        # The paper's items stay together, and a stricter accept threshold changes nothing
+        # for disputed items.
+        papers = [i.paper_id for i in queue]
+        assert len([p for n, p in enumerate(papers) if n == 0 or papers[n - 1] != p]) == len(
+            set(papers)
+        )
+        strict = {i.key for i in review_queue(s, accept=0.99)}
+        assert {added.key, dropped.key} <= strict
+        assert added.key in {i.key for i in review_queue(s, field="technique", annotator="dissent")}
 
 
 # -------------------------------------------------------------- spreadsheets

@@ -149,9 +149,9 @@ def test_stale_annotations_leave_paper_labels_and_final_labels(tmp_path: Path) -
         + "\n"
     )
     assert ingest([first], db).ok
-    annotate(db)
+    annotate(db, "rules")
     assert ingest([second], db).ok
-    annotate(db)
+    annotate(db, "rules")
     with Store(db, read_only=True) as s:
         assert s.scalar("SELECT count(*) FROM annotations") == 2
         assert s.scalar("SELECT count(*) FROM labels WHERE NOT current") > 0
@@ -189,7 +189,7 @@ def test_two_annotators_give_two_paper_label_rows(tmp_path: Path) -> None:
         + "\n"
     )
     assert ingest([src], db).ok
-    annotate(db)
+    annotate(db, "rules")
     with fault_server([Reply(body=completion(json.dumps(GOOD)))]) as srv:
         report = annotate(db, "llm", model="fake-model", base_url=srv.url, backoff=0.01)
     assert report.done == 1

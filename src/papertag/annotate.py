@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ._lazy import lazy_import
-from .annotators import DEFAULT_CONCURRENCY, Annotator, AnnotatorInfo, PaperInput, get_annotator
+from .annotators import (
+    DEFAULT_ANNOTATOR,
+    DEFAULT_CONCURRENCY,
+    Annotator,
+    AnnotatorInfo,
+    PaperInput,
+    get_annotator,
+)
 from .annotators.llm_config import LLMConfig, estimate_cost, price_for
 from .annotators.worker import Outcome, ProcessWorker, work
 from .errors import AnnotationError, ConfigError, PapertagError
@@ -424,11 +431,16 @@ def _estimate_paper(ann: AnnotatorInfo, paper: _Pending) -> tuple[int, int]:
     return estimate_tokens(_input(paper))
 
 
-def _resolve(annotator: str | Annotator, options: dict[str, Any], *, client: bool) -> AnnotatorInfo:
+def _resolve(
+    annotator: str | Annotator, options: dict[str, Any], *, client: bool, store: Store
+) -> AnnotatorInfo:
     """The annotator named (built with ``options``) or given; for ``llm`` without
     ``client``, only its settings (:class:`LLMConfig`)."""
     if annotator == "llm" and not client:
         return LLMConfig.from_options(options)
+    if annotator == "learned":
+        # Its model may be one trained into this database.
+        return get_annotator(annotator, store=store, **options)
     if isinstance(annotator, str):
         return get_annotator(annotator, **options)
     return annotator
@@ -436,7 +448,7 @@ def _resolve(annotator: str | Annotator, options: dict[str, Any], *, client: boo
 
 def estimate(
     db: Store | str | Path | None = None,
-    annotator: str | Annotator = "rules",
+    annotator: str | Annotator = DEFAULT_ANNOTATOR,
     *,
     limit: int | None = None,
     force: bool = False,
@@ -452,8 +464,9 @@ def estimate(
     """
     store = db if isinstance(db, Store) else Store(db)
     # Estimates need the prompt and prices, not a client: no openai import, no connection.
-    ann = _resolve(annotator, options, client=False)
+    ann: AnnotatorInfo | None = None
     try:
+        ann = _resolve(annotator, options, client=False, store=store)
         todo, skipped = pending_papers(
             store, ann, force=force, retry_failed=retry_failed, limit=limit
         )
@@ -474,11 +487,14 @@ def estimate(
             ann.name, ann.model, len(todo), skipped, prompt, completion, cost, within_budget
         )
     finally:
-        if isinstance(annotator, str):
+        if isinstance(annotator, str) and ann is not None:
             getattr(ann, "close", lambda: None)()
         if not isinstance(db, Store):
             store.close()
 
+
+#: Papers handed at once to an annotator that labels in batches (``annotate_many``).
+BATCH_PAPERS = 512
 
 #: --max-cost sets aside this much over a paper's likely cost while it is in flight.
 RESERVE_MARGIN = 1.2
@@ -518,7 +534,7 @@ class _Budget:
 
 def annotate(
     db: Store | str | Path | None = None,
-    annotator: str | Annotator = "rules",
+    annotator: str | Annotator = DEFAULT_ANNOTATOR,
     *,
     limit: int | None = None,
     force: bool = False,
@@ -550,7 +566,7 @@ def annotate(
     try:
         store = db if isinstance(db, Store) else Store(db)
         # With a worker process, the client lives there: this one needs only the settings.
-        ann = _resolve(annotator, options, client=remote is None)
+        ann = _resolve(annotator, options, client=remote is None, store=store)
         if (
             max_cost is not None
             and price_for(ann.model) is None
@@ -708,6 +724,9 @@ class _Run:
 
     # -- the two ways of running ----------------------------------------------------------
     def _inline(self, todo: list[_Pending]) -> None:
+        if hasattr(self.ann, "annotate_many"):
+            self._batched(todo)
+            return
         for paper in todo:
             # Nothing is in flight here, so a paper the budget refuses will never fit.
             if self._admit(paper) is not True:
@@ -723,6 +742,30 @@ class _Run:
             if isinstance(outcome.fatal, KeyboardInterrupt):
                 self.report.stopped = "interrupted"
                 return
+
+    def _batched(self, todo: list[_Pending]) -> None:
+        """An annotator that labels many papers at once (the learned model's matrix
+        products): a batch at a time, each result settled and written as one paper's."""
+        many = self.ann.annotate_many  # type: ignore[attr-defined]
+        for start in range(0, len(todo), BATCH_PAPERS):
+            batch = todo[start : start + BATCH_PAPERS]
+            began = datetime.now(UTC).replace(tzinfo=None)
+            t0 = time.perf_counter()
+            try:
+                results = many([_input(p) for p in batch])
+            except KeyboardInterrupt:
+                self.report.stopped = "interrupted"
+                return
+            per_paper = (time.perf_counter() - t0) * 1000 / len(batch)
+            for paper, res in zip(batch, results, strict=True):
+                out = Outcome(began, per_paper)
+                if isinstance(res, AnnotationError):
+                    out.error = res
+                else:
+                    out.result = res
+                self._settle(paper, out)
+                if self.writer.due():
+                    self._flush()
 
     def _concurrent(self, todo: list[_Pending], workers: int) -> None:
         pending = iter(todo)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .annotate import annotate
+from .annotators import DEFAULT_ANNOTATOR
 from .errors import InputError
 from .ingest import Entry, FileReport, clean_text, title_key, write_entries
 from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
@@ -249,7 +250,7 @@ def evaluate(
     db: Store | str | Path | None,
     gold_path: str | Path,
     *,
-    annotator: str = "rules",
+    annotator: str = DEFAULT_ANNOTATOR,
     model: str | None = None,
     accept: float = ACCEPT_THRESHOLD,
     drop: float = DROP_THRESHOLD,

@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from .annotators import DEFAULT_ANNOTATOR
 from .errors import ConfigError
 from .evaluate import EvalResult, evaluate
 from .export import check_out_path, temp_beside
@@ -473,7 +474,7 @@ def write_report(
     out: str | Path = "report.html",
     *,
     gold: str | Path | None = None,
-    annotator: str = "rules",
+    annotator: str = DEFAULT_ANNOTATOR,
 ) -> ReportResult:
     """Write the HTML report to ``out`` (replacing it) and return what it holds.
 

@@ -2,7 +2,11 @@
 
 The review queue is every current label and runner-up candidate whose confidence lies in
 ``[drop, accept)`` (defaults :data:`~papertag.schema.DROP_THRESHOLD` and
-:data:`~papertag.schema.ACCEPT_THRESHOLD`) that no person has decided yet. A decision is
+:data:`~papertag.schema.ACCEPT_THRESHOLD`) that no person has decided yet, plus every
+*disputed* one at or above ``accept``: a (paper, field, label) that some of the paper's
+current annotator keys (annotator, model) assign as a label and another does not. Nothing
+below ``drop`` is queued. The items whose decision teaches most come first: those nearest
+the decision boundary and those the annotators disagree on (see :func:`review_queue`). A decision is
 keyed to (paper, field, label), not to the annotation, so it survives re-annotation; the
 annotation it was made on is recorded too. Decisions are rows of the append-only
 ``review_decisions`` table, each written and committed at once; undo appends a reversal.
@@ -76,7 +80,17 @@ class QueueItem:
         return (self.paper_id, self.field, self.label)
 
 
-_QUEUE_SQL = """
+# The queue puts first the items whose decision teaches most: those nearest the decision
+# boundary, by their distance abs(confidence - 0.5) (0 at the boundary, 0.5 at certainty),
+# and those the annotators disagree on. A disputed item's distance counts DISPUTE_BONUS less,
+# floored at 0: a disagreement means one of the annotators is wrong whatever its confidence,
+# so a person's verdict there corrects at least one of them. A disputed 0.95 (0.45 - 0.25)
+# thus ranks with an undisputed 0.70, and a disputed label between 0.25 and 0.75 with the
+# most uncertain of all; on equal distance the disputed item comes first. The distance is
+# rounded to 6 places so that equal ones compare equal despite float arithmetic.
+DISPUTE_BONUS = 0.25
+
+_QUEUE_SQL = f"""
 WITH items AS (
     SELECT paper_id, field, label, 'label' AS kind, confidence, evidence, note,
            annotation_id, annotator, model
@@ -86,14 +100,39 @@ WITH items AS (
            annotation_id, annotator, model
     FROM candidates WHERE current
 ),
+-- A disagreement is a fact about the paper, so it is found over every current annotation,
+-- whatever the field and annotator filters: a (paper, field, label) assigned as a label by
+-- some but not all of the paper's current annotator keys (there are then two or more).
+paper_keys AS (
+    SELECT paper_id, count(DISTINCT (annotator, model)) AS n_keys
+    FROM annotation_status WHERE current
+    GROUP BY paper_id
+),
+disputed AS (
+    SELECT l.paper_id, l.field, l.label
+    FROM labels l JOIN paper_keys k USING (paper_id)
+    WHERE l.current
+    GROUP BY l.paper_id, l.field, l.label, k.n_keys
+    HAVING count(DISTINCT (l.annotator, l.model)) < k.n_keys
+),
+scored AS (
+    SELECT i.*, d.paper_id IS NOT NULL AS disputed,
+           round(CASE WHEN d.paper_id IS NULL THEN abs(i.confidence - 0.5)
+                      ELSE greatest(abs(i.confidence - 0.5) - {DISPUTE_BONUS}, 0) END,
+                 6) AS distance
+    FROM items i
+    LEFT JOIN disputed d ON d.paper_id = i.paper_id AND d.field = i.field AND d.label = i.label
+),
 doubtful AS (
     SELECT *,
            -- A paper's place in the queue counts its decided items too, so a half-reviewed
            -- paper keeps its place and the next session resumes with it.
-           min(abs(confidence - 0.5)) OVER (PARTITION BY paper_id) AS paper_doubt,
+           min(distance) OVER (PARTITION BY paper_id) AS paper_distance,
+           bool_or(disputed) OVER (PARTITION BY paper_id) AS paper_disputed,
            count(DISTINCT (field, label)) OVER (PARTITION BY paper_id) AS paper_items
-    FROM items
-    WHERE confidence >= $drop AND confidence < $accept
+    FROM scored
+    -- A disputed item is queued at or above accept too: a person's verdict there teaches most.
+    WHERE confidence >= $drop AND (confidence < $accept OR disputed)
       AND ($field IS NULL OR field = $field)
       AND ($annotator IS NULL OR annotator = $annotator)
 ),
@@ -120,12 +159,14 @@ SELECT o.paper_id, o.field, o.label, kind, confidence, evidence, note, annotatio
        model
 FROM open_items o
 LEFT JOIN skipped s ON s.paper_id = o.paper_id AND s.field = o.field AND s.label = o.label
--- The most uncertain paper first, with all of its doubtful labels together (one reading of
--- the abstract settles them all); within a paper, field by field, the most uncertain first.
--- Skipped items after all others, the earliest skipped first.
-ORDER BY s.skipped_at NULLS FIRST, paper_doubt, paper_items DESC, o.paper_id,
+-- The paper with the item nearest the boundary first (on a tie, one with a disagreement),
+-- with all of its queued labels together (one reading of the abstract settles them all);
+-- within a paper, field by field, the nearest first, a disputed item before an agreement
+-- as near. Skipped items after all others, the earliest skipped first.
+ORDER BY s.skipped_at NULLS FIRST, paper_distance, paper_disputed DESC, paper_items DESC,
+         o.paper_id,
          CASE o.field WHEN 'technique' THEN 0 WHEN 'modality' THEN 1 ELSE 2 END,
-         abs(confidence - 0.5), o.label
+         distance, disputed DESC, abs(confidence - 0.5), o.label
 """
 
 
@@ -138,7 +179,19 @@ def review_queue(
     annotator: str | None = None,
     limit: int | None = None,
 ) -> list[QueueItem]:
-    """The labels and candidates awaiting review, the most useful decisions first."""
+    """The labels and candidates awaiting review, the most useful decisions first.
+
+    An item is a current label or candidate with ``drop <= confidence < accept`` that no
+    person has decided, or a *disputed* one with ``confidence >= drop`` (at or above
+    ``accept`` too): some of its paper's current annotator keys (annotator, model) assign it
+    as a label and another does not. Each (paper, field, label) is queued once, as its
+    copy nearest 0.5. Order: by distance from the boundary, ``abs(confidence - 0.5)``,
+    less :data:`DISPUTE_BONUS` (floored at 0) when disputed, nearest first and a disputed
+    item first on equal distance; the paper with the nearest item first, its items
+    together, field by field; skipped items last, the earliest skipped first. ``field`` and
+    ``annotator`` choose which items are shown; disagreements are found among all current
+    annotations of the paper.
+    """
     _check_thresholds(accept, drop)
     if field is not None and field not in FIELDS:
         raise ConfigError(f"unknown field {field!r}; use one of: {', '.join(FIELDS)}")

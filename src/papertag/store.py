@@ -395,6 +395,24 @@ def m010_decision_notes(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE review_decisions ADD COLUMN note VARCHAR")
 
 
+@migration
+def m011_models(con: duckdb.DuckDBPyConnection) -> None:
+    # Trained models of the learned annotator: arrays in an npz archive (never pickle), one
+    # row per (name, content hash); the newest row of a name is the one used.
+    con.execute(
+        """
+        CREATE TABLE models (
+            name VARCHAR NOT NULL,
+            version VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            meta JSON,
+            data BLOB NOT NULL,
+            PRIMARY KEY (name, version)
+        )
+        """
+    )
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     if "lock" in msg.lower():

@@ -37,7 +37,10 @@ class Annotator(AnnotatorInfo, Protocol):
     def annotate(self, paper: PaperInput) -> Annotation: ...
 
 
-ANNOTATORS = ("rules", "llm")
+ANNOTATORS = ("learned", "rules", "llm")
+#: The annotator of ``papertag annotate`` and ``eval`` when none is named: a local model
+#: trained on labelled papers, offline and free (it beats ``rules`` on held-out papers).
+DEFAULT_ANNOTATOR = "learned"
 
 #: Requests in flight at once unless --concurrency says otherwise: enough to hide a hosted
 #: API's latency, few enough for a low rate-limit tier (the throttle adapts within it).
@@ -45,9 +48,22 @@ DEFAULT_CONCURRENCY = 8
 
 
 def get_annotator(
-    name: str = "rules", *, taxonomy: Taxonomy | None = None, **options: Any
+    name: str = DEFAULT_ANNOTATOR, *, taxonomy: Taxonomy | None = None, **options: Any
 ) -> Annotator:
-    """Build the annotator called ``name`` (``rules`` is the offline default)."""
+    """Build the annotator called ``name``.
+
+    ``learned`` takes ``model`` (a saved model's name, ``default`` for the shipped one, or
+    a model file's path) and ``store`` (the database whose trained models it may use).
+    """
+    if name == "learned":
+        from .learned.annotator import LearnedAnnotator
+        from .learned.registry import load_model
+
+        unknown = set(options) - {"model", "store"}
+        if unknown:
+            raise ConfigError(f"the learned annotator takes no {', '.join(sorted(unknown))} option")
+        model, model_name, version = load_model(options.get("store"), options.get("model"))
+        return LearnedAnnotator(model, model_name=model_name, version=version, taxonomy=taxonomy)
     if name == "rules":
         from .rules import RulesAnnotator
 
@@ -61,6 +77,7 @@ def get_annotator(
 
 __all__ = [
     "ANNOTATORS",
+    "DEFAULT_ANNOTATOR",
     "DEFAULT_CONCURRENCY",
     "Annotator",
     "AnnotatorInfo",

@@ -1,0 +1,1 @@
+"""The learned annotator: a local model trained on labelled papers (see ``training``)."""

@@ -1,0 +1,161 @@
+"""Labelled papers to train on, from files and from the database.
+
+Three sources, combinable; a paper is identified by its folded title (as ingest does),
+and for each paper and field the strongest source wins: a person's review decisions
+over an annotator's labels over a file's.
+
+- JSONL files in the gold and silver format: ``title``, ``abstract`` and the three fields
+  as lists of label ids (``doubt``, ``source``, ``also_acceptable`` and the like are
+  allowed and ignored).
+- An annotator's current labels in the database (an LLM run: distillation).
+- People's review decisions: for a field a person has decided on, the labels of the
+  ``final_labels`` view (confident model labels not overruled, plus what people accepted,
+  changed or added).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ...errors import InputError, StoreError
+from ...ingest import clean_text, title_key
+from ...schema import MAX_LABELS
+from ...store import Store
+from ...taxonomy import FIELDS, Taxonomy
+from .training import Example
+
+#: A paper a person has decided on counts this many times in the fit: one correction
+#: should move the model more than one of thousands of file labels.
+REVIEW_WEIGHT = 3.0
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def examples_from_file(path: str | Path, taxonomy: Taxonomy) -> list[Example]:
+    """Every labelled paper of a JSONL file; any bad line is an :class:`InputError`
+    naming the file and line, and nothing of the file is used."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(p, f"cannot read training file: {reason}") from None
+    out: list[Example] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(p, f"invalid JSON: {exc.msg}", line=lineno) from None
+        if not isinstance(obj, dict):
+            raise InputError(p, "expected a JSON object", line=lineno)
+        title, abstract = obj.get("title"), obj.get("abstract")
+        if not isinstance(title, str) or not title.strip():
+            raise InputError(p, "needs a non-empty 'title'", line=lineno)
+        if not isinstance(abstract, str) or not abstract.strip():
+            raise InputError(p, "needs a non-empty 'abstract'", line=lineno)
+        labels: dict[str, list[str]] = {}
+        for fname in FIELDS:
+            value = obj.get(fname)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InputError(p, f"'{fname}' must be a list of label ids", line=lineno)
+            if not 1 <= len(value) <= MAX_LABELS:
+                raise InputError(
+                    p, f"'{fname}' has {len(value)} labels; give 1 to {MAX_LABELS}", line=lineno
+                )
+            allowed = taxonomy.ids(fname)
+            for v in value:
+                if v not in allowed:
+                    raise InputError(
+                        p,
+                        f"{fname} label {v!r} is not in the taxonomy; use one of: "
+                        + ", ".join(allowed),
+                        line=lineno,
+                    )
+            labels[fname] = list(dict.fromkeys(value))
+        out.append(Example(clean_text(title), clean_text(abstract), labels, f"file:{p.name}"))
+    if not out:
+        raise InputError(p, "no labelled papers in the file")
+    return out
+
+
+def examples_from_annotator(
+    store: Store, annotator: str, model: str | None = None
+) -> list[Example]:
+    """The current labels of one annotator (and model, if given) as training examples."""
+    rows = store.con.execute(
+        """
+        SELECT p.title, p.abstract, l.field, list(l.label ORDER BY l.rank), l.model
+        FROM labels l JOIN papers p USING (paper_id)
+        WHERE l.current AND l.annotator = $annotator AND ($model IS NULL OR l.model = $model)
+        GROUP BY p.paper_id, p.title, p.abstract, l.field, l.model
+        ORDER BY p.paper_id, l.model, l.field
+        """,
+        {"annotator": annotator, "model": model},
+    ).fetchall()
+    models = sorted({r[4] for r in rows})
+    if len(models) > 1:
+        raise StoreError(
+            f"annotator {annotator!r} has current labels of several models "
+            f"({', '.join(models)}); pick one with --model"
+        )
+    if not rows:
+        which = f"{annotator}/{model}" if model else annotator
+        raise StoreError(f"no current labels of annotator {which!r} in {store.path}")
+    return _group(rows, f"annotator:{annotator}/{models[0]}", 1.0)
+
+
+def examples_from_reviews(store: Store) -> list[Example]:
+    """For each paper and field a person decided on, the labels ``final_labels`` keeps."""
+    rows = store.con.execute(
+        """
+        WITH decided AS (SELECT DISTINCT paper_id, field FROM review_verdicts)
+        SELECT p.title, p.abstract, d.field,
+               list(DISTINCT f.label ORDER BY f.label) FILTER (WHERE f.label IS NOT NULL),
+               'person'
+        FROM decided d
+        JOIN papers p USING (paper_id)
+        LEFT JOIN final_labels f ON f.paper_id = d.paper_id AND f.field = d.field
+        GROUP BY p.paper_id, p.title, p.abstract, d.field
+        ORDER BY p.paper_id, d.field
+        """
+    ).fetchall()
+    # A field whose every label a person rejected, with none added, says what it is not,
+    # not what it is: nothing to learn as a label set.
+    return _group([r for r in rows if r[3]], "reviews", REVIEW_WEIGHT)
+
+
+def _group(
+    rows: Sequence[tuple[str, str, str, list[str], str]], source: str, weight: float
+) -> list[Example]:
+    by_paper: dict[tuple[str, str], Example] = {}
+    for title, abstract, fname, labels, _ in rows:
+        key = (title, abstract)
+        ex = by_paper.get(key)
+        if ex is None:
+            ex = by_paper[key] = Example(title, abstract, {}, source, weight)
+        ex.labels[fname] = list(labels)[:MAX_LABELS]
+    return list(by_paper.values())
+
+
+def merge(groups: Iterable[list[Example]]) -> list[Example]:
+    """One example per paper; for each field, a later group's labels replace an earlier's."""
+    merged: dict[str, Example] = {}
+    for group in groups:
+        for ex in group:
+            key = title_key(ex.title)
+            old = merged.get(key)
+            if old is None:
+                merged[key] = Example(ex.title, ex.abstract, dict(ex.labels), ex.source, ex.weight)
+                continue
+            old.labels.update(ex.labels)
+            old.weight = max(old.weight, ex.weight)
+            if ex.weight > 1.0 or old.source.startswith("file:"):
+                old.source = ex.source
+    return list(merged.values())
