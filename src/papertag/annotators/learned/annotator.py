@@ -18,7 +18,7 @@ from ...errors import AnnotationError, ConfigError
 from ...schema import MAX_EVIDENCE_CHARS, Annotation, paper_text, validate_annotation
 from ...taxonomy import FIELDS, Taxonomy, load_taxonomy
 from .. import PaperInput
-from .features import Featurizer, model_text, rebuild_vectorizer, sentences
+from .features import Featurizer, model_text, rebuild_vectorizer, rule_columns, sentences
 from .model import LearnedModel
 from .training import candidates, choose
 
@@ -54,6 +54,14 @@ class LearnedAnnotator:
                     f"{', '.join(sorted(unknown))}; retrain it with `papertag train`"
                 )
         settings = learned.settings
+        if settings.get("rules_weight"):
+            columns = [f"{f}:{lab}" for f, lab in rule_columns(self.taxonomy)]
+            if learned.meta.get("rule_columns", columns) != columns:
+                raise ConfigError(
+                    f"model {model_name!r} was trained with another taxonomy's labels (taxonomy "
+                    f"{learned.meta.get('taxonomy_version')}, now {self.taxonomy.version}); "
+                    "retrain it with `papertag train`"
+                )
         vectorizer = rebuild_vectorizer(settings, learned.vocabulary, learned.idf)
         self._featurizer = Featurizer(settings, self.taxonomy, vectorizer)
         # Evidence weighs a sentence's words by count x idf, not normalised: a long

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,15 +113,19 @@ class LearnedModel:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str = "model") -> LearnedModel:
+        if not data.startswith(b"PK"):
+            raise ModelError(f"{source}: not a papertag model file (not an npz archive)")
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise ModelError(f"{source}: not a papertag model file ({_first_line(exc)})") from None
         try:
             meta = json.loads(bytes(arrays["meta"]).decode("utf-8"))
         except (KeyError, ValueError) as exc:
             raise ModelError(f"{source}: not a papertag model file (no metadata: {exc})") from None
+        if not isinstance(meta, dict):
+            raise ModelError(f"{source}: not a papertag model file (metadata is not an object)")
         fmt = meta.get("format")
         if not isinstance(fmt, int):
             raise ModelError(f"{source}: not a papertag model file (no format number)")

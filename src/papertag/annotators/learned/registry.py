@@ -40,7 +40,7 @@ class ModelInfo:
 
 def save_model(store: Store, model: LearnedModel, name: str) -> str:
     """Store ``model`` under ``name``; returns its version (content hash). Saving the same
-    bytes again changes nothing."""
+    bytes again stores nothing new but makes that version the newest."""
     if not name or name != name.strip() or "/" in name or name.endswith(".npz"):
         raise ModelError(
             f"model name {name!r}: use a plain name such as 'local' (no '/', no '.npz')"
@@ -53,7 +53,13 @@ def save_model(store: Store, model: LearnedModel, name: str) -> str:
         exists = con.execute(
             "SELECT count(*) FROM models WHERE name = ? AND version = ?", [name, version]
         ).fetchone()
-        if not (exists and exists[0]):
+        if exists and exists[0]:
+            # The same model trained again (say, after an undo) is the newest again.
+            con.execute(
+                "UPDATE models SET created_at = ? WHERE name = ? AND version = ?",
+                [_now(), name, version],
+            )
+        else:
             con.execute(
                 "INSERT INTO models (name, version, created_at, meta, data) VALUES (?, ?, ?, ?, ?)",
                 [name, version, _now(), json.dumps(model.meta, sort_keys=True), data],

@@ -23,7 +23,7 @@ import numpy as np
 from ...errors import ConfigError
 from ...schema import DROP_THRESHOLD, MAX_LABELS
 from ...taxonomy import FIELDS, Taxonomy
-from .features import DEFAULT_SETTINGS, Featurizer, dense_features
+from .features import DEFAULT_SETTINGS, Featurizer, dense_features, rule_columns
 from .model import FieldModel, LearnedModel
 
 MAX_CANDIDATES_PER_FIELD = 2
@@ -288,6 +288,8 @@ def fit(
     sources = dict(sorted(Counter(ex.source for ex in examples).items()))
     meta: dict[str, Any] = {
         "taxonomy_version": taxonomy.version,
+        # The rules block has one column per (field, label) of this taxonomy, in this order.
+        "rule_columns": [f"{f}:{lab}" for f, lab in rule_columns(taxonomy)],
         "data_hash": data_hash(examples),
         "settings_hash": settings_hash(cfg),
         "examples": len(examples),
