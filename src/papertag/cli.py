@@ -651,6 +651,11 @@ def train(
             f"{rep.thresholds[fname]:.3f}",
         )
     out.print(t)
+    for source, figures in rep.by_source.items():
+        out.print(
+            f"  {escape(source)} ({int(figures['papers']):,} papers): "
+            + ", ".join(f"{f} {figures[f]:.3f}" for f in FIELDS)
+        )
     out.print(
         f"ECE (10 bins, labels and candidates): {rep.ece:.3f}; auto-accepted labels "
         f"(confidence ≥ {ACCEPT_THRESHOLD}) {rep.auto_precision:.1%} right; "

@@ -79,7 +79,13 @@ def examples_from_file(path: str | Path, taxonomy: Taxonomy) -> list[Example]:
                         line=lineno,
                     )
             labels[fname] = list(dict.fromkeys(value))
-        out.append(Example(clean_text(title), clean_text(abstract), labels, f"file:{p.name}"))
+        row_source = obj.get("source")
+        origin = f"{p.name}:{row_source}" if isinstance(row_source, str) else p.name
+        out.append(
+            Example(
+                clean_text(title), clean_text(abstract), labels, f"file:{p.name}", origin=origin
+            )
+        )
     if not out:
         raise InputError(p, "no labelled papers in the file")
     return out
@@ -152,10 +158,12 @@ def merge(groups: Iterable[list[Example]]) -> list[Example]:
             key = title_key(ex.title)
             old = merged.get(key)
             if old is None:
-                merged[key] = Example(ex.title, ex.abstract, dict(ex.labels), ex.source, ex.weight)
+                merged[key] = Example(
+                    ex.title, ex.abstract, dict(ex.labels), ex.source, ex.weight, ex.origin
+                )
                 continue
             old.labels.update(ex.labels)
             old.weight = max(old.weight, ex.weight)
             if ex.weight > 1.0 or old.source.startswith("file:"):
-                old.source = ex.source
+                old.source, old.origin = ex.source, ex.origin
     return list(merged.values())

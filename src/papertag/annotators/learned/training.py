@@ -40,6 +40,9 @@ class Example:
     labels: dict[str, list[str]]
     source: str
     weight: float = 1.0
+    #: Finer than ``source`` where a file says where its row came from (silver's ``source``):
+    #: what the cross-validated figures are broken down by.
+    origin: str = ""
 
 
 @dataclass
@@ -55,6 +58,8 @@ class TrainReport:
     auto_precision: float
     review_yield: float
     thresholds: dict[str, float]
+    #: Cross-validated micro-F1 per field of each source's papers (when there are several).
+    by_source: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
     version: str = ""
     name: str = ""
@@ -74,6 +79,7 @@ class TrainReport:
             "auto_precision": self.auto_precision,
             "review_yield": self.review_yield,
             "thresholds": self.thresholds,
+            "by_source": self.by_source,
             "seconds": self.seconds,
         }
 
@@ -297,6 +303,7 @@ def fit(
         "dropped_labels": [list(d) for d in plan.dropped],
         "cv": figures["fields"],
         "cv_ece": figures["ece"],
+        "cv_by_source": figures["by_source"],
     }
     # Through bytes and back, so the model returned is exactly the one a file holds.
     model = LearnedModel.from_bytes(
@@ -312,6 +319,7 @@ def fit(
         auto_precision=figures["auto_precision"],
         review_yield=figures["review_yield"],
         thresholds=thresholds,
+        by_source=figures["by_source"],
         seconds=time.perf_counter() - started,
     )
     return model, report
@@ -328,7 +336,13 @@ def _cv_figures(
 
     complete = [i for i, ex in enumerate(examples) if all(f in ex.labels for f in FIELDS)]
     if not complete:
-        return {"fields": {}, "ece": 0.0, "auto_precision": 0.0, "review_yield": 0.0}
+        return {
+            "fields": {},
+            "ece": 0.0,
+            "auto_precision": 0.0,
+            "review_yield": 0.0,
+            "by_source": {},
+        }
     probs = {f: fields[f].probabilities(oof[f]) for f in FIELDS}
     gold: list[GoldPaper] = []
     predictions: list[list[Item]] = []
@@ -354,6 +368,16 @@ def _cv_figures(
             ]
         predictions.append(items)
     result = score(gold, predictions)
+    # Per source too: papers of a niche (the digests) and of the wider stream score apart.
+    by_source: dict[str, dict[str, float]] = {}
+    origin = [examples[i].origin or examples[i].source for i in complete]
+    for source in sorted(set(origin)):
+        picked = [k for k, o in enumerate(origin) if o == source]
+        if len(picked) < 2 or len(picked) == len(complete):
+            continue
+        part = score([gold[k] for k in picked], [predictions[k] for k in picked])
+        by_source[source] = {f: s.micro_f1 for f, s in part.fields.items()}
+        by_source[source]["papers"] = len(picked)
     return {
         "fields": {
             f: {
@@ -367,4 +391,5 @@ def _cv_figures(
         "ece": result.ece,
         "auto_precision": result.auto_precision,
         "review_yield": result.review_yield,
+        "by_source": by_source,
     }
