@@ -54,6 +54,8 @@ bench: venv
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/annotate.py
 	$(BIN)/python bench/llm.py
+	$(BIN)/python bench/learned.py
+	$(BIN)/python bench/review_loop.py
 
 # Regenerate the README's screenshot of the report (needs Debian's chromium).
 screenshot: demo

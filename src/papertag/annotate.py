@@ -158,12 +158,15 @@ def pending_papers(
     retry_failed: bool = False,
     limit: int | None = None,
     paper_ids: Sequence[str] | None = None,
+    texts: bool = True,
 ) -> tuple[list[_Pending], int]:
     """Papers to annotate, and how many were skipped because their key is already settled.
 
     A key is settled by an annotation, or by a failure that asking again would only
     repeat (an answer that failed validation, a refusal, a cut-off answer): those are
-    retried only with ``retry_failed``. Transport failures are always retried.
+    retried only with ``retry_failed``. Transport failures are always retried. Without
+    ``texts``, titles and abstracts are left empty for :func:`load_texts` to fill a batch
+    at a time, so a run's memory does not grow with the papers it has to do.
     """
     where = ["TRUE"]
     params: list[Any] = []
@@ -195,13 +198,26 @@ def pending_papers(
                 f"NOT EXISTS (SELECT 1 FROM annotation_failures WHERE {key} AND NOT retryable)"
             )
             filter_params += key_params
+    text_cols = "p.title, p.abstract" if texts else "'', ''"
     sql = (
-        f"SELECT p.paper_id, p.title, p.abstract, p.content_hash FROM ({eligible_sql}) p "
+        f"SELECT p.paper_id, {text_cols}, p.content_hash FROM ({eligible_sql}) p "
         f"WHERE {' AND '.join(filters)} ORDER BY p.first_seen, p.paper_id"
     )
     rows = store.con.execute(sql, params + filter_params).fetchall()
     skipped = eligible - len(rows)
     return [_Pending(*r) for r in rows], skipped
+
+
+def load_texts(store: Store, papers: Sequence[_Pending]) -> list[_Pending]:
+    """The papers with their title and abstract, read from the database."""
+    rows = store.con.execute(
+        "SELECT paper_id, title, abstract FROM papers WHERE paper_id IN "
+        "(SELECT unnest(?::VARCHAR[]))",
+        [[p.paper_id for p in papers]],
+    ).fetchall()
+    text = {pid: (title, abstract) for pid, title, abstract in rows}
+    # A paper deleted meanwhile keeps empty text, and fails as a paper without text would.
+    return [_Pending(p.paper_id, *text.get(p.paper_id, ("", "")), p.content_hash) for p in papers]
 
 
 class _Writer:
@@ -627,6 +643,13 @@ class _Run:
         self.writer = _Writer(store, ann, self.run_id)
         self.budget = _Budget(ann, max_cost)
         self.ctrl_c = _CtrlC()
+        # An annotator that labels many papers at once runs in batches, reading each batch's
+        # texts only when it comes up.
+        self._batches = (
+            remote is None
+            and hasattr(ann, "annotate_many")
+            and int(getattr(ann, "concurrency", 1)) <= 1
+        )
         # Only annotators that call a server keep a journal (rules results cost nothing to redo).
         self.journal: Journal | None = None
         calls_server = remote is not None or hasattr(ann, "call_sink")
@@ -662,7 +685,13 @@ class _Run:
                 ],
             )
             todo, report.skipped = pending_papers(
-                store, ann, force=force, retry_failed=retry_failed, limit=limit, paper_ids=paper_ids
+                store,
+                ann,
+                force=force,
+                retry_failed=retry_failed,
+                limit=limit,
+                paper_ids=paper_ids,
+                texts=not self._batches,
             )
             report.total = len(todo)
             transport = getattr(ann, "transport", None)
@@ -724,7 +753,7 @@ class _Run:
 
     # -- the two ways of running ----------------------------------------------------------
     def _inline(self, todo: list[_Pending]) -> None:
-        if hasattr(self.ann, "annotate_many"):
+        if self._batches:
             self._batched(todo)
             return
         for paper in todo:
@@ -748,7 +777,7 @@ class _Run:
         products): a batch at a time, each result settled and written as one paper's."""
         many = self.ann.annotate_many  # type: ignore[attr-defined]
         for start in range(0, len(todo), BATCH_PAPERS):
-            batch = todo[start : start + BATCH_PAPERS]
+            batch = load_texts(self.store, todo[start : start + BATCH_PAPERS])
             began = datetime.now(UTC).replace(tzinfo=None)
             t0 = time.perf_counter()
             try:
