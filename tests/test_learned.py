@@ -289,6 +289,7 @@ def test_a_label_with_too_few_examples_is_left_out(
 
 
 def test_cli_warns_of_each_label_left_out(data: Data, tmp_path: Path, db_path: Path) -> None:
+    Store(db_path).close()
     path = write_jsonl(tmp_path / "rare.jsonl", _with_rare_label(data.rows_a, 3))
     result = ok(cli("train", "--from", path, "--folds", "2"))
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
@@ -314,8 +315,13 @@ def test_a_field_with_fewer_than_two_learnable_labels_is_refused(
     assert "text 44" in message and "image 4" in message
     assert not (tmp_path / "m.npz").exists()
     line = one_error_line(cli("train", "--from", path, "--folds", "2"))
-    assert "learn modality" in line
+    assert "no such database" in line  # said before a minute of training
     assert not db_path.exists()
+    Store(db_path).close()
+    before = state(db_path)
+    line = one_error_line(cli("train", "--from", path, "--folds", "2"))
+    assert "learn modality" in line
+    assert state(db_path) == before
 
 
 def test_no_labelled_papers_at_all_is_an_error(learned_db: Path, tmp_path: Path) -> None:
@@ -339,7 +345,7 @@ def test_no_labelled_papers_at_all_is_an_error(learned_db: Path, tmp_path: Path)
     # No database at all: none is created.
     fresh = tmp_path / "fresh.duckdb"
     line = one_error_line(cli("--db", fresh, "train", "--folds", "2"))
-    assert "no labelled papers to train on" in line
+    assert "no such database" in line
     assert not fresh.exists()
 
 
@@ -769,6 +775,7 @@ def test_retraining_after_an_undo_puts_the_first_model_back_in_use(
 def test_train_json_reports_figures_sources_and_examples(
     data: Data, base: Base, db_path: Path
 ) -> None:
+    Store(db_path).close()
     result = ok(cli("train", "--from", data.train_a, "--folds", "2", "--name", "mine", "--json"))
     report = json.loads(result.stdout)
     assert report["name"] == "mine" and report["version"] == base.version_a
@@ -796,7 +803,7 @@ def test_train_out_refuses_to_overwrite_without_force(
     out = tmp_path / "model.npz"
     out.write_bytes(b"precious")
     line = one_error_line(cli("train", "--from", data.train_a, "--folds", "2", "--out", out))
-    assert f"{out}: exists; use --force to replace it" in line
+    assert f"{out}: already exists; pass --force to replace it" in line
     assert out.read_bytes() == b"precious"
     ok(cli("train", "--from", data.train_a, "--folds", "2", "--out", out, "--force"))
     assert out.read_bytes() == model_a
@@ -853,7 +860,7 @@ def test_train_from_an_annotator_distills_its_labels(
     assert result.exit_code == 2 and "--model needs --from-annotator" in result.stderr
     fresh = tmp_path / "fresh.duckdb"
     line = one_error_line(cli("--db", fresh, "train", "--from-annotator", "rules"))
-    assert "--from-annotator needs a database" in line
+    assert "no such database" in line
     assert not fresh.exists()
 
 

@@ -52,7 +52,7 @@ from .review import (
 )
 from .review import conflicts as review_conflicts_
 from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
-from .store import DB_ENV, DEFAULT_DB, Store
+from .store import DB_ENV, DEFAULT_DB, Store, default_db_path
 from .taxonomy import FIELDS
 
 app = typer.Typer(
@@ -120,8 +120,15 @@ def main_callback(
     state.db = db
 
 
-def _store(read_only: bool = False) -> Store:
-    return _run(lambda: Store(state.db, read_only=read_only))
+def _store(read_only: bool = False, *, create: bool = False) -> Store:
+    """The database of --db; only a command that adds papers (``create``) may make it, so a
+    mistyped path is an error instead of an empty database and a report of nothing done."""
+    path = state.db if state.db is not None else default_db_path()
+    if not create and not path.exists():
+        raise _fail(
+            f"{path}: no such database; run `papertag ingest` first, or check --db / ${DB_ENV}"
+        )
+    return _run(lambda: Store(path, read_only=read_only))
 
 
 @contextmanager
@@ -161,7 +168,7 @@ def ingest(
     Each file lands in its own transaction: a bad file adds nothing and is
     reported on one line, the others still land, and the exit code is 1.
     """
-    store = _store()
+    store = _store(create=True)
     reports: list[FileReport] = []
     with store, _progress("ingest", len(files)) as (progress, task):
         for path in files:
@@ -610,7 +617,7 @@ def train(
 
     if model is not None and from_annotator is None:
         raise _fail("--model needs --from-annotator", 2)
-    db = state.db if state.db is not None else Path(DEFAULT_DB)
+    db = state.db if state.db is not None else default_db_path()
     with _progress("train", None) as (progress, task):
         result = _run(
             lambda: run_train(
@@ -670,7 +677,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     first; the newest is the default of `annotate --annotator learned`) and the shipped one."""
     from .annotators.learned.registry import list_models
 
-    db = state.db if state.db is not None else Path(DEFAULT_DB)
+    db = state.db if state.db is not None else default_db_path()
     if db.exists():
         with _store(read_only=True) as store:
             infos = _run(lambda: list_models(store))
@@ -1045,8 +1052,16 @@ def review_export(
     field: FieldOpt = None,
     annotator: AnnotatorOpt = None,
     limit: LimitOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace the sheet if it exists (decisions typed in are lost)."
+        ),
+    ] = False,
 ) -> None:
     """Write the review queue to a spreadsheet, one row per queued label, for review elsewhere.
+
+    An existing file is never replaced without --force: it may hold decisions typed in.
 
     Fill in the `decision` column (accept, reject, change, add, skip; blank = not decided)
     and `new_label` for change and add; add a row (paper_id, field, decision add, new_label)
@@ -1063,6 +1078,7 @@ def review_export(
                 field=field.value if field else None,
                 annotator=annotator,
                 limit=limit,
+                overwrite=force,
             )
         )
     out.print(f"wrote {n} rows to {to}")
@@ -1081,14 +1097,17 @@ def review_import(
     """Apply the decisions of a filled review sheet (.xlsx or .csv).
 
     Every row is checked first: an unknown id or decision word, a label that changed since
-    the export (re-annotated or decided meanwhile), or a label decided in two rows makes
-    the whole import fail with each bad row's number and reason, and nothing is applied.
+    the export (re-annotated or decided otherwise meanwhile), or a label decided in two rows
+    makes the whole import fail with each bad row's number and reason, and nothing is
+    applied. Rows already applied by an earlier import of the same sheet are counted and
+    left alone, so a sheet can be imported, filled further and imported again.
     """
     store = _store()
     with store:
         report = _run(lambda: import_sheet(store, file, reviewer=reviewer))
     made = ", ".join(f"{n} {a}" for a, n in sorted(report.applied.items())) or "no decisions"
-    out.print(f"applied {made} from {file}; {report.skipped} rows left blank or skipped")
+    already = f", {report.already} already applied before" if report.already else ""
+    out.print(f"applied {made} from {file}; {report.skipped} rows left blank or skipped{already}")
 
 
 @review_cli.command("undo")

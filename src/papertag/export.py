@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ._lazy import lazy_import
 from .errors import ConfigError, QueryError
+from .files import check_out_path, temp_beside
 from .store import Store
 
 if TYPE_CHECKING:
@@ -137,21 +138,6 @@ def export_sql(*, final: bool = False, long: bool = False) -> str:
     if long:
         return LONG_FINAL_SQL if final else LONG_SQL
     return WIDE_FINAL_SQL if final else WIDE_SQL
-
-
-def check_out_path(path: Path, *, overwrite: bool) -> None:
-    """Refuse an output path that cannot be written, or exists and may not be replaced."""
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{path}: directory {path.parent} does not exist")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{path}: already exists; pass --force to replace it")
-
-
-def temp_beside(path: Path) -> Path:
-    """Where to write before moving into place: same directory, so the move is atomic."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def _sql_string(value: str) -> str:

@@ -24,7 +24,7 @@ from plotly.subplots import make_subplots
 from .annotators import DEFAULT_ANNOTATOR
 from .errors import ConfigError
 from .evaluate import EvalResult, evaluate
-from .export import check_out_path, temp_beside
+from .files import check_out_path, temp_beside
 from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from .store import Store
 from .taxonomy import FIELDS

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import BadRow, ConfigError, InputError, ReviewError, ReviewImportError
+from .files import check_out_path, temp_beside
 from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from .store import Store
 from .taxonomy import FIELDS, Taxonomy, load_taxonomy
@@ -629,8 +630,13 @@ def export_sheet(
     field: str | None = None,
     annotator: str | None = None,
     limit: int | None = None,
+    overwrite: bool = False,
 ) -> int:
     """Write the review queue to ``path`` (.xlsx or .csv), one row per item; returns the count.
+
+    An existing file (perhaps a sheet with decisions typed in) is replaced only with
+    ``overwrite``; the sheet is written beside it and moved into place, so a failed export
+    leaves whatever was there.
 
     Fill in ``decision`` (accept, reject, change, add, skip) and, for change and add,
     ``new_label``; a row may be added per missing label (paper_id, field, decision ``add``,
@@ -639,6 +645,7 @@ def export_sheet(
     """
     out = Path(path)
     fmt = _sheet_format(out)
+    check_out_path(out, overwrite=overwrite)
     taxonomy = load_taxonomy()
     items = review_queue(
         store, accept=accept, drop=drop, field=field, annotator=annotator, limit=limit
@@ -667,16 +674,20 @@ def export_sheet(
                 ctx.abstract,
             ]
         )
+    tmp = temp_beside(out)
     try:
         if fmt == "csv":
-            with out.open("w", encoding="utf-8", newline="") as fh:
+            with tmp.open("w", encoding="utf-8", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(SHEET_COLUMNS)
                 writer.writerows(rows)
         else:
-            _write_xlsx(out, rows, taxonomy)
+            _write_xlsx(tmp, rows, taxonomy)
+        os.replace(tmp, out)
     except OSError as exc:
         raise ConfigError(f"{out}: cannot write: {exc.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return len(rows)
 
 
@@ -798,6 +809,8 @@ class ImportReport:
     path: str
     applied: dict[str, int] = field(default_factory=dict)
     skipped: int = 0  # rows left blank or marked skip
+    #: rows whose decision is already recorded, as it stands (an earlier import of the sheet)
+    already: int = 0
 
     @property
     def total(self) -> int:
@@ -873,6 +886,23 @@ def _plan_row(
         keys = [(paper_id, field_name, label)]
         if word == "change":
             keys.append((paper_id, field_name, new_label))
+    values = _decision_values(
+        paper_id,
+        field_name,
+        label,
+        word,
+        new_label or None,
+        reviewer,
+        annotation_id or None,
+        confidence,
+        "spreadsheet",
+        now,
+        note,
+    )
+    if _already_applied(store, values, keys):
+        for key in keys:
+            touched.setdefault(key, number)
+        return _ALREADY, []
     for key in keys:
         if key in touched:
             problems.append(
@@ -893,20 +923,36 @@ def _plan_row(
             )
     if problems:
         return None, problems
-    values = _decision_values(
-        paper_id,
-        field_name,
-        label,
-        word,
-        new_label or None,
-        reviewer,
-        annotation_id or None,
-        confidence,
-        "spreadsheet",
-        now,
-        note,
-    )
     return _Planned(number, values), []
+
+
+#: What _plan_row returns for a row whose decision is already recorded as it stands.
+_ALREADY = _Planned(0, ())
+
+
+def _already_applied(
+    store: Store, values: tuple[Any, ...], keys: list[tuple[str, str, str]]
+) -> bool:
+    """Whether the decision ``values`` describes is the standing verdict on each of ``keys``
+    (the same action and new value, not undone and not decided otherwise since)."""
+    paper_id, field_name, label, action, _, new_value = values[:6]
+    row = store.con.execute(
+        "SELECT max(d.decision_id) FROM review_decisions d WHERE d.paper_id = ? AND d.field = ? "
+        "AND d.label = ? AND d.action = ? AND d.new_value IS NOT DISTINCT FROM ? AND d.decision_id "
+        "NOT IN (SELECT reverts FROM review_decisions WHERE action = 'undo' AND reverts IS NOT NULL)",
+        [paper_id, field_name, label, action, new_value],
+    ).fetchone()
+    decision = row[0] if row else None
+    if decision is None:
+        return False
+    for key in keys:
+        standing = store.con.execute(
+            "SELECT decision_id FROM review_verdicts WHERE paper_id = ? AND field = ? AND label = ?",
+            list(key),
+        ).fetchone()
+        if standing is None or standing[0] != decision:
+            return False
+    return True
 
 
 def import_sheet(store: Store, path: str | Path, *, reviewer: str | None = None) -> ImportReport:
@@ -914,7 +960,9 @@ def import_sheet(store: Store, path: str | Path, *, reviewer: str | None = None)
 
     Raises :class:`~papertag.errors.ReviewImportError` listing each bad row (its number in
     the spreadsheet, header = row 1) and why: an unknown id or decision word, a label that
-    changed since the export (re-annotated or decided meanwhile), a label decided in two rows.
+    changed since the export (re-annotated or decided otherwise meanwhile), a label decided
+    in two rows. A row whose decision is already recorded as it stands (the sheet imported
+    before, then filled further) is counted as already applied, not applied twice.
     """
     src = Path(path)
     rows = read_sheet(src)
@@ -928,7 +976,9 @@ def import_sheet(store: Store, path: str | Path, *, reviewer: str | None = None)
     for number, cells in rows:
         plan, problems = _plan_row(store, taxonomy, number, cells, who, now, touched)
         bad.extend(BadRow(number, p) for p in problems)
-        if plan is not None:
+        if plan is _ALREADY:
+            report.already += 1
+        elif plan is not None:
             planned.append(plan)
         elif not problems:
             report.skipped += 1

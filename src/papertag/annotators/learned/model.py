@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError
+from ...files import temp_beside
 from ...taxonomy import FIELDS
 
 #: Files written by this papertag carry this format; a newer one is refused on load.
@@ -168,7 +169,7 @@ class LearnedModel:
         data = self.to_bytes()
         target = Path(path)
         # Written beside, then renamed: a crash never leaves half a model under the name.
-        tmp = target.with_name(f".{target.name}.tmp")
+        tmp = temp_beside(target)
         try:
             tmp.write_bytes(data)
             os.replace(tmp, target)

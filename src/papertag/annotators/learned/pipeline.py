@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConfigError
+from ...errors import ConfigError, StoreError
+from ...files import check_out_path
 from ...store import Store
 from ...taxonomy import Taxonomy, load_taxonomy
-from .model import LearnedModel, ModelError
+from .model import LearnedModel
 from .registry import save_model
 from .sources import (
     examples_from_annotator,
@@ -97,12 +98,18 @@ def train(
     """
     tax = taxonomy or load_taxonomy()
     out_path = Path(out) if out is not None else None
-    if out_path is not None and out_path.exists() and not overwrite:
-        raise ModelError(f"{out_path}: exists; use --force to replace it")
+    if out_path is not None:
+        check_out_path(out_path, overwrite=overwrite)
     if out_path is None and db is None:
         raise ConfigError("give a database to save the model in, or --out FILE")
     # Files first: a bad line is reported before the database is opened (or created).
     file_groups = [examples_from_file(f, tax) for f in files]
+    if out_path is None and not isinstance(db, Store) and db is not None and not Path(db).exists():
+        # Said before the fit's minute, not after.
+        raise StoreError(
+            f"{db}: no such database to save the model in; run `papertag ingest` first, or "
+            "write the model to a file with --out FILE"
+        )
     store: Store | None = None
     if isinstance(db, Store):
         store = db
@@ -119,10 +126,7 @@ def train(
             saved_to = str(out_path)
             report.name = out_path.stem
         else:
-            if store is None:
-                # Created only now, with a model to keep in it.
-                assert db is not None and not isinstance(db, Store)
-                store = Store(db)
+            assert store is not None  # checked above
             version = save_model(store, model, name)
             saved_to = f"{store.path} (model {name!r})"
             report.name = name

@@ -118,18 +118,41 @@ def examples_from_annotator(
 
 
 def examples_from_reviews(store: Store) -> list[Example]:
-    """For each paper and field a person decided on, the labels ``final_labels`` keeps."""
+    """For each paper and field a person decided on: the labels of the annotation the
+    person was shown, with every verdict applied (rejected labels out; accepted, changed-to
+    and added labels in).
+
+    The annotation's labels the person left alone count as it assigned them: a reviewer
+    reads the paper's doubtful labels together, and passes over the ones that need no
+    decision. (``final_labels`` would keep only those at or above the accept threshold,
+    and so teach the model that its right but unsure labels were wrong.)
+    """
     rows = store.con.execute(
         """
-        WITH decided AS (SELECT DISTINCT paper_id, field FROM review_verdicts)
-        SELECT p.title, p.abstract, d.field,
-               list(DISTINCT f.label ORDER BY f.label) FILTER (WHERE f.label IS NOT NULL),
+        WITH shown AS (
+            SELECT paper_id, field, arg_max(annotation_id, decision_id) AS annotation_id
+            FROM review_verdicts GROUP BY paper_id, field
+        ),
+        kept AS (
+            SELECT s.paper_id, s.field, l.label
+            FROM shown s
+            JOIN annotation_labels l
+              ON l.annotation_id = s.annotation_id AND l.field = s.field AND l.kind = 'label'
+            WHERE NOT EXISTS (
+                SELECT 1 FROM review_verdicts v
+                WHERE v.paper_id = s.paper_id AND v.field = s.field AND v.label = l.label
+                  AND NOT v.included)
+            UNION
+            SELECT paper_id, field, label FROM review_verdicts WHERE included
+        )
+        SELECT p.title, p.abstract, s.field,
+               list(DISTINCT k.label ORDER BY k.label) FILTER (WHERE k.label IS NOT NULL),
                'person'
-        FROM decided d
+        FROM shown s
         JOIN papers p USING (paper_id)
-        LEFT JOIN final_labels f ON f.paper_id = d.paper_id AND f.field = d.field
-        GROUP BY p.paper_id, p.title, p.abstract, d.field
-        ORDER BY p.paper_id, d.field
+        LEFT JOIN kept k ON k.paper_id = s.paper_id AND k.field = s.field
+        GROUP BY p.paper_id, p.title, p.abstract, s.field
+        ORDER BY p.paper_id, s.field
         """
     ).fetchall()
     # A field whose every label a person rejected, with none added, says what it is not,
