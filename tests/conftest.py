@@ -26,6 +26,7 @@ FINAL_LABELS_COLUMNS = [
     ("annotator", "VARCHAR"),
     ("model", "VARCHAR"),
     ("annotation_id", "VARCHAR"),
+    ("note", "VARCHAR"),
 ]
 
 

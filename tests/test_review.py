@@ -787,3 +787,33 @@ def test_a_mistyped_db_is_refused_not_created(tmp_path: Path, args: list[str]) -
     assert len(lines) == 1 and f"{typo}: no such database" in lines[0]
     assert not typo.exists()
     assert not (tmp_path / "sheet.csv").exists()
+
+
+def test_a_persons_note_on_other_reaches_final_labels_and_the_final_export(
+    review_db: Path, tmp_path: Path
+) -> None:
+    with Store(review_db) as s:
+        item = next(i for i in review_queue(s, field="technique") if i.label != "other")
+        record_decision(
+            s, item.paper_id, "technique", item.label, "change", new_label="other",
+            note="spiking neural network hardware", reviewer="alice",
+        )  # fmt: skip
+        rows = s.con.execute(
+            "SELECT label, decided_by, note FROM final_labels WHERE paper_id = ? AND field = ?",
+            [item.paper_id, "technique"],
+        ).fetchall()
+    assert ("other", "person", "spiking neural network hardware") in rows
+    runner = CliRunner()
+    long_out = tmp_path / "final.csv"
+    result = runner.invoke(app, ["export", "--final", "--long", "--out", str(long_out)])
+    assert result.exit_code == 0, result.stderr
+    exported = [r for r in read_rows(long_out) if r["paper_id"] == item.paper_id]
+    assert {"label": "other", "note": "spiking neural network hardware"}.items() <= next(
+        r for r in exported if r["label"] == "other"
+    ).items()
+    wide_out = tmp_path / "final.jsonl"
+    result = runner.invoke(app, ["export", "--final", "--out", str(wide_out)])
+    assert result.exit_code == 0, result.stderr
+    wide = [json.loads(line) for line in wide_out.read_text().splitlines()]
+    paper = next(r for r in wide if r["paper_id"] == item.paper_id)
+    assert "technique other: spiking neural network hardware" in paper["notes"]

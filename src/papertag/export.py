@@ -57,7 +57,9 @@ SELECT p.paper_id, p.arxiv_id, p.title, p.abstract, p.url, p.published_at,
            AS modality,
        list_sort(list_distinct(coalesce(list(f.label) FILTER (WHERE f.field = 'target_metric'), [])))
            AS target_metric,
-       coalesce(bool_or(f.decided_by = 'person'), false) AS reviewed
+       coalesce(bool_or(f.decided_by = 'person'), false) AS reviewed,
+       list_sort(coalesce(list(f.field || ' ' || f.label || ': ' || f.note)
+                          FILTER (WHERE f.note IS NOT NULL), [])) AS notes
 FROM papers p
 LEFT JOIN final_labels f USING (paper_id)
 WHERE p.paper_id IN (SELECT paper_id FROM annotation_status WHERE current)
@@ -75,7 +77,7 @@ ORDER BY l.paper_id, l.annotator, l.model, l.field, l.rank
 
 LONG_FINAL_SQL = """
 SELECT f.paper_id, p.arxiv_id, p.title, f.field, f.label, f.confidence, f.evidence,
-       f.decided_by, f.reviewer, f.decided_at, f.annotator, f.model, f.annotation_id
+       f.decided_by, f.reviewer, f.decided_at, f.annotator, f.model, f.annotation_id, f.note
 FROM final_labels f JOIN papers p USING (paper_id)
 ORDER BY f.paper_id, f.field, f.label, f.annotator, f.model
 """

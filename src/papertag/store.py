@@ -413,6 +413,44 @@ def m011_models(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m012_final_labels_note(con: duckdb.DuckDBPyConnection) -> None:
+    # final_labels gains `note` (last, so the stable columns keep their places): what an
+    # `other` label is, in the person's words when a person set it, else the model's.
+    con.execute(
+        """
+        CREATE OR REPLACE VIEW final_labels AS
+        WITH model_rows AS (
+            SELECT l.paper_id, l.field, l.label, l.confidence, l.evidence,
+                   CAST('model' AS VARCHAR) AS decided_by, CAST(NULL AS VARCHAR) AS reviewer,
+                   CAST(l.created_at AS TIMESTAMP) AS decided_at,
+                   l.annotator, l.model, l.annotation_id, l.note
+            FROM labels l
+            WHERE l.current AND l.confidence >= 0.8
+              AND NOT EXISTS (
+                  SELECT 1 FROM review_verdicts v
+                  WHERE v.paper_id = l.paper_id AND v.field = l.field AND v.label = l.label)
+        ),
+        person_rows AS (
+            SELECT v.paper_id, v.field, v.label, m.confidence, m.evidence,
+                   CAST('person' AS VARCHAR) AS decided_by, v.reviewer,
+                   CAST(v.decided_at AS TIMESTAMP) AS decided_at,
+                   s.annotator, s.model, s.annotation_id,
+                   coalesce(d.note, m.note) AS note
+            FROM review_verdicts v
+            JOIN review_decisions d USING (decision_id)
+            LEFT JOIN annotation_status s ON s.paper_id = v.paper_id AND s.current
+            LEFT JOIN annotation_labels m
+                   ON m.annotation_id = s.annotation_id AND m.field = v.field AND m.label = v.label
+            WHERE v.included
+        )
+        SELECT * FROM model_rows
+        UNION ALL
+        SELECT * FROM person_rows
+        """
+    )
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     if "lock" in msg.lower():
