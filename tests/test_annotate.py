@@ -20,7 +20,7 @@ from papertag.schema import Annotation, validate_annotation
 from papertag.store import Store
 from papertag.taxonomy import Taxonomy, load_taxonomy, prompts_dir
 
-from .conftest import DIGESTS, SHARED
+from .conftest import DIGESTS, SHARED, snapshot
 
 ABSTRACT = (
     "We propose a 4-bit post-training quantization method for large language models that "
@@ -175,7 +175,9 @@ def test_unknown_annotator_is_a_config_error() -> None:
         get_annotator("gpt")
 
 
-def test_eval_ingests_and_annotates_missing_gold_papers(tmp_path: Path, db_path: Path) -> None:
+def test_eval_only_reads_the_database(tmp_path: Path, db_path: Path) -> None:
+    """Scoring never changes the user's data: a gold paper the database lacks is counted and
+    left out, or with annotate_missing labelled in a scratch database."""
     gold = write_jsonl(
         tmp_path / "gold.jsonl",
         [
@@ -189,13 +191,30 @@ def test_eval_ingests_and_annotates_missing_gold_papers(tmp_path: Path, db_path:
             },  # type: ignore[dict-item]
         ],
     )
-    result = evaluate(db_path, gold)
-    assert (result.ingested, result.annotated, result.n_papers) == (1, 1, 1)
+    assert ingest([DIGESTS[0]], db_path).ok
+    assert annotate(db_path, "rules", limit=3).done == 3
+    before = snapshot(db_path)
+    result = evaluate(db_path, gold, annotator="rules")
+    assert (result.missing, result.annotated, result.n_papers) == (1, 0, 0)
+    result = evaluate(db_path, gold, annotator="rules", annotate_missing=True)
+    assert (result.missing, result.annotated, result.n_papers) == (0, 1, 1)
     assert result.fields["technique"].tp == 1
-    again = evaluate(db_path, gold)
-    assert (again.ingested, again.annotated) == (0, 0)
-    with Store(db_path) as s:
-        assert s.scalar("SELECT count(*) FROM digest_papers") == 0
+    # The learned annotator's model chosen by name, through the CLI.
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["eval", "--gold", str(gold), "--model", "default", "--annotate-missing", "--json"]
+    )
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert (data["annotator"], data["model"], data["annotated_in_scratch"]) == (
+        "learned",
+        "default",
+        1,
+    )
+    res = runner.invoke(app, ["eval", "--gold", str(gold), "-a", "rules"])
+    assert res.exit_code == 1
+    assert "1 gold papers have no rules/rules annotation in the database" in res.stderr
+    assert snapshot(db_path) == before
 
 
 def test_dev_quality_floor_through_the_cli(db_path: Path) -> None:
@@ -209,7 +228,7 @@ def test_dev_quality_floor_through_the_cli(db_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert data["ingested_from_gold"] == 0 and data["papers"] == 100
+    assert data["missing_from_db"] == 0 and data["papers"] == 100
     assert data["technique"]["micro_f1"] >= 0.75
     assert data["modality"]["micro_f1"] >= 0.88
     assert data["target_metric"]["micro_f1"] >= 0.74

@@ -447,11 +447,11 @@ def _estimate_paper(ann: AnnotatorInfo, paper: _Pending) -> tuple[int, int]:
     return estimate_tokens(_input(paper))
 
 
-def _resolve(
+def resolve_annotator(
     annotator: str | Annotator, options: dict[str, Any], *, client: bool, store: Store
 ) -> AnnotatorInfo:
     """The annotator named (built with ``options``) or given; for ``llm`` without
-    ``client``, only its settings (:class:`LLMConfig`)."""
+    ``client``, only its settings (:class:`LLMConfig`): enough for its annotation key."""
     if annotator == "llm" and not client:
         return LLMConfig.from_options(options)
     if annotator == "learned":
@@ -482,7 +482,7 @@ def estimate(
     # Estimates need the prompt and prices, not a client: no openai import, no connection.
     ann: AnnotatorInfo | None = None
     try:
-        ann = _resolve(annotator, options, client=False, store=store)
+        ann = resolve_annotator(annotator, options, client=False, store=store)
         todo, skipped = pending_papers(
             store, ann, force=force, retry_failed=retry_failed, limit=limit
         )
@@ -582,7 +582,7 @@ def annotate(
     try:
         store = db if isinstance(db, Store) else Store(db)
         # With a worker process, the client lives there: this one needs only the settings.
-        ann = _resolve(annotator, options, client=remote is None, store=store)
+        ann = resolve_annotator(annotator, options, client=remote is None, store=store)
         if (
             max_cost is not None
             and price_for(ann.model) is None

@@ -491,26 +491,51 @@ def eval_(
         float,
         typer.Option(help="Drop threshold: candidates below it are not reviewed.", min=0, max=1),
     ] = DROP_THRESHOLD,
+    annotate_missing: Annotated[
+        bool,
+        typer.Option(
+            "--annotate-missing",
+            help="Label the gold papers the database lacks (or the annotator has not labelled) "
+            "in a scratch database that is thrown away, and score them too. With --annotator "
+            "llm this calls the model and costs money.",
+        ),
+    ] = False,
 ) -> None:
     """Score stored annotations against a gold set (papers matched by normalised title).
 
-    Gold papers missing from the database are added and annotated first. Prints
-    per-field micro precision/recall/F1 and macro-F1, a per-label table, the
-    expected calibration error, and what review at the thresholds would cost.
+    The database is only read: gold papers it lacks, or that the annotator has not
+    labelled, are left out and counted (see --annotate-missing). Prints per-field
+    micro precision/recall/F1 and macro-F1, a per-label table, the expected
+    calibration error, and what review at the thresholds would cost.
     """
-    store = _store()
+    store = _store(read_only=True)
     with store:
         result = _run(
             lambda: run_evaluate(
-                store, gold, annotator=annotator.value, model=model, accept=accept, drop=drop
+                store,
+                gold,
+                annotator=annotator.value,
+                model=model,
+                accept=accept,
+                drop=drop,
+                annotate_missing=annotate_missing,
             )
         )
     if as_json:
         out.print_json(json.dumps(result.as_dict()))
         return
-    if result.ingested or result.annotated:
+    if result.missing:
+        hint = "" if annotate_missing else " (--annotate-missing labels them in a scratch database)"
         err.print(
-            f"added {result.ingested} gold papers missing from the database; annotated {result.annotated}"
+            f"{result.missing} gold papers have no {result.annotator}/{result.model} annotation "
+            f"in the database and are not scored{hint}"
+        )
+    if result.annotated:
+        err.print(f"labelled {result.annotated} gold papers in a scratch database and scored them")
+    if not result.n_papers:
+        raise _fail(
+            f"no gold paper has a {result.annotator}/{result.model} annotation to score; "
+            "annotate them first, or use --annotate-missing"
         )
     t = Table(title=f"{result.n_papers} gold papers, annotator {result.annotator}/{result.model}")
     for col in ("field", "precision", "recall", "micro-F1", "macro-F1", "tp", "fp", "fn"):
@@ -914,18 +939,28 @@ def report(
     annotator: Annotated[
         AnnotatorName,
         typer.Option("--annotator", "-a", help="With --gold: whose annotations to score."),
-    ] = AnnotatorName.rules,
+    ] = AnnotatorName.learned,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="With --gold: the annotator's model (for learned a saved model's name or "
+            "file, for llm the model name).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write a self-contained HTML report with charts (opens offline in any browser).
 
     Charts: papers per label, technique × target-metric co-occurrence, techniques
     per digest, the confidence distribution and review progress; with --gold also
-    per-label F1 and a reliability diagram (scored as `papertag eval` does, which
-    adds gold papers missing from the database).
+    per-label F1 and a reliability diagram (scored as `papertag eval` does: the
+    database is only read).
     """
     from .report import write_report  # plotly: imported only by the command that draws
 
-    result = _run(lambda: write_report(state.db, output, gold=gold, annotator=annotator.value))
+    result = _run(
+        lambda: write_report(state.db, output, gold=gold, annotator=annotator.value, model=model)
+    )
     s = result.summary
     out.print(
         f"wrote {escape(str(result.path))} ({result.bytes / 1e6:.1f} MB, {len(result.charts)} charts): "

@@ -14,12 +14,13 @@ that were wrong (review yield).
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .annotate import annotate
+from .annotate import annotate, resolve_annotator
 from .annotators import DEFAULT_ANNOTATOR
 from .errors import InputError
 from .ingest import Entry, FileReport, clean_text, title_key, write_entries
@@ -133,7 +134,9 @@ class EvalResult:
     reliability: list[dict[str, float]]
     annotator: str = ""
     model: str = ""
-    ingested: int = 0
+    #: Gold papers left out of the scores: not in the database, or not annotated there.
+    missing: int = 0
+    #: Gold papers labelled in a scratch database for this evaluation (annotate_missing).
     annotated: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -150,8 +153,8 @@ class EvalResult:
             reliability=self.reliability,
             annotator=self.annotator,
             model=self.model,
-            ingested_from_gold=self.ingested,
-            annotated_for_eval=self.annotated,
+            missing_from_db=self.missing,
+            annotated_in_scratch=self.annotated,
         )
         return out
 
@@ -254,47 +257,81 @@ def evaluate(
     model: str | None = None,
     accept: float = ACCEPT_THRESHOLD,
     drop: float = DROP_THRESHOLD,
+    annotate_missing: bool = False,
     **options: Any,
 ) -> EvalResult:
-    """Score the stored annotations of the gold file's papers.
+    """Score the stored annotations of the gold file's papers; the database is only read.
 
-    Gold papers missing from the database are added (without a digest link) and
-    annotated first; the result's ``ingested``/``annotated`` fields say how many.
+    Gold papers the database lacks, or that the annotator has not annotated, are counted
+    in ``missing`` and left out of the scores. With ``annotate_missing`` they are labelled
+    in a scratch database that is thrown away (``annotated`` says how many; for ``llm`` that
+    costs money), and scored with the rest.
     """
     gold = load_gold(gold_path)
-    store = db if isinstance(db, Store) else Store(db)
+    if model is not None:
+        options["model"] = model
+    store = db if isinstance(db, Store) else Store(db, read_only=True)
     try:
+        ann = resolve_annotator(annotator, dict(options), client=False, store=store)
         keys = [title_key(g.title) for g in gold]
         known = dict(store.con.execute("SELECT title_key, paper_id FROM papers").fetchall())
-        missing = [g for g, k in zip(gold, keys, strict=True) if k not in known]
-        ingested = 0
-        if missing:
-            fr = FileReport(path=str(gold_path))
-            entries = [Entry(i + 1, None, g.title, g.abstract) for i, g in enumerate(missing)]
-            write_entries(store, entries, digest=None, report=fr)
-            ingested = fr.new_papers
-            known = dict(store.con.execute("SELECT title_key, paper_id FROM papers").fetchall())
-        ids = [known[k] for k in keys]
-        if model is not None:
-            options["model"] = model
-        run = annotate(store, annotator, paper_ids=ids, **options)
-        rows = store.con.execute(
-            """
-            SELECT paper_id, field, label, confidence, 'label' AS kind FROM labels
-            WHERE current AND annotator = ? AND model = ? AND paper_id IN (SELECT unnest(?::VARCHAR[]))
-            UNION ALL
-            SELECT paper_id, field, label, confidence, 'candidate' FROM candidates
-            WHERE current AND annotator = ? AND model = ? AND paper_id IN (SELECT unnest(?::VARCHAR[]))
-            """,
-            [run.annotator, run.model, ids] * 2,
-        ).fetchall()
-        by_paper: dict[str, list[Item]] = defaultdict(list)
-        for pid, f, lab, conf, kind in rows:
-            by_paper[pid].append(Item(f, lab, float(conf), kind))
-        result = score(gold, [by_paper.get(pid, []) for pid in ids], accept=accept, drop=drop)
-        result.annotator, result.model = run.annotator, run.model
-        result.ingested, result.annotated = ingested, run.done
-        return result
+        ids = [known.get(k) for k in keys]
+        by_paper = _stored_items(store, ann.name, ann.model, [i for i in ids if i is not None])
     finally:
         if not isinstance(db, Store):
             store.close()
+    scored = [n for n, pid in enumerate(ids) if pid is not None and pid in by_paper]
+    missing = [n for n in range(len(gold)) if n not in set(scored)]
+    predictions = {n: by_paper[ids[n] or ""] for n in scored}
+    annotated = 0
+    if annotate_missing and missing:
+        extra = _annotate_in_scratch(
+            [gold[n] for n in missing], ann if annotator == "learned" else annotator, options
+        )
+        annotated = sum(1 for items in extra if items)
+        predictions.update({n: items for n, items in zip(missing, extra, strict=True) if items})
+    order = sorted(predictions)
+    result = score(
+        [gold[n] for n in order], [predictions[n] for n in order], accept=accept, drop=drop
+    )
+    result.annotator, result.model = ann.name, ann.model
+    result.missing = len(gold) - len(order)
+    result.annotated = annotated
+    return result
+
+
+def _stored_items(
+    store: Store, annotator: str, model: str, ids: list[str]
+) -> dict[str, list[Item]]:
+    rows = store.con.execute(
+        """
+        SELECT paper_id, field, label, confidence, 'label' AS kind FROM labels
+        WHERE current AND annotator = ? AND model = ? AND paper_id IN (SELECT unnest(?::VARCHAR[]))
+        UNION ALL
+        SELECT paper_id, field, label, confidence, 'candidate' FROM candidates
+        WHERE current AND annotator = ? AND model = ? AND paper_id IN (SELECT unnest(?::VARCHAR[]))
+        """,
+        [annotator, model, ids] * 2,
+    ).fetchall()
+    by_paper: dict[str, list[Item]] = defaultdict(list)
+    for pid, f, lab, conf, kind in rows:
+        by_paper[pid].append(Item(f, lab, float(conf), kind))
+    return by_paper
+
+
+def _annotate_in_scratch(
+    papers: list[GoldPaper], annotator: Any, options: dict[str, Any]
+) -> list[list[Item]]:
+    """Label gold papers in a throwaway database; one list of items per paper."""
+    with (
+        tempfile.TemporaryDirectory(prefix="papertag-eval-") as tmp,
+        Store(Path(tmp) / "scratch.duckdb") as scratch,
+    ):
+        entries = [Entry(i + 1, None, g.title, g.abstract) for i, g in enumerate(papers)]
+        write_entries(scratch, entries, digest=None, report=FileReport(path="gold"))
+        opts = {} if not isinstance(annotator, str) else options
+        run = annotate(scratch, annotator, **opts)
+        known = dict(scratch.con.execute("SELECT title_key, paper_id FROM papers").fetchall())
+        ids = [known[title_key(g.title)] for g in papers]
+        by_paper = _stored_items(scratch, run.annotator, run.model, ids)
+        return [by_paper.get(pid, []) for pid in ids]

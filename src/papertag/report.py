@@ -475,17 +475,20 @@ def write_report(
     *,
     gold: str | Path | None = None,
     annotator: str = DEFAULT_ANNOTATOR,
+    model: str | None = None,
 ) -> ReportResult:
     """Write the HTML report to ``out`` (replacing it) and return what it holds.
 
-    With ``gold``, labels are scored like ``papertag eval`` (which adds and annotates
-    gold papers missing from the database, so the database is opened for writing).
+    With ``gold``, labels of ``annotator`` (and ``model``) are scored like ``papertag
+    eval`` scores them: the database is only read.
     """
     path = Path(out)
     check_out_path(path, overwrite=True)
-    store = db if isinstance(db, Store) else Store(db, read_only=gold is None)
+    store = db if isinstance(db, Store) else Store(db, read_only=True)
     try:
-        result = evaluate(store, gold, annotator=annotator) if gold is not None else None
+        result = (
+            evaluate(store, gold, annotator=annotator, model=model) if gold is not None else None
+        )
         data = summary(store)
         charts = build_charts(store, result)
         page = render(charts, data, source=str(store.path))
