@@ -40,7 +40,7 @@ from .evaluate import evaluate as run_evaluate
 from .export import DEFAULT_STEM, ExportFormat
 from .export import export as run_export
 from .ingest import FileReport, ingest_file
-from .query import QueryResult, read_sql_file, run_sql, stats, to_csv, to_json
+from .query import QueryResult, read_sql_file, run_script, run_sql, stats, to_csv, to_json
 from .review import (
     Conflict,
     default_reviewer,
@@ -63,9 +63,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's own help: paragraphs reflowed to the terminal (rich mode kept the docstrings'
+    # line breaks, mid-sentence) and no "<bool>" beside every flag.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console(highlight=False, soft_wrap=True)
+# Piped into a file or another program, tables keep their full width instead of being
+# wrapped at 80 columns (`papertag calls | less`).
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 T = TypeVar("T")
@@ -816,8 +821,18 @@ def sql(
     text = query if query is not None else _run(lambda: read_sql_file(file))  # type: ignore[arg-type]
     store = _store(read_only=not write)
     with store:
-        result = _run(lambda: run_sql(store, text))
-    _print_result(result, fmt)
+        results = _run(lambda: run_script(store, text))
+    shown = [r for r in results if r.columns and not r.status]
+    if len(shown) > 1 and fmt is not OutputFormat.table:
+        raise _fail(
+            f"{len(shown)} statements return rows; --format {fmt.value} prints one result: "
+            "run them one at a time",
+            2,
+        )
+    for n, result in enumerate(shown or results[-1:]):
+        if n:
+            out.print()
+        _print_result(result, fmt)
 
 
 @app.command()
@@ -972,6 +987,7 @@ def report(
 # --------------------------------------------------------------------- review
 review_cli = typer.Typer(
     help="Review the doubtful labels: run with no subcommand for the terminal app.",
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(review_cli, name="review")

@@ -26,6 +26,8 @@ class QueryResult:
     columns: list[str]
     types: list[str]
     rows: list[tuple[Any, ...]]
+    #: A statement's status (DuckDB's "Success" of a SET, "Count" of an INSERT), not a query's rows.
+    status: bool = False
 
     def records(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
@@ -44,6 +46,23 @@ def run_sql(store: Store, sql: str, params: list[Any] | None = None) -> QueryRes
         return QueryResult(columns, types, rel.fetchall())
     except duckdb.Error as exc:
         raise QueryError(" ".join(str(exc).split())) from None
+
+
+def run_script(store: Store, sql: str) -> list[QueryResult]:
+    """Run each statement of ``sql`` in order; one result per statement (``status`` for a
+    statement such as SET or INSERT, whose only row says it worked)."""
+    if not sql.strip():
+        raise QueryError("empty SQL")
+    try:
+        statements = store.con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(" ".join(str(exc).split())) from None
+    results = []
+    for st in statements:
+        result = run_sql(store, st.query)
+        result.status = st.type.name != "SELECT" and result.columns in (["Success"], ["Count"])
+        results.append(result)
+    return results
 
 
 def read_sql_file(path: str | Path) -> str:

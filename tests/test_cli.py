@@ -1,0 +1,52 @@
+"""The command line as a user meets it: piped output, several statements, --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from papertag.cli import app
+from papertag.store import Store
+
+LONG = "x" * 150
+
+
+def test_output_piped_to_another_program_is_not_wrapped(db_path: Path) -> None:
+    Store(db_path).close()
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("papertag")), "--db", str(db_path), "sql",
+         f"SELECT '{LONG}' AS long_value, 42 AS answer"],
+        capture_output=True, text=True, check=False, env={"COLUMNS": "80", "PATH": ""},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if LONG in line]
+    assert len(rows) == 1 and "42" in rows[0]  # the whole row on one line
+
+
+def test_several_statements_print_each_result(db_path: Path) -> None:
+    Store(db_path).close()
+    runner = CliRunner()
+    result = runner.invoke(app, ["sql", "SELECT 1 AS first_one; SELECT 2 AS second_one"])
+    assert result.exit_code == 0, result.stderr
+    assert "first_one" in result.stdout and "second_one" in result.stdout
+    result = runner.invoke(app, ["sql", "--format", "csv", "SELECT 1 AS a; SELECT 2 AS b"])
+    assert result.exit_code == 2
+    assert "2 statements return rows; --format csv prints one result" in result.stderr
+    # A statement without rows before a query is fine in any format.
+    result = runner.invoke(app, ["sql", "--format", "csv", "SET threads = 1; SELECT 7 AS n"])
+    assert result.exit_code == 0 and result.stdout.splitlines() == ["n", "7"]
+
+
+def test_help_is_reflowed_and_shows_no_bool_metavars() -> None:
+    runner = CliRunner()
+    for command in (["review", "export"], ["review", "import"], ["export"], ["train"]):
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "100"})
+        assert result.exit_code == 0
+        assert "<bool>" not in result.stdout
+        lines = [line.strip() for line in result.stdout.splitlines()]
+        # A paragraph of the docstring is one flowing text: no line ends mid-sentence
+        # just because the source line did.
+        assert "decided)" not in lines and "new_label)" not in lines, result.stdout
