@@ -607,7 +607,7 @@ def test_a_worker_started_for_a_command_that_fails_first_is_stopped(tmp_path: Pa
         workers += [pid for pid in _children(proc.pid) if pid not in workers]
         time.sleep(0.01)
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 1 and "does not exist" in stderr and len(stderr.splitlines()) == 1
+    assert proc.returncode == 1 and "no such database" in stderr and len(stderr.splitlines()) == 1
     assert workers, "the worker was not started before the CLI loaded"
     time.sleep(0.2)
     assert not [pid for pid in workers if _alive(pid)]
