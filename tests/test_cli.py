@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,45 @@ def test_help_is_reflowed_and_shows_no_bool_metavars() -> None:
         # A paragraph of the docstring is one flowing text: no line ends mid-sentence
         # just because the source line did.
         assert "decided)" not in lines and "new_label)" not in lines, result.stdout
+
+
+def test_show_explains_a_papers_labels(demo_db: Path) -> None:
+    runner = CliRunner()
+    with Store(demo_db) as s:
+        pid, title = s.con.execute(
+            "SELECT paper_id, title FROM papers WHERE title ILIKE 'Binarized Neural Architecture%'"
+        ).fetchone()
+        labels = s.con.execute(
+            "SELECT label, evidence FROM labels WHERE current AND paper_id = ?", [pid]
+        ).fetchall()
+    assert labels
+    for query in (pid, "binarized NEURAL architecture search"):
+        result = runner.invoke(app, ["show", query])
+        assert result.exit_code == 0, result.stderr
+        assert title in result.stdout
+        for label, evidence in labels:
+            assert label in result.stdout and evidence in result.stdout
+    data = json.loads(runner.invoke(app, ["show", pid, "--json"]).stdout)
+    assert data["paper_id"] == pid and data["annotations"][0]["current"] is True
+    assert {lab["label"] for lab in data["annotations"][0]["labels"]} >= {x for x, _ in labels}
+    result = runner.invoke(app, ["show", "neural"])
+    assert result.exit_code == 1 and "matches several papers" in result.stderr
+    result = runner.invoke(app, ["show", "no such words anywhere"])
+    assert result.exit_code == 1 and "no paper matches" in result.stderr
+
+
+def test_annotate_paper_runs_the_chosen_papers_again(demo_db: Path) -> None:
+    runner = CliRunner()
+    with Store(demo_db) as s:
+        before = s.scalar("SELECT count(*) FROM annotations")
+        pid = s.scalar("SELECT paper_id FROM papers ORDER BY paper_id LIMIT 1")
+    assert runner.invoke(app, ["annotate", "-a", "rules"]).exit_code == 0
+    result = runner.invoke(app, ["annotate", "-a", "rules", "--paper", pid])
+    assert result.exit_code == 0, result.stderr
+    assert "annotated 1, skipped 0" in result.stdout
+    with Store(demo_db) as s:
+        runs = s.con.execute(
+            "SELECT done FROM annotation_runs WHERE annotator = 'rules' ORDER BY started_at"
+        ).fetchall()
+        assert s.scalar("SELECT count(*) FROM annotations") > before
+    assert runs[-1] == (1,)

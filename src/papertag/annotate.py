@@ -470,6 +470,7 @@ def estimate(
     force: bool = False,
     retry_failed: bool = False,
     max_cost: float | None = None,
+    paper_ids: Iterable[str] | None = None,
     **options: Any,
 ) -> Estimate:
     """How many papers a run would send, and their estimated tokens and cost.
@@ -484,7 +485,12 @@ def estimate(
     try:
         ann = resolve_annotator(annotator, options, client=False, store=store)
         todo, skipped = pending_papers(
-            store, ann, force=force, retry_failed=retry_failed, limit=limit
+            store,
+            ann,
+            force=force,
+            retry_failed=retry_failed,
+            limit=limit,
+            paper_ids=list(paper_ids) if paper_ids is not None else None,
         )
         prompt = completion = 0
         spent, within, room = 0.0, 0, max_cost is not None

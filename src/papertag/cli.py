@@ -318,6 +318,15 @@ def annotate(
             min=0,
         ),
     ] = None,
+    papers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--paper",
+            help="Only this paper (a paper id, arXiv id or title words; repeat for several), "
+            "annotated again even if it already has an annotation for this key.",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -359,6 +368,12 @@ def annotate(
     elif model:
         raise _fail("--model applies to --annotator llm and learned only", 2)
     store = _store()
+    paper_ids: list[str] | None = None
+    if papers:
+        from .show import find_paper
+
+        paper_ids = [_run(lambda q=q: find_paper(store, q)) for q in papers]  # type: ignore[misc]
+        force = True  # chosen papers are annotated again: that is what naming them asks
     if dry_run:
         with store:
             est = _run(
@@ -369,6 +384,7 @@ def annotate(
                     force=force,
                     retry_failed=retry_failed,
                     max_cost=max_cost,
+                    paper_ids=paper_ids,
                     **options,
                 )
             )
@@ -412,6 +428,7 @@ def annotate(
                 force=force,
                 retry_failed=retry_failed,
                 max_cost=max_cost,
+                paper_ids=paper_ids,
                 on_start=start,
                 on_progress=step,
                 **options,
@@ -577,6 +594,114 @@ def eval_(
         f"accept ≥ {result.accept_threshold}: auto-accepted labels {result.auto_precision:.1%} right; "
         f"review share {result.review_share:.1%}, of which {result.review_yield:.1%} wrong (review yield)"
     )
+
+
+# ----------------------------------------------------------------------- show
+@app.command()
+def show(
+    paper: Annotated[
+        str,
+        typer.Argument(
+            help="A paper id, an arXiv id or URL, or words of the title (all must match).",
+            show_default=False,
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Why a paper has its labels: its text with each current label's evidence
+    highlighted, every annotation (annotator, model, versions; current first) with its
+    labels, candidates and confidences, the LLM calls behind them, and the review
+    decisions about it."""
+    from rich.text import Text
+
+    from .review import evidence_span
+    from .show import paper_details
+
+    store = _store(read_only=True)
+    with store:
+        d = _run(lambda: paper_details(store, paper))
+    if as_json:
+        out.print_json(json.dumps(dataclasses.asdict(d), default=str))
+        return
+    out.print(f"[bold]{escape(d.title)}[/]")
+    ids = [f"paper_id {d.paper_id}"]
+    if d.arxiv_id:
+        ids.append(f"arXiv {d.arxiv_id}")
+    if d.url:
+        ids.append(escape(d.url))
+    if d.digests:
+        ids.append("digests: " + escape(", ".join(d.digests)))
+    out.print("[dim]" + " · ".join(ids) + "[/]")
+    text = Text(d.abstract)
+    current = [a for a in d.annotations if a.current]
+    for ann in current:
+        for lab in ann.labels:
+            if lab.kind != "label":
+                continue
+            span = evidence_span(d.abstract, lab.evidence)
+            if span is not None:
+                text.stylize("bold yellow", *span)
+    out.print(text)
+    if not d.annotations:
+        out.print("\nnot annotated yet: `papertag annotate`")
+    for ann in d.annotations:
+        state_word = "current" if ann.current else "stale"
+        t = Table(
+            title=f"{ann.annotator}/{ann.model} ({state_word}; prompt {ann.prompt_version}, "
+            f"taxonomy {ann.taxonomy_version}; {ann.created_at:%Y-%m-%d %H:%M})",
+            title_justify="left",
+        )
+        for col in ("field", "label", "kind", "confidence", "evidence"):
+            t.add_column(col, justify="right" if col == "confidence" else "left")
+        for lab in ann.labels:
+            label = lab.label + (f" ({lab.note})" if lab.note else "")
+            t.add_row(
+                lab.field, escape(label), lab.kind, f"{lab.confidence:.2f}", escape(lab.evidence)
+            )
+        out.print(t)
+    if d.calls:
+        t = Table(title="LLM calls", title_justify="left")
+        for col in (
+            "id",
+            "model",
+            "status",
+            "attempt",
+            "tok_in",
+            "tok_out",
+            "cost_usd",
+            "started",
+            "error",
+        ):
+            t.add_column(col)
+        for c in d.calls:
+            t.add_row(
+                str(c.call_id),
+                escape(c.model),
+                str(c.status or ""),
+                str(c.attempt),
+                str(c.prompt_tokens or ""),
+                str(c.completion_tokens or ""),
+                _cell_text(c.cost_usd),
+                f"{c.started_at:%Y-%m-%d %H:%M:%S}",
+                escape(c.error or ""),
+            )
+        out.print(t)
+    if d.decisions:
+        t = Table(title="review decisions", title_justify="left")
+        for col in ("id", "field", "label", "action", "new value", "reviewer", "when", "note"):
+            t.add_column(col)
+        for r in d.decisions:
+            t.add_row(
+                str(r.decision_id),
+                r.field,
+                escape(r.label),
+                r.action,
+                escape(r.new_value or ""),
+                escape(r.reviewer),
+                f"{r.decided_at:%Y-%m-%d %H:%M}",
+                escape(r.note or ""),
+            )
+        out.print(t)
 
 
 # ---------------------------------------------------------------------- train
