@@ -38,7 +38,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "min_df": 2,
     "max_features": 40_000,
     "embedding": "wordllama/l2_supercat/256",
-    "embedding_weight": 2.0,
+    "embedding_weight": 1.0,
     "rules_weight": 1.0,
     "alpha": 1.0,
     "folds": 5,
