@@ -238,3 +238,17 @@ def test_dev_quality_floor_through_the_cli(db_path: Path) -> None:
     assert data["review_yield"] >= 0.30
     for key in ("precision", "recall", "macro_f1"):
         assert 0 < data["technique"][key] <= 1
+
+
+def test_eval_scores_only_the_named_annotator_version(tmp_path: Path, db_path: Path) -> None:
+    """Labels made by another version of the annotator (an older model, an edited prompt)
+    are not this version's: they are counted as missing, not scored."""
+    gold = SHARED / "gold" / "dev.jsonl"
+    assert ingest(DIGESTS, db_path).ok
+    assert annotate(db_path, "rules").done == 623
+    assert evaluate(db_path, gold, annotator="rules").n_papers == 100
+    with Store(db_path) as s:
+        s.con.execute("UPDATE annotations SET prompt_version = 'older' WHERE annotator = 'rules'")
+        s.con.execute("UPDATE annotation_runs SET prompt_version = 'older'")
+    result = evaluate(db_path, gold, annotator="rules")
+    assert (result.n_papers, result.missing) == (0, 100)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .annotate import annotate, resolve_annotator
-from .annotators import DEFAULT_ANNOTATOR
+from .annotators import DEFAULT_ANNOTATOR, AnnotatorInfo
 from .errors import InputError
 from .ingest import Entry, FileReport, clean_text, title_key, write_entries
 from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
@@ -276,7 +276,7 @@ def evaluate(
         keys = [title_key(g.title) for g in gold]
         known = dict(store.con.execute("SELECT title_key, paper_id FROM papers").fetchall())
         ids = [known.get(k) for k in keys]
-        by_paper = _stored_items(store, ann.name, ann.model, [i for i in ids if i is not None])
+        by_paper = _stored_items(store, ann, [i for i in ids if i is not None])
     finally:
         if not isinstance(db, Store):
             store.close()
@@ -286,7 +286,7 @@ def evaluate(
     annotated = 0
     if annotate_missing and missing:
         extra = _annotate_in_scratch(
-            [gold[n] for n in missing], ann if annotator == "learned" else annotator, options
+            [gold[n] for n in missing], ann if annotator == "learned" else annotator, ann, options
         )
         annotated = sum(1 for items in extra if items)
         predictions.update({n: items for n, items in zip(missing, extra, strict=True) if items})
@@ -300,18 +300,21 @@ def evaluate(
     return result
 
 
-def _stored_items(
-    store: Store, annotator: str, model: str, ids: list[str]
-) -> dict[str, list[Item]]:
+def _stored_items(store: Store, ann: AnnotatorInfo, ids: list[str]) -> dict[str, list[Item]]:
+    """Labels and candidates of the annotations made with exactly this annotator key
+    (annotator, model, prompt and taxonomy versions) of the current text of each paper:
+    an older model's labels are not this one's."""
+    key = [ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, ids]
     rows = store.con.execute(
         """
-        SELECT paper_id, field, label, confidence, 'label' AS kind FROM labels
-        WHERE current AND annotator = ? AND model = ? AND paper_id IN (SELECT unnest(?::VARCHAR[]))
-        UNION ALL
-        SELECT paper_id, field, label, confidence, 'candidate' FROM candidates
-        WHERE current AND annotator = ? AND model = ? AND paper_id IN (SELECT unnest(?::VARCHAR[]))
+        SELECT a.paper_id, l.field, l.label, l.confidence, l.kind
+        FROM annotations a
+        JOIN papers p ON p.paper_id = a.paper_id AND p.content_hash = a.content_hash
+        JOIN annotation_labels l USING (annotation_id)
+        WHERE a.annotator = ? AND a.model = ? AND a.prompt_version = ?
+          AND a.taxonomy_version = ? AND a.paper_id IN (SELECT unnest(?::VARCHAR[]))
         """,
-        [annotator, model, ids] * 2,
+        key,
     ).fetchall()
     by_paper: dict[str, list[Item]] = defaultdict(list)
     for pid, f, lab, conf, kind in rows:
@@ -320,9 +323,10 @@ def _stored_items(
 
 
 def _annotate_in_scratch(
-    papers: list[GoldPaper], annotator: Any, options: dict[str, Any]
+    papers: list[GoldPaper], annotator: Any, key_of: AnnotatorInfo, options: dict[str, Any]
 ) -> list[list[Item]]:
-    """Label gold papers in a throwaway database; one list of items per paper."""
+    """Label gold papers in a throwaway database; one list of items per paper. (The learned
+    annotator is passed built, with the model of the user's database; the others by name.)"""
     with (
         tempfile.TemporaryDirectory(prefix="papertag-eval-") as tmp,
         Store(Path(tmp) / "scratch.duckdb") as scratch,
@@ -330,8 +334,8 @@ def _annotate_in_scratch(
         entries = [Entry(i + 1, None, g.title, g.abstract) for i, g in enumerate(papers)]
         write_entries(scratch, entries, digest=None, report=FileReport(path="gold"))
         opts = {} if not isinstance(annotator, str) else options
-        run = annotate(scratch, annotator, **opts)
+        annotate(scratch, annotator, **opts)
         known = dict(scratch.con.execute("SELECT title_key, paper_id FROM papers").fetchall())
         ids = [known[title_key(g.title)] for g in papers]
-        by_paper = _stored_items(scratch, run.annotator, run.model, ids)
+        by_paper = _stored_items(scratch, key_of, ids)
         return [by_paper.get(pid, []) for pid in ids]
