@@ -3,7 +3,8 @@
 The pipeline runs one way: :func:`ingest` digests into the store, :func:`annotate`
 their abstracts, :func:`review_queue` the doubtful labels (``papertag.review``), then
 query the views in SQL, :func:`export` them, draw a :func:`write_report` and
-:func:`evaluate` against gold.
+:func:`evaluate` against gold; :func:`train` the learned annotator's model on labelled
+papers and review decisions.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from .store import Store, open_store
 from .taxonomy import Taxonomy, load_taxonomy
 
 if TYPE_CHECKING:
+    from .annotators.learned.pipeline import TrainResult, train
     from .report import ReportResult, write_report
 
 __version__ = "0.1.0"
@@ -60,6 +62,11 @@ def __getattr__(name: str) -> Any:
         from . import report
 
         return getattr(report, name)
+    if name in ("TrainResult", "train"):
+        # Training needs numpy and scikit-learn: loaded by the first call that trains.
+        from .annotators.learned import pipeline
+
+        return getattr(pipeline, name)
     raise AttributeError(f"module 'papertag' has no attribute {name!r}")
 
 
@@ -91,6 +98,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Taxonomy",
+    "TrainResult",
     "ValidationFailed",
     "__version__",
     "add_label",
@@ -109,6 +117,7 @@ __all__ = [
     "review_queue",
     "run_sql",
     "stats",
+    "train",
     "undo_decision",
     "validate_annotation",
     "write_report",
