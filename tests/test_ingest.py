@@ -134,8 +134,8 @@ def test_real_digests_give_623_papers_and_692_links(db_path: Path) -> None:
     assert count(db_path, "paper_versions") == 623
     per_digest = rows(
         db_path,
-        "SELECT digest_id, count(*), min(position), max(position) FROM digest_papers "
-        "GROUP BY ALL ORDER BY digest_id",
+        "SELECT source, count(*), min(position), max(position) FROM digest_papers "
+        "JOIN digests USING (digest_id) GROUP BY ALL ORDER BY source",
     )
     assert [(n, lo, hi) for _, n, lo, hi in per_digest] == [
         (n, 1, n) for n in (211, 219, 80, 116, 66)
@@ -187,7 +187,8 @@ def test_titles_and_abstracts_match_the_gold_file(db_path: Path) -> None:
     listed = set(
         rows(
             db_path,
-            "SELECT p.title, d.digest_id FROM papers p JOIN digest_papers d USING (paper_id)",
+            "SELECT p.title, d.source FROM papers p JOIN digest_papers USING (paper_id) "
+            "JOIN digests d USING (digest_id)",
         )
     )
     assert all((g["title"], g["digest"]) in listed for g in gold)
@@ -566,6 +567,114 @@ def test_changed_abstract_updates_text_and_hash_and_keeps_old_version(
     assert rows(db_path, "SELECT abstract FROM papers") == [(ABSTRACT,)]
 
 
+# ----------------------------------------------------------------- digest identity
+def _day_list(path: Path, day: str, papers: list[tuple[str, str]]) -> Path:
+    """A dated list of papers as JSON records: (arXiv id, title) each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "title": title,
+                    "abstract": f"{title} is studied. {ABSTRACT}",
+                    "id": aid,
+                    "date": day,
+                }
+                for aid, title in papers
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _two_papers_json(tmp_path: Path) -> tuple[Path, Path]:
+    """Two different files of one name: d1/papers.json and d2/papers.json (one paper shared)."""
+    d1 = _day_list(
+        tmp_path / "d1" / "papers.json",
+        "2024-01-22",
+        [("2401.00001", "Tiny Quant"), ("2401.00002", "Sparse Cats"), ("2401.00003", "Fast Dogs")],
+    )
+    d2 = _day_list(
+        tmp_path / "d2" / "papers.json",
+        "2024-01-23",
+        [("2401.00004", "Slow Owls"), ("2401.00001", "Tiny Quant"), ("2401.00005", "Lean Bees")],
+    )
+    return d1, d2
+
+
+def _listings(db: Path) -> set[tuple[Any, ...]]:
+    return set(
+        rows(
+            db,
+            "SELECT d.source, d.digest_date, dp.position, p.arxiv_id, dp.listed_on "
+            "FROM digest_papers dp JOIN digests d USING (digest_id) JOIN papers p USING (paper_id)",
+        )
+    )
+
+
+def _expected_listings(*files: tuple[str, date, list[str]]) -> set[tuple[Any, ...]]:
+    return {
+        (name, day, pos, aid, day)
+        for name, day, ids in files
+        for pos, aid in enumerate(ids, start=1)
+    }
+
+
+D1_IDS = ["2401.00001", "2401.00002", "2401.00003"]
+D2_IDS = ["2401.00004", "2401.00001", "2401.00005"]
+
+
+def test_two_files_of_one_name_are_two_digests(tmp_path: Path, db_path: Path) -> None:
+    d1, d2 = _two_papers_json(tmp_path)
+    first = cli("ingest", d1)
+    assert first.exit_code == 0, first.output
+    second = cli("ingest", d2)
+    assert second.exit_code == 0, second.output
+    assert "3 entries, 2 new papers, 0 updated, 3 new links, 0 unchanged" in second.stdout
+    assert count(db_path, "papers") == 5
+    assert sorted(rows(db_path, "SELECT source, digest_date, entries, path FROM digests")) == [
+        ("papers.json", date(2024, 1, 22), 3, str(d1.absolute())),
+        ("papers.json", date(2024, 1, 23), 3, str(d2.absolute())),
+    ]
+    assert _listings(db_path) == _expected_listings(
+        ("papers.json", date(2024, 1, 22), D1_IDS), ("papers.json", date(2024, 1, 23), D2_IDS)
+    )
+    # The paper both list is one paper with two listings.
+    assert rows(
+        db_path,
+        "SELECT count(DISTINCT digest_id) FROM digest_papers JOIN papers USING (paper_id) "
+        "WHERE arxiv_id = '2401.00001'",
+    ) == [(2,)]
+
+
+def test_the_same_file_from_another_path_is_the_same_digest(tmp_path: Path, db_path: Path) -> None:
+    d1, _ = _two_papers_json(tmp_path)
+    assert ingest([d1], db_path).ok
+    before = snapshot(db_path)
+    copy = tmp_path / "elsewhere" / "renamed.json"
+    copy.parent.mkdir()
+    copy.write_bytes(d1.read_bytes())
+    # The same listing written another way (JSONL, CRLF line ends) is the same digest too.
+    jsonl = tmp_path / "as.jsonl"
+    jsonl.write_bytes(
+        b"".join(json.dumps(r).encode() + b"\r\n" for r in json.loads(d1.read_text("utf-8")))
+    )
+    report = ingest([copy, jsonl], db_path)
+    assert report.ok
+    assert [(f.new_papers, f.new_links, f.unchanged) for f in report.files] == [(0, 0, 3)] * 2
+    assert snapshot(db_path) == before
+    assert rows(db_path, "SELECT source, path FROM digests") == [
+        ("papers.json", str(d1.absolute()))
+    ]
+    # A file of the same papers with other text is another digest.
+    edited = tmp_path / "edited.json"
+    edited.write_text(d1.read_text("utf-8").replace("is studied", "is examined"), "utf-8")
+    again = ingest([edited], db_path)
+    assert again.ok and (again.files[0].updated_papers, again.files[0].new_links) == (3, 3)
+    assert count(db_path, "digests") == 2
+
+
 # ------------------------------------------------------------------------ bad input
 BadMaker = Callable[[Path], Path]
 
@@ -736,7 +845,7 @@ def test_bad_input_one_line_nothing_written_good_file_lands(
     assert str(bad) in err_line and reason in err_line
     assert "1 failed" in both.stdout
     assert titles(db_path) == {"Seed Paper", "Tiny Quant", "Fast Video Diffusion"}
-    assert {d for (d,) in rows(db_path, "SELECT digest_id FROM digests")} == {
+    assert {d for (d,) in rows(db_path, "SELECT source FROM digests")} == {
         "seed.txt",
         "good.jsonl",
     }
@@ -998,6 +1107,48 @@ def test_review_decisions_made_before_notes_upgrade_with_none(db_path: Path) -> 
             "'app', 'spiking chips')"
         )
         assert s.scalar("SELECT note FROM review_decisions WHERE action = 'add'") == "spiking chips"
+
+
+def test_digests_keyed_on_file_names_before_m013_still_work_and_are_recognised(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """Before m013 a digest's id was its file name. Those rows keep their ids (and their
+    links), the same file ingested again is still that digest, and a different file of the
+    same name becomes a digest of its own instead of vanishing into the old one."""
+    d1, d2 = _two_papers_json(tmp_path)
+    # What the older papertag wrote for d1: the same rows as now, but keyed "papers.json".
+    scratch = tmp_path / "scratch.duckdb"
+    assert ingest([d1], scratch).ok
+    con = _migrated_before(db_path, "m013")
+    con.execute(f"ATTACH '{scratch}' AS s (READ_ONLY)")
+    con.execute("INSERT INTO papers SELECT * FROM s.papers")
+    con.execute("INSERT INTO paper_versions SELECT * FROM s.paper_versions")
+    con.execute(
+        "INSERT INTO digests SELECT 'papers.json', source, format, digest_date, sha256, entries, "
+        "ingested_at FROM s.digests"
+    )
+    con.execute(
+        "INSERT INTO digest_papers SELECT 'papers.json', position, paper_id, listed_on "
+        "FROM s.digest_papers"
+    )
+    con.close()
+
+    assert rows(db_path, "SELECT digest_id, source, digest_date, path FROM digests") == [
+        ("papers.json", "papers.json", date(2024, 1, 22), None)
+    ]
+    assert count(db_path, "digest_papers WHERE digest_id = 'papers.json'") == 3
+    before = snapshot(db_path)
+    same = cli("ingest", d1)
+    assert same.exit_code == 0, same.output
+    assert "0 new links, 3 unchanged" in same.stdout
+    assert snapshot(db_path) == before
+    other = cli("ingest", d2)
+    assert other.exit_code == 0, other.output
+    assert "3 new links, 0 unchanged" in other.stdout
+    assert _listings(db_path) == _expected_listings(
+        ("papers.json", date(2024, 1, 22), D1_IDS), ("papers.json", date(2024, 1, 23), D2_IDS)
+    )
+    assert {d for (d,) in rows(db_path, "SELECT digest_id FROM digests")} >= {"papers.json"}
 
 
 def test_old_database_upgrades_through_the_cli_and_takes_new_papers(

@@ -164,7 +164,10 @@ def ingest(
     """Add papers from digest files to the database, once per paper.
 
     Papers are keyed on their arXiv id when known, else on a normalised title;
-    every listing is recorded in `digest_papers`. Running it again adds nothing.
+    every listing is recorded in `digest_papers`. A digest is keyed on what it
+    lists, not its file name: the same file from another path is the digest
+    already stored, and two files of one name in two folders are two digests.
+    Running it again adds nothing.
     Each file lands in its own transaction: a bad file adds nothing and is
     reported on one line, the others still land, and the exit code is 1.
     """

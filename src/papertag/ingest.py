@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from ._lazy import lazy_import
 from .errors import InputError
@@ -821,8 +821,113 @@ def _lookup(store: Store, entries: Sequence[Entry], tkeys: list[str]) -> _Known:
     return known
 
 
+class DigestFile(NamedTuple):
+    """The file a digest was read from, as the ``digests`` table records it."""
+
+    name: str  # base name, stored as `source`
+    path: str  # where it was first read from, absolute
+    format: str
+    sha256: str  # of its bytes
+
+
+#: Where one file's listings wait until its digest id is known (a temporary table).
+_LISTING = "_papertag_listing"
+
+
+class _Listing:
+    """One digest's listings while its entries are written.
+
+    A digest is identified by what it lists, not by its file name (two files both called
+    papers.json are two digests): its entries in order, each with its arXiv id, title,
+    abstract and listing date, hashed. That id is known only after the last entry, so the listings wait in a
+    temporary table of the transaction (memory stays bounded whatever the file size, as
+    DuckDB spills it) and reach ``digest_papers`` under their id at the end.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._hash = hashlib.sha256()
+        store.con.execute(
+            f"CREATE TEMP TABLE {_LISTING} (position INTEGER, paper_id VARCHAR, listed_on DATE)"
+        )
+
+    def add(self, entries: Sequence[Entry], hashes: Sequence[str], paper_ids: list[str]) -> None:
+        """Stage a batch: its entries, their content hashes and the papers they are."""
+        # What the file says of each paper (arXiv id, text, listing date), not the paper_id
+        # it matched: the same file gives the same id in any database. Upvotes and keywords
+        # stay out, so a day's list fetched again later is still that day's digest.
+        update = self._hash.update
+        for e, chash in zip(entries, hashes, strict=True):
+            update(f"{e.arxiv_id or ''}\t{chash}\t{e.listed_on or ''}\n".encode())
+        self._store.insert_arrow(
+            _LISTING,
+            pa.table(
+                {
+                    "position": pa.array([e.position for e in entries], pa.int32()),
+                    "paper_id": pa.array(paper_ids, pa.string()),
+                    "listed_on": pa.array([e.listed_on for e in entries], pa.date32()),
+                }
+            ),
+        )
+
+    def write(
+        self,
+        digest: DigestFile,
+        entries: int,
+        digest_date: date | None,
+        now: datetime,
+        report: FileReport,
+    ) -> None:
+        """Record the digest (unless known) and its listings not yet recorded."""
+        con = self._store.con
+        content_id = self._hash.hexdigest()[:16]
+        # Known by its id, or, written before digests had content ids (their id is the file
+        # name), by its bytes: the same file again is then that digest, not a second one.
+        known = con.execute(
+            "SELECT digest_id FROM digests WHERE digest_id = ? OR sha256 = ? "
+            "ORDER BY digest_id = ? DESC, ingested_at, digest_id LIMIT 1",
+            [content_id, digest.sha256, content_id],
+        ).fetchone()
+        digest_id = str(known[0]) if known else content_id
+        missing = (
+            f"FROM {_LISTING} l ANTI JOIN "
+            "(SELECT position FROM digest_papers WHERE digest_id = ?) d USING (position)"
+        )
+        # Counted by a query of its own: what an INSERT returns differs across DuckDB versions.
+        row = con.execute(f"SELECT count(*) {missing}", [digest_id]).fetchone()
+        added = int(row[0]) if row else 0
+        if added:
+            con.execute(
+                "INSERT INTO digest_papers (digest_id, position, paper_id, listed_on) "
+                f"SELECT ?, l.position, l.paper_id, l.listed_on {missing}",
+                [digest_id, digest_id],
+            )
+        if known is None:
+            con.execute(
+                "INSERT INTO digests (digest_id, source, format, digest_date, sha256, entries, "
+                "ingested_at, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    digest_id,
+                    digest.name,
+                    digest.format,
+                    digest_date,
+                    digest.sha256,
+                    entries,
+                    now,
+                    digest.path,
+                ],
+            )
+        con.execute(f"DROP TABLE {_LISTING}")
+        report.new_links += added
+        report.unchanged += entries - added
+
+
 def _write_batch(
-    store: Store, digest_id: str | None, entries: Sequence[Entry], report: FileReport, now: datetime
+    store: Store,
+    listing: _Listing | None,
+    entries: Sequence[Entry],
+    report: FileReport,
+    now: datetime,
 ) -> None:
     tkeys = [title_key(e.title) for e in entries]
     known = _lookup(store, entries, tkeys)
@@ -836,9 +941,8 @@ def _write_batch(
     new: dict[str, list[Any]] = {}
     updates: dict[str, tuple[str, str, str, str]] = {}
     enrich: dict[str, list[Any]] = {}
-    link_pos: list[int] = []
-    link_pid: list[str] = []
-    link_date: list[date | None] = []
+    link_pid: list[str] = []  # the paper each entry is, in order
+    link_hash: list[str] = []  # each entry's content hash
     for e, tk in zip(entries, tkeys, strict=True):
         chash = content_hash(e.title, e.abstract)
         aid = e.arxiv_id
@@ -910,9 +1014,8 @@ def _write_batch(
                     arxiv_of[pid] = aid
         if aid:
             by_arxiv.setdefault(aid, pid)
-        link_pos.append(e.position)
         link_pid.append(pid)
-        link_date.append(e.listed_on)
+        link_hash.append(chash)
 
     if new:
         table = _table(new.values(), _paper_schema())
@@ -942,32 +1045,8 @@ def _write_batch(
             "published_at = coalesce(e.published_at, papers.published_at), upvotes = coalesce(e.upvotes, papers.upvotes), "
             "keywords = coalesce(e.keywords, papers.keywords) FROM _papertag_rows e WHERE papers.paper_id = e.paper_id",
         )
-    if digest_id is None:
-        return
-    link_table = pa.table(
-        {
-            "digest_id": pa.array([digest_id] * len(link_pos), pa.string()),
-            "position": pa.array(link_pos, pa.int32()),
-            "paper_id": pa.array(link_pid, pa.string()),
-            "listed_on": pa.array(link_date, pa.date32()),
-        }
-    )
-    # Counted by a query of its own: what an INSERT returns differs across DuckDB versions.
-    counted = _with_table(
-        store,
-        link_table,
-        "SELECT count(*) FROM _papertag_rows l ANTI JOIN digest_papers d USING (digest_id, position)",
-    )
-    added = int(counted[0][0])
-    if added:
-        _with_table(
-            store,
-            link_table,
-            "INSERT INTO digest_papers SELECT l.* FROM _papertag_rows l "
-            "ANTI JOIN digest_papers d USING (digest_id, position)",
-        )
-    report.new_links += added
-    report.unchanged += len(link_pos) - added
+    if listing is not None:
+        listing.add(entries, link_hash, link_pid)
 
 
 def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
@@ -1050,14 +1129,14 @@ def write_entries(
     store: Store,
     entries: Iterable[Entry],
     *,
-    digest: tuple[str, str, str] | None,
+    digest: DigestFile | None,
     report: FileReport,
     on_batch: Callable[[int], None] | None = None,
 ) -> None:
     """Write entries in one transaction, a batch at a time; ``entries`` may be a stream.
 
-    ``digest`` is (source, format, sha256), or None to record no listings. If the
-    stream raises (a bad line half way through a file), everything is rolled back.
+    ``digest`` is the file they come from, or None to record no digest and no listings.
+    If the stream raises (a bad line half way through a file), everything is rolled back.
     """
     now = datetime.now(UTC).replace(tzinfo=None)
     batches = _batches(entries, BATCH_SIZE)
@@ -1065,28 +1144,17 @@ def write_entries(
     count = 0
     with _bulk_settings(store):
         with store.transaction():
-            digest_id = digest[0] if digest is not None else None
+            listing = _Listing(store) if digest is not None else None
             for batch in batches:
                 count += len(batch)
                 dates.update(e.listed_on for e in batch if e.listed_on)
-                _write_batch(store, digest_id, batch, report, now)
+                _write_batch(store, listing, batch, report, now)
                 if on_batch:
                     on_batch(len(batch))
             report.entries = count
-            if digest is not None:
-                source, fmt, sha = digest
-                store.con.execute(
-                    "INSERT INTO digests VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest_id) DO NOTHING",
-                    [
-                        digest_id,
-                        source,
-                        fmt,
-                        dates.most_common(1)[0][0] if dates else None,
-                        sha,
-                        count,
-                        now,
-                    ],
-                )
+            if listing is not None and digest is not None:
+                digest_date = dates.most_common(1)[0][0] if dates else None
+                listing.write(digest, count, digest_date, now, report)
         if report.new_papers or report.updated_papers:
             # Compress what was written now, under the settings above; DuckDB's own later
             # checkpoint would use its defaults. Busy (another transaction open)? Later, then.
@@ -1105,7 +1173,7 @@ def ingest_file(
         write_entries(
             store,
             digest.entries(),
-            digest=(p.name, digest.format, digest.sha256),
+            digest=DigestFile(p.name, str(p.absolute()), digest.format, digest.sha256),
             report=report,
             on_batch=on_batch,
         )
