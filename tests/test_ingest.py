@@ -406,6 +406,224 @@ def test_csv_after_blank_lines_names_rows_by_their_line(tmp_path: Path) -> None:
     assert "'Orphan' has no abstract" in info.value.reason
 
 
+def test_spreadsheet_csv_with_semicolons_bom_and_a_link_column(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """What a spreadsheet exports in much of Europe: BOM, ';', CRLF, "Paper Title"."""
+    src = tmp_path / "export.csv"
+    src.write_bytes(
+        "\ufeffPaper Title;Abstract;Link;Authors\r\n"
+        f'"Tiny Quant; 4 bits";"{ABSTRACT}";https://arxiv.org/abs/2401.12345v2;"Ada, Alan"\r\n'
+        f"Fast Video Diffusion;{OTHER_ABSTRACT};https://example.org/fvd;Bob\r\n".encode()
+    )
+    parsed = parse_file(src)
+    assert parsed.format == "csv"
+    assert [(e.title, e.abstract, e.arxiv_id, e.url, e.where) for e in parsed.entries] == [
+        ("Tiny Quant; 4 bits", ABSTRACT, "2401.12345", "https://arxiv.org/abs/2401.12345v2", 2),
+        ("Fast Video Diffusion", OTHER_ABSTRACT, None, "https://example.org/fvd", 3),
+    ]
+    assert ingest([src], db_path).ok
+    assert rows(db_path, "SELECT arxiv_id FROM papers ORDER BY title") == [(None,), ("2401.12345",)]
+    # A record's "Link" is read the same way in JSONL.
+    jsonl = write_jsonl(
+        tmp_path / "l.jsonl",
+        [
+            {
+                "Title": "Tiny Quant",
+                "Abstract": ABSTRACT,
+                "Link": "https://arxiv.org/abs/2401.77777v1",
+            }
+        ],
+    )
+    assert [e.arxiv_id for e in parse_file(jsonl).entries] == ["2401.77777"]
+
+
+ARXIV_ATOM = """<?xml version="1.0" encoding="UTF-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom">
+  <link href="http://arxiv.org/api/query?search_query%3Dall%3Aquantization%26id_list%3D%26start%3D0%26max_results%3D2" rel="self" type="application/atom+xml"/>
+  <title type="html">ArXiv Query: search_query=all:quantization&amp;id_list=&amp;start=0&amp;max_results=2</title>
+  <id>http://arxiv.org/api/cHxbiOdZaP56ODnBPIenZhzg5f8</id>
+  <updated>2024-01-05T00:00:00-05:00</updated>
+  <opensearch:totalResults xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/">1520</opensearch:totalResults>
+  <opensearch:startIndex xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/">0</opensearch:startIndex>
+  <opensearch:itemsPerPage xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/">2</opensearch:itemsPerPage>
+  <entry>
+    <id>http://arxiv.org/abs/2401.01234v2</id>
+    <updated>2024-01-04T18:59:59Z</updated>
+    <published>2024-01-02T10:00:00Z</published>
+    <title>Tiny Quant: 4-bit Post-Training
+  Quantization for Large Language Models</title>
+    <summary>  We propose a 4-bit post-training quantization method for large language
+models. Memory falls by 3x &amp; perplexity holds when bits &lt; 8.
+</summary>
+    <author>
+      <name>Ada Lovelace</name>
+    </author>
+    <arxiv:comment xmlns:arxiv="http://arxiv.org/schemas/atom">12 pages, 3 figures</arxiv:comment>
+    <link href="http://arxiv.org/abs/2401.01234v2" rel="alternate" type="text/html"/>
+    <link title="pdf" href="http://arxiv.org/pdf/2401.01234v2" rel="related" type="application/pdf"/>
+    <arxiv:primary_category xmlns:arxiv="http://arxiv.org/schemas/atom" term="cs.LG" scheme="http://arxiv.org/schemas/atom"/>
+    <category term="cs.LG" scheme="http://arxiv.org/schemas/atom"/>
+  </entry>
+  <entry>
+    <id>http://arxiv.org/abs/cs/0112017v1</id>
+    <updated>2001-12-14T12:00:00Z</updated>
+    <published>2001-12-12T09:30:00Z</published>
+    <title>Pruning Old Networks</title>
+    <summary>We prune networks from an older century. Half the weights go.</summary>
+    <author>
+      <name>Alan Turing</name>
+    </author>
+    <link href="http://arxiv.org/abs/cs/0112017v1" rel="alternate" type="text/html"/>
+    <link title="pdf" href="http://arxiv.org/pdf/cs/0112017v1" rel="related" type="application/pdf"/>
+    <arxiv:primary_category xmlns:arxiv="http://arxiv.org/schemas/atom" term="cs.NE" scheme="http://arxiv.org/schemas/atom"/>
+  </entry>
+</feed>
+"""
+
+ARXIV_RSS = """<?xml version='1.0' encoding='UTF-8'?>
+<rss xmlns:arxiv="http://arxiv.org/schemas/atom" xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:atom="http://www.w3.org/2005/Atom" xmlns:content="http://purl.org/rss/1.0/modules/content/" version="2.0">
+  <channel>
+    <title>cs.LG updates on arXiv.org</title>
+    <link>http://rss.arxiv.org/rss/cs.LG</link>
+    <description>cs.LG updates on the arXiv.org e-print archive.</description>
+    <atom:link href="https://rss.arxiv.org/rss/cs.LG" rel="self" type="application/rss+xml"/>
+    <language>en-us</language>
+    <lastBuildDate>Mon, 08 Jan 2024 00:00:00 -0500</lastBuildDate>
+    <pubDate>Mon, 08 Jan 2024 00:00:00 -0500</pubDate>
+    <item>
+      <title>Tiny Quant: 4-bit LLMs</title>
+      <link>https://arxiv.org/abs/2401.01234</link>
+      <description>arXiv:2401.01234v1 Announce Type: new
+Abstract: We propose a 4-bit method. Memory falls by 3x.</description>
+      <guid isPermaLink="false">oai:arXiv.org:2401.01234v1</guid>
+      <category>cs.LG</category>
+      <pubDate>Mon, 08 Jan 2024 00:00:00 -0500</pubDate>
+      <arxiv:announce_type>new</arxiv:announce_type>
+      <dc:rights>http://creativecommons.org/licenses/by/4.0/</dc:rights>
+      <dc:creator>Ada Lovelace, Alan Turing</dc:creator>
+    </item>
+    <item>
+      <title>Distilled Video Diffusion</title>
+      <link>https://arxiv.org/abs/2312.09999</link>
+      <description>arXiv:2312.09999v3 Announce Type: replace-cross
+Abstract: We distill a video model into &lt;i&gt;four&lt;/i&gt; steps.&lt;br/&gt;Latency drops by 10&lt;sup&gt;1&lt;/sup&gt;x.</description>
+      <guid isPermaLink="false">oai:arXiv.org:2312.09999v3</guid>
+      <pubDate>Mon, 08 Jan 2024 00:00:00 -0500</pubDate>
+      <arxiv:announce_type>replace-cross</arxiv:announce_type>
+    </item>
+  </channel>
+</rss>
+"""
+
+
+def test_arxiv_api_atom_feed_is_a_digest(tmp_path: Path, db_path: Path) -> None:
+    src = tmp_path / "query.xml"
+    src.write_text(ARXIV_ATOM, encoding="utf-8")
+    parsed = parse_file(src)
+    assert parsed.format == "atom"
+    got = [(e.title, e.arxiv_id, e.url, e.published_at, e.listed_on) for e in parsed.entries]
+    assert got == [
+        (
+            "Tiny Quant: 4-bit Post-Training Quantization for Large Language Models",
+            "2401.01234",
+            "http://arxiv.org/abs/2401.01234v2",
+            date(2024, 1, 2),
+            None,
+        ),
+        (
+            "Pruning Old Networks",
+            "cs/0112017",
+            "http://arxiv.org/abs/cs/0112017v1",
+            date(2001, 12, 12),
+            None,
+        ),
+    ]
+    assert parsed.entries[0].abstract == (
+        "We propose a 4-bit post-training quantization method for large language models. "
+        "Memory falls by 3x & perplexity holds when bits < 8."
+    )
+    result = cli("ingest", src)
+    assert result.exit_code == 0, result.output
+    assert "(atom): 2 entries, 2 new papers" in result.stdout
+    assert sorted(rows(db_path, "SELECT arxiv_id, published_at FROM papers")) == [
+        ("2401.01234", date(2024, 1, 2)),
+        ("cs/0112017", date(2001, 12, 12)),
+    ]
+    assert not any(t.startswith("<") for t in titles(db_path))
+    assert ingest([src], db_path).total("unchanged") == 2
+
+
+def test_arxiv_rss_feed_is_a_dated_digest(tmp_path: Path, db_path: Path) -> None:
+    src = tmp_path / "cs.LG"
+    src.write_text(ARXIV_RSS, encoding="utf-8")
+    parsed = parse_file(src)
+    assert parsed.format == "rss"
+    got = [(e.title, e.abstract, e.arxiv_id, e.url, e.listed_on) for e in parsed.entries]
+    assert got == [
+        (
+            "Tiny Quant: 4-bit LLMs",
+            "We propose a 4-bit method. Memory falls by 3x.",
+            "2401.01234",
+            "https://arxiv.org/abs/2401.01234",
+            date(2024, 1, 8),
+        ),
+        (
+            "Distilled Video Diffusion",
+            "We distill a video model into four steps. Latency drops by 101x.",
+            "2312.09999",
+            "https://arxiv.org/abs/2312.09999",
+            date(2024, 1, 8),
+        ),
+    ]
+    assert ingest([src], db_path).ok
+    assert rows(db_path, "SELECT format, digest_date, entries FROM digests") == [
+        ("rss", date(2024, 1, 8), 2)
+    ]
+    # RSS 1.0 (RDF) carries the same fields under other names.
+    rdf = tmp_path / "rdf.xml"
+    rdf.write_text(
+        '<?xml version="1.0"?>\n<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"'
+        ' xmlns="http://purl.org/rss/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/">\n'
+        '<channel rdf:about="http://arxiv.org/"><title>cs.LG</title></channel>\n'
+        '<item rdf:about="http://arxiv.org/abs/2401.05555"><title>Lean Bees</title>'
+        f"<description>{ABSTRACT}</description><dc:date>2024-01-09</dc:date></item>\n"
+        "</rdf:RDF>\n",
+        encoding="utf-8",
+    )
+    assert [(e.title, e.arxiv_id, e.listed_on) for e in parse_file(rdf).entries] == [
+        ("Lean Bees", "2401.05555", date(2024, 1, 9))
+    ]
+
+
+def test_a_title_may_open_with_a_tag_and_a_title_row_may_name_columns(tmp_path: Path) -> None:
+    """A real arXiv title starts "<think>"; one like "Name, Date, and Source: ..." has
+    column-ish words and commas. Both are page text, not markup or a CSV header."""
+    think = "<think> So let's replace this phrase with insult... </think> Lessons learned"
+    src = page_text(
+        tmp_path / "d.txt",
+        [(think, ABSTRACT), ("Name, Date, and Source: Attributing Text", OTHER_ABSTRACT)],
+    )
+    parsed = parse_file(src)
+    assert parsed.format == "page-text"
+    assert [e.title for e in parsed.entries] == [
+        think,
+        "Name, Date, and Source: Attributing Text",
+    ]
+    first_swapped = page_text(
+        tmp_path / "e.txt", [("Name, Date, and Source: Attributing Text", ABSTRACT)]
+    )
+    assert parse_file(first_swapped).format == "page-text"
+
+
+def test_ingest_help_lists_the_formats() -> None:
+    result = cli("ingest", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for fmt in ("page text", "HF API JSON", "JSONL", "CSV", "Atom", "RSS"):
+        assert fmt in text, fmt
+
+
 def test_lone_surrogate_escape_is_replaced_not_a_crash(tmp_path: Path, db_path: Path) -> None:
     """A JSON "\\ud83d" escape cut from its pair cannot be stored as UTF-8."""
     src = write_jsonl(
@@ -797,6 +1015,86 @@ BAD_INPUTS: list[tuple[str, BadMaker, str | None, str]] = [
         "more cells than header",
     ),
     ("json-not-digest", _write("cfg.json", '{"name": "x", "version": 2}'), None, "not a digest"),
+    (
+        "csv-no-title-no-abstract",
+        _write("links.csv", "name,url\nTiny Quant,https://arxiv.org/abs/2401.12345\n"),
+        "row 1",
+        "CSV has no title and no abstract column (need 'title' and 'abstract' or 'summary'); "
+        "columns: name, url",
+    ),
+    (
+        "xml-entity-expansion",
+        _write(
+            "lolz.xml",
+            '<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
+            '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>\n'
+            '<feed xmlns="http://www.w3.org/2005/Atom"><entry><title>&lol2;</title>'
+            f"<summary>{ABSTRACT}</summary></entry></feed>\n",
+        ),
+        None,
+        "XML with a DOCTYPE (entity declarations) is refused",
+    ),
+    (
+        "html-page",
+        _write(
+            "daily.html",
+            "<!DOCTYPE html>\n<html><head><title>Daily Papers</title></head>\n"
+            f"<body><h3>Tiny Quant</h3><p>{ABSTRACT}</p></body></html>\n",
+        ),
+        None,
+        "not a digest: looks like HTML",
+    ),
+    (
+        "other-xml",
+        _write("config.xml", '<?xml version="1.0"?>\n<config><papers>2</papers></config>\n'),
+        None,
+        "not a digest: looks like XML with root <config>, not an Atom or RSS feed",
+    ),
+    (
+        "arxiv-api-error",
+        _write(
+            "error.xml",
+            '<?xml version="1.0" encoding="UTF-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom">\n'
+            "<entry><id>http://arxiv.org/api/errors#incorrect_id_format_for_1234.1</id>"
+            "<title>Error</title><summary>incorrect id format for 1234.1</summary></entry>\n"
+            "</feed>\n",
+        ),
+        None,
+        "arXiv API error response, not a digest: 'incorrect id format for 1234.1'",
+    ),
+    (
+        "atom-no-summary",
+        _write(
+            "nosum.xml",
+            '<feed xmlns="http://www.w3.org/2005/Atom">\n'
+            f"<entry><title>Tiny Quant</title><summary>{ABSTRACT}</summary></entry>\n"
+            "<entry><title>Orphan</title></entry>\n</feed>\n",
+        ),
+        "entry 2",
+        "'Orphan' has no abstract",
+    ),
+    (
+        "atom-empty",
+        _write("none.xml", '<feed xmlns="http://www.w3.org/2005/Atom"><title>q</title></feed>'),
+        None,
+        "Atom feed has no entries",
+    ),
+    (
+        "broken-xml",
+        _write(
+            "broken.xml",
+            '\n<?xml version="1.0"?>\n<feed xmlns="http://www.w3.org/2005/Atom">\n'
+            "<entry><title>x</entry>\n</feed>\n",
+        ),
+        "line 4",
+        "invalid XML: mismatched tag",
+    ),
+    (
+        "markup-title",
+        _write("mixed.txt", f"Tiny Quant\n{ABSTRACT}\n<html><body>\n{OTHER_ABSTRACT}\n"),
+        "line 3",
+        "'<html><body>' is markup",
+    ),
     ("missing", lambda t: t / "does-not-exist.txt", None, "cannot read"),
     ("directory", lambda t: t, None, "is a directory"),
 ]

@@ -155,8 +155,10 @@ def ingest(
     files: Annotated[
         list[Path],
         typer.Argument(
-            help="Digest files: Hugging Face Daily Papers page text, HF API JSON, JSONL/JSON or CSV "
-            "(the format is detected from the content).",
+            help="Digest files: Hugging Face Daily Papers page text, HF API JSON, JSONL/JSON, "
+            "CSV/TSV (any delimiter; a title and an abstract/summary column), or an Atom or RSS "
+            "feed (the arXiv API's answers, arXiv's RSS lists). The format is detected from the "
+            "content; a file that is none of these is refused, saying what it looks like.",
             show_default=False,
         ),
     ],

@@ -5,7 +5,10 @@ Formats are detected from content, not the file name:
 * Hugging Face "Daily Papers" page text (titles and abstracts on alternate
   lines, with or without blank lines between them, plus page chrome);
 * Hugging Face daily-papers API JSON (every schema generation);
-* JSONL, JSON lists of records, and CSV with a title and an abstract/summary column.
+* JSONL, JSON lists of records, and CSV/TSV with a title and an abstract/summary column
+  (the delimiter sniffed from the header);
+* Atom and RSS feeds (the arXiv API's answers, arXiv's lists): see :mod:`papertag.feeds`,
+  which also refuses other markup (HTML, other XML) in one line.
 
 A paper is one row however many digests list it: it is keyed on its arXiv id
 when known, otherwise on a normalised title. Each file is written in one
@@ -13,7 +16,9 @@ transaction, so a bad file adds nothing while good files beside it still land.
 
 Page text, JSONL and CSV are streamed: entries are parsed and written in
 batches of :data:`BATCH_SIZE`, so memory stays bounded whatever the file size.
-A JSON document is one value and is read whole.
+A JSON document is one value and is read whole, and so is a feed.
+
+A digest is keyed on what it lists (:class:`_Listing`), not on its file name.
 """
 
 from __future__ import annotations
@@ -158,10 +163,26 @@ class Parsed:
     note: str | None = None
 
 
+#: A title that starts like a markup document (``<?xml``, ``<!DOCTYPE``, ``<html>``, a feed's
+#: tags) is a file read as the wrong format. Other tags stay titles ("<think> ...").
+_MARKUP_TITLE = re.compile(
+    r"<(?:[?!]|/?(?:html|head|body|meta|script|style|div|span|p|table|feed|entry|rss"
+    r"|channel|item|rdf:rdf)\b)",
+    re.IGNORECASE,
+)
+
+
 def _check_entry(path: Path, entry: Entry, kind: str) -> Entry:
     where = entry.where
     if not entry.title:
         raise InputError(path, "entry has no title", line=where, kind=kind)
+    if entry.title[0] == "<" and _MARKUP_TITLE.match(entry.title):
+        raise InputError(
+            path,
+            f"title {_short(entry.title)!r} is markup: not a digest, or not one papertag reads",
+            line=where,
+            kind=kind,
+        )
     if not entry.abstract:
         raise InputError(
             path, f"title {_short(entry.title)!r} has no abstract", line=where, kind=kind
@@ -342,13 +363,13 @@ def _date(value: Any) -> date | None:
             return None
 
 
-_RECORD_KEYS = frozenset({"title", "abstract", "summary", "id", "arxiv_id", "url", "date"})
+_RECORD_KEYS = frozenset({"title", "abstract", "summary", "id", "arxiv_id", "url", "link", "date"})
 
 
 def _lower_keys(obj: dict[Any, Any]) -> dict[str, Any]:
     if obj.keys() <= _RECORD_KEYS:
         return obj  # already the canonical keys (the common case)
-    return {str(k).strip().lower(): v for k, v in obj.items()}
+    return {_column(str(k)): v for k, v in obj.items()}
 
 
 def _record_entry(path: Path, low: dict[str, Any], position: int, where: int, kind: str) -> Entry:
@@ -359,7 +380,9 @@ def _record_entry(path: Path, low: dict[str, Any], position: int, where: int, ki
         low.get("abstract") if low.get("abstract") not in (None, "") else low.get("summary")
     )
     abstract = clean_text(str(abstract_val or ""))
-    url = str(low["url"]).strip() if low.get("url") else None
+    # A spreadsheet's "Link" column is the same thing as a record's url.
+    url_val = low.get("url") or low.get("link")
+    url = str(url_val).strip() if url_val else None
     arxiv = parse_arxiv_id(low.get("arxiv_id")) or parse_arxiv_id(low.get("id"))
     if arxiv is None and url and ("arxiv.org" in url or "huggingface.co/papers" in url):
         arxiv = parse_arxiv_id(url)
@@ -395,7 +418,7 @@ def _api_entry(path: Path, item: dict[str, Any], position: int) -> Entry:
 
 
 def _has_columns(keys: Iterable[str]) -> tuple[bool, bool]:
-    low = {k.strip().lower() for k in keys}
+    low = {_column(k) for k in keys}
     return "title" in low, bool(low & {"abstract", "summary"})
 
 
@@ -491,16 +514,65 @@ def parse_jsonl(path: Path, text: str) -> Parsed:
 # ---------------------------------------------------------------------------
 
 
+_DELIMITERS = (",", "\t", ";", "|")
+#: Column names a list of papers may have, as :func:`_column` spells them. A first line of
+#: two or more of them (and nothing like a sentence) is a CSV header, whatever the file's
+#: other columns are: so a CSV without the columns papertag needs says so, and is not
+#: taken for page text.
+_KNOWN_COLUMNS = frozenset(
+    {
+        *("title", "name", "abstract", "summary", "description", "url", "link", "pdf", "pdf_url"),
+        *("id", "arxiv_id", "doi", "authors", "author", "date", "published", "published_at"),
+        *("year", "venue", "category", "categories", "tags", "keywords", "upvotes", "comments"),
+        *("notes", "note", "source"),
+    }
+)
+#: Other spellings of the columns a record is read from (spreadsheets' "Paper Title").
+_COLUMN_ALIASES = {
+    "paper_title": "title",
+    "paper_abstract": "abstract",
+    "arxiv": "arxiv_id",
+    "paper_url": "url",
+    "paper_link": "link",
+}
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _column(name: str) -> str:
+    """A column or key name folded: case, spaces, punctuation, BOM ("Paper Title" ->
+    "title", "arXiv ID" -> "arxiv_id")."""
+    key = "_".join(_WORD.findall(name.lower()))
+    return _COLUMN_ALIASES.get(key, key)
+
+
+def _cells(line: str, delimiter: str) -> list[str]:
+    return [c.strip() for c in next(csv.reader([line], delimiter=delimiter), [])]
+
+
 def _csv_dialect(header: str) -> str:
-    counts = {d: header.count(d) for d in (",", "\t", ";")}
-    return max(counts, key=lambda d: counts[d])
+    """The delimiter of a CSV/TSV file, sniffed from its header: the one that splits the
+    header into the most known column names (then the most cells). The header, not the
+    rows: abstracts are full of commas and semicolons, column names are not."""
+    header = header.lstrip("\ufeff")
+
+    def fit(delimiter: str) -> tuple[int, int]:
+        cells = _cells(header, delimiter)
+        return sum(_column(c) in _KNOWN_COLUMNS for c in cells), len(cells)
+
+    return max(_DELIMITERS, key=fit)
 
 
 def _looks_like_csv_header(first_line: str) -> bool:
-    if not any(d in first_line for d in (",", "\t", ";")):
+    line = first_line.lstrip("\ufeff")
+    if not any(d in line for d in _DELIMITERS):
         return False
-    cells = next(csv.reader([first_line], delimiter=_csv_dialect(first_line)))
-    return any(c.strip().lower() == "title" for c in cells)
+    cells = [c for c in _cells(line, _csv_dialect(line)) if c]
+    # Column names are a few words, never a sentence or a subtitle: a title such as
+    # "Name, Date, and Source: ..." is page text.
+    return sum(_column(c) in _KNOWN_COLUMNS for c in cells) >= 2 and all(
+        len(c) <= 64 and len(c.split()) <= 4 and ":" not in c and not _SENTENCE_END.search(c)
+        for c in cells
+    )
 
 
 def _csv_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
@@ -518,12 +590,23 @@ def _csv_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
     end = skipped  # the last line of the previous record
     n = 0
     try:
-        columns = [c.strip().lower() for c in next(reader, [])]
+        header = [c.strip() for c in next(reader, [])]
+        columns = [_column(c) for c in header]
         end = skipped + reader.line_num
-        if not _has_columns(columns)[1]:
+        missing = [
+            (column, need)
+            for (column, need), present in zip(
+                (("title", "'title'"), ("abstract", "'abstract' or 'summary'")),
+                _has_columns(columns),
+                strict=True,
+            )
+            if not present
+        ]
+        if missing:
             raise InputError(
                 path,
-                f"CSV has no abstract column (need 'abstract' or 'summary'); columns: {', '.join(columns)}",
+                f"CSV has no {' and no '.join(c for c, _ in missing)} column (need "
+                f"{' and '.join(n for _, n in missing)}); columns: {', '.join(header)}",
                 line=end,
                 kind="row",
             )
@@ -553,6 +636,12 @@ def parse_csv(path: Path, text: str) -> Parsed:
 # ---------------------------------------------------------------------------
 
 _LEADING = "\ufeff \t\r\n"
+#: A first line that starts a markup document: a declaration, or a tag followed by another
+#: tag or by the end of the line. A title that opens with a tag and goes on in words
+#: ("<think> So let's ...", a real arXiv title) is still page text.
+_MARKUP_START = re.compile(
+    r"<(?:[?!]|[A-Za-z][\w.:-]*(?:\s[^<>]*)?(?:/?>\s*(?:<|$)|$))", re.MULTILINE
+)
 
 
 def detect_format(text: str) -> str:
@@ -571,6 +660,10 @@ def _sniff(fh: IO[str]) -> tuple[str, list[str]]:
         first = line.lstrip(_LEADING)
         if first:
             break
+    if _MARKUP_START.match(first):
+        # XML or HTML: a feed, or a one-line "not a digest" (never page text: markup
+        # would become titles).
+        return "markup", head
     if first.startswith("["):
         return "json", head
     if first.startswith("{"):
@@ -621,6 +714,12 @@ class Digest:
             if self.format == "json":
                 # One JSON value: read whole (API responses are small).
                 self._parsed = parse_json(self.path, "".join(self._lines))
+                self.format = self._parsed.format
+            elif self.format == "markup":
+                from .feeds import parse_markup  # imported here: feeds builds on this module
+
+                # One XML document, read whole like JSON (a feed is a page of results).
+                self._parsed = parse_markup(self.path, "".join(self._lines))
                 self.format = self._parsed.format
         except BaseException:
             self._fh.close()
