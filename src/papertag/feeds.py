@@ -1,8 +1,9 @@
 """Feeds as digests: Atom (the arXiv API's answers) and RSS (arXiv's daily lists).
 
-A file that starts like markup (``<?xml``, ``<!DOCTYPE``, a tag) comes here, read whole (a feed is one document, like a
-JSON one). Atom and RSS become entries; anything else is refused in one line saying
-what it looks like (HTML, some other XML), so markup never becomes a paper.
+A file that starts like markup (``<?xml``, ``<!DOCTYPE``, a tag) comes here, read whole
+(a feed is one document, like a JSON one). Atom and RSS become entries; anything else is
+refused in one line saying what it looks like (HTML, some other XML), so markup never
+becomes a paper.
 
 XML is parsed with the standard library's ElementTree, after refusing any DOCTYPE:
 entities are declared only there, so without one nothing can expand without bound

@@ -938,9 +938,10 @@ class _Listing:
 
     A digest is identified by what it lists, not by its file name (two files both called
     papers.json are two digests): its entries in order, each with its arXiv id, title,
-    abstract and listing date, hashed. That id is known only after the last entry, so the listings wait in a
-    temporary table of the transaction (memory stays bounded whatever the file size, as
-    DuckDB spills it) and reach ``digest_papers`` under their id at the end.
+    abstract and listing date, hashed. That id is known only after the last entry, so
+    the listings wait in a temporary table of the transaction (memory stays bounded
+    whatever the file size, as DuckDB spills it) and reach ``digest_papers`` under their
+    id at the end.
     """
 
     def __init__(self, store: Store) -> None:
