@@ -134,8 +134,8 @@ def test_real_digests_give_623_papers_and_692_links(db_path: Path) -> None:
     assert count(db_path, "paper_versions") == 623
     per_digest = rows(
         db_path,
-        "SELECT digest_id, count(*), min(position), max(position) FROM digest_papers "
-        "GROUP BY ALL ORDER BY digest_id",
+        "SELECT source, count(*), min(position), max(position) FROM digest_papers "
+        "JOIN digests USING (digest_id) GROUP BY ALL ORDER BY source",
     )
     assert [(n, lo, hi) for _, n, lo, hi in per_digest] == [
         (n, 1, n) for n in (211, 219, 80, 116, 66)
@@ -187,7 +187,8 @@ def test_titles_and_abstracts_match_the_gold_file(db_path: Path) -> None:
     listed = set(
         rows(
             db_path,
-            "SELECT p.title, d.digest_id FROM papers p JOIN digest_papers d USING (paper_id)",
+            "SELECT p.title, d.source FROM papers p JOIN digest_papers USING (paper_id) "
+            "JOIN digests d USING (digest_id)",
         )
     )
     assert all((g["title"], g["digest"]) in listed for g in gold)
@@ -405,6 +406,224 @@ def test_csv_after_blank_lines_names_rows_by_their_line(tmp_path: Path) -> None:
     assert "'Orphan' has no abstract" in info.value.reason
 
 
+def test_spreadsheet_csv_with_semicolons_bom_and_a_link_column(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """What a spreadsheet exports in much of Europe: BOM, ';', CRLF, "Paper Title"."""
+    src = tmp_path / "export.csv"
+    src.write_bytes(
+        "\ufeffPaper Title;Abstract;Link;Authors\r\n"
+        f'"Tiny Quant; 4 bits";"{ABSTRACT}";https://arxiv.org/abs/2401.12345v2;"Ada, Alan"\r\n'
+        f"Fast Video Diffusion;{OTHER_ABSTRACT};https://example.org/fvd;Bob\r\n".encode()
+    )
+    parsed = parse_file(src)
+    assert parsed.format == "csv"
+    assert [(e.title, e.abstract, e.arxiv_id, e.url, e.where) for e in parsed.entries] == [
+        ("Tiny Quant; 4 bits", ABSTRACT, "2401.12345", "https://arxiv.org/abs/2401.12345v2", 2),
+        ("Fast Video Diffusion", OTHER_ABSTRACT, None, "https://example.org/fvd", 3),
+    ]
+    assert ingest([src], db_path).ok
+    assert rows(db_path, "SELECT arxiv_id FROM papers ORDER BY title") == [(None,), ("2401.12345",)]
+    # A record's "Link" is read the same way in JSONL.
+    jsonl = write_jsonl(
+        tmp_path / "l.jsonl",
+        [
+            {
+                "Title": "Tiny Quant",
+                "Abstract": ABSTRACT,
+                "Link": "https://arxiv.org/abs/2401.77777v1",
+            }
+        ],
+    )
+    assert [e.arxiv_id for e in parse_file(jsonl).entries] == ["2401.77777"]
+
+
+ARXIV_ATOM = """<?xml version="1.0" encoding="UTF-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom">
+  <link href="http://arxiv.org/api/query?search_query%3Dall%3Aquantization%26id_list%3D%26start%3D0%26max_results%3D2" rel="self" type="application/atom+xml"/>
+  <title type="html">ArXiv Query: search_query=all:quantization&amp;id_list=&amp;start=0&amp;max_results=2</title>
+  <id>http://arxiv.org/api/cHxbiOdZaP56ODnBPIenZhzg5f8</id>
+  <updated>2024-01-05T00:00:00-05:00</updated>
+  <opensearch:totalResults xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/">1520</opensearch:totalResults>
+  <opensearch:startIndex xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/">0</opensearch:startIndex>
+  <opensearch:itemsPerPage xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/">2</opensearch:itemsPerPage>
+  <entry>
+    <id>http://arxiv.org/abs/2401.01234v2</id>
+    <updated>2024-01-04T18:59:59Z</updated>
+    <published>2024-01-02T10:00:00Z</published>
+    <title>Tiny Quant: 4-bit Post-Training
+  Quantization for Large Language Models</title>
+    <summary>  We propose a 4-bit post-training quantization method for large language
+models. Memory falls by 3x &amp; perplexity holds when bits &lt; 8.
+</summary>
+    <author>
+      <name>Ada Lovelace</name>
+    </author>
+    <arxiv:comment xmlns:arxiv="http://arxiv.org/schemas/atom">12 pages, 3 figures</arxiv:comment>
+    <link href="http://arxiv.org/abs/2401.01234v2" rel="alternate" type="text/html"/>
+    <link title="pdf" href="http://arxiv.org/pdf/2401.01234v2" rel="related" type="application/pdf"/>
+    <arxiv:primary_category xmlns:arxiv="http://arxiv.org/schemas/atom" term="cs.LG" scheme="http://arxiv.org/schemas/atom"/>
+    <category term="cs.LG" scheme="http://arxiv.org/schemas/atom"/>
+  </entry>
+  <entry>
+    <id>http://arxiv.org/abs/cs/0112017v1</id>
+    <updated>2001-12-14T12:00:00Z</updated>
+    <published>2001-12-12T09:30:00Z</published>
+    <title>Pruning Old Networks</title>
+    <summary>We prune networks from an older century. Half the weights go.</summary>
+    <author>
+      <name>Alan Turing</name>
+    </author>
+    <link href="http://arxiv.org/abs/cs/0112017v1" rel="alternate" type="text/html"/>
+    <link title="pdf" href="http://arxiv.org/pdf/cs/0112017v1" rel="related" type="application/pdf"/>
+    <arxiv:primary_category xmlns:arxiv="http://arxiv.org/schemas/atom" term="cs.NE" scheme="http://arxiv.org/schemas/atom"/>
+  </entry>
+</feed>
+"""
+
+ARXIV_RSS = """<?xml version='1.0' encoding='UTF-8'?>
+<rss xmlns:arxiv="http://arxiv.org/schemas/atom" xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:atom="http://www.w3.org/2005/Atom" xmlns:content="http://purl.org/rss/1.0/modules/content/" version="2.0">
+  <channel>
+    <title>cs.LG updates on arXiv.org</title>
+    <link>http://rss.arxiv.org/rss/cs.LG</link>
+    <description>cs.LG updates on the arXiv.org e-print archive.</description>
+    <atom:link href="https://rss.arxiv.org/rss/cs.LG" rel="self" type="application/rss+xml"/>
+    <language>en-us</language>
+    <lastBuildDate>Mon, 08 Jan 2024 00:00:00 -0500</lastBuildDate>
+    <pubDate>Mon, 08 Jan 2024 00:00:00 -0500</pubDate>
+    <item>
+      <title>Tiny Quant: 4-bit LLMs</title>
+      <link>https://arxiv.org/abs/2401.01234</link>
+      <description>arXiv:2401.01234v1 Announce Type: new
+Abstract: We propose a 4-bit method. Memory falls by 3x.</description>
+      <guid isPermaLink="false">oai:arXiv.org:2401.01234v1</guid>
+      <category>cs.LG</category>
+      <pubDate>Mon, 08 Jan 2024 00:00:00 -0500</pubDate>
+      <arxiv:announce_type>new</arxiv:announce_type>
+      <dc:rights>http://creativecommons.org/licenses/by/4.0/</dc:rights>
+      <dc:creator>Ada Lovelace, Alan Turing</dc:creator>
+    </item>
+    <item>
+      <title>Distilled Video Diffusion</title>
+      <link>https://arxiv.org/abs/2312.09999</link>
+      <description>arXiv:2312.09999v3 Announce Type: replace-cross
+Abstract: We distill a video model into &lt;i&gt;four&lt;/i&gt; steps.&lt;br/&gt;Latency drops by 10&lt;sup&gt;1&lt;/sup&gt;x.</description>
+      <guid isPermaLink="false">oai:arXiv.org:2312.09999v3</guid>
+      <pubDate>Mon, 08 Jan 2024 00:00:00 -0500</pubDate>
+      <arxiv:announce_type>replace-cross</arxiv:announce_type>
+    </item>
+  </channel>
+</rss>
+"""
+
+
+def test_arxiv_api_atom_feed_is_a_digest(tmp_path: Path, db_path: Path) -> None:
+    src = tmp_path / "query.xml"
+    src.write_text(ARXIV_ATOM, encoding="utf-8")
+    parsed = parse_file(src)
+    assert parsed.format == "atom"
+    got = [(e.title, e.arxiv_id, e.url, e.published_at, e.listed_on) for e in parsed.entries]
+    assert got == [
+        (
+            "Tiny Quant: 4-bit Post-Training Quantization for Large Language Models",
+            "2401.01234",
+            "http://arxiv.org/abs/2401.01234v2",
+            date(2024, 1, 2),
+            None,
+        ),
+        (
+            "Pruning Old Networks",
+            "cs/0112017",
+            "http://arxiv.org/abs/cs/0112017v1",
+            date(2001, 12, 12),
+            None,
+        ),
+    ]
+    assert parsed.entries[0].abstract == (
+        "We propose a 4-bit post-training quantization method for large language models. "
+        "Memory falls by 3x & perplexity holds when bits < 8."
+    )
+    result = cli("ingest", src)
+    assert result.exit_code == 0, result.output
+    assert "(atom): 2 entries, 2 new papers" in result.stdout
+    assert sorted(rows(db_path, "SELECT arxiv_id, published_at FROM papers")) == [
+        ("2401.01234", date(2024, 1, 2)),
+        ("cs/0112017", date(2001, 12, 12)),
+    ]
+    assert not any(t.startswith("<") for t in titles(db_path))
+    assert ingest([src], db_path).total("unchanged") == 2
+
+
+def test_arxiv_rss_feed_is_a_dated_digest(tmp_path: Path, db_path: Path) -> None:
+    src = tmp_path / "cs.LG"
+    src.write_text(ARXIV_RSS, encoding="utf-8")
+    parsed = parse_file(src)
+    assert parsed.format == "rss"
+    got = [(e.title, e.abstract, e.arxiv_id, e.url, e.listed_on) for e in parsed.entries]
+    assert got == [
+        (
+            "Tiny Quant: 4-bit LLMs",
+            "We propose a 4-bit method. Memory falls by 3x.",
+            "2401.01234",
+            "https://arxiv.org/abs/2401.01234",
+            date(2024, 1, 8),
+        ),
+        (
+            "Distilled Video Diffusion",
+            "We distill a video model into four steps. Latency drops by 101x.",
+            "2312.09999",
+            "https://arxiv.org/abs/2312.09999",
+            date(2024, 1, 8),
+        ),
+    ]
+    assert ingest([src], db_path).ok
+    assert rows(db_path, "SELECT format, digest_date, entries FROM digests") == [
+        ("rss", date(2024, 1, 8), 2)
+    ]
+    # RSS 1.0 (RDF) carries the same fields under other names.
+    rdf = tmp_path / "rdf.xml"
+    rdf.write_text(
+        '<?xml version="1.0"?>\n<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"'
+        ' xmlns="http://purl.org/rss/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/">\n'
+        '<channel rdf:about="http://arxiv.org/"><title>cs.LG</title></channel>\n'
+        '<item rdf:about="http://arxiv.org/abs/2401.05555"><title>Lean Bees</title>'
+        f"<description>{ABSTRACT}</description><dc:date>2024-01-09</dc:date></item>\n"
+        "</rdf:RDF>\n",
+        encoding="utf-8",
+    )
+    assert [(e.title, e.arxiv_id, e.listed_on) for e in parse_file(rdf).entries] == [
+        ("Lean Bees", "2401.05555", date(2024, 1, 9))
+    ]
+
+
+def test_a_title_may_open_with_a_tag_and_a_title_row_may_name_columns(tmp_path: Path) -> None:
+    """A real arXiv title starts "<think>"; one like "Name, Date, and Source: ..." has
+    column-ish words and commas. Both are page text, not markup or a CSV header."""
+    think = "<think> So let's replace this phrase with insult... </think> Lessons learned"
+    src = page_text(
+        tmp_path / "d.txt",
+        [(think, ABSTRACT), ("Name, Date, and Source: Attributing Text", OTHER_ABSTRACT)],
+    )
+    parsed = parse_file(src)
+    assert parsed.format == "page-text"
+    assert [e.title for e in parsed.entries] == [
+        think,
+        "Name, Date, and Source: Attributing Text",
+    ]
+    first_swapped = page_text(
+        tmp_path / "e.txt", [("Name, Date, and Source: Attributing Text", ABSTRACT)]
+    )
+    assert parse_file(first_swapped).format == "page-text"
+
+
+def test_ingest_help_lists_the_formats() -> None:
+    result = cli("ingest", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for fmt in ("page text", "HF API JSON", "JSONL", "CSV", "Atom", "RSS"):
+        assert fmt in text, fmt
+
+
 def test_lone_surrogate_escape_is_replaced_not_a_crash(tmp_path: Path, db_path: Path) -> None:
     """A JSON "\\ud83d" escape cut from its pair cannot be stored as UTF-8."""
     src = write_jsonl(
@@ -566,6 +785,114 @@ def test_changed_abstract_updates_text_and_hash_and_keeps_old_version(
     assert rows(db_path, "SELECT abstract FROM papers") == [(ABSTRACT,)]
 
 
+# ----------------------------------------------------------------- digest identity
+def _day_list(path: Path, day: str, papers: list[tuple[str, str]]) -> Path:
+    """A dated list of papers as JSON records: (arXiv id, title) each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "title": title,
+                    "abstract": f"{title} is studied. {ABSTRACT}",
+                    "id": aid,
+                    "date": day,
+                }
+                for aid, title in papers
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _two_papers_json(tmp_path: Path) -> tuple[Path, Path]:
+    """Two different files of one name: d1/papers.json and d2/papers.json (one paper shared)."""
+    d1 = _day_list(
+        tmp_path / "d1" / "papers.json",
+        "2024-01-22",
+        [("2401.00001", "Tiny Quant"), ("2401.00002", "Sparse Cats"), ("2401.00003", "Fast Dogs")],
+    )
+    d2 = _day_list(
+        tmp_path / "d2" / "papers.json",
+        "2024-01-23",
+        [("2401.00004", "Slow Owls"), ("2401.00001", "Tiny Quant"), ("2401.00005", "Lean Bees")],
+    )
+    return d1, d2
+
+
+def _listings(db: Path) -> set[tuple[Any, ...]]:
+    return set(
+        rows(
+            db,
+            "SELECT d.source, d.digest_date, dp.position, p.arxiv_id, dp.listed_on "
+            "FROM digest_papers dp JOIN digests d USING (digest_id) JOIN papers p USING (paper_id)",
+        )
+    )
+
+
+def _expected_listings(*files: tuple[str, date, list[str]]) -> set[tuple[Any, ...]]:
+    return {
+        (name, day, pos, aid, day)
+        for name, day, ids in files
+        for pos, aid in enumerate(ids, start=1)
+    }
+
+
+D1_IDS = ["2401.00001", "2401.00002", "2401.00003"]
+D2_IDS = ["2401.00004", "2401.00001", "2401.00005"]
+
+
+def test_two_files_of_one_name_are_two_digests(tmp_path: Path, db_path: Path) -> None:
+    d1, d2 = _two_papers_json(tmp_path)
+    first = cli("ingest", d1)
+    assert first.exit_code == 0, first.output
+    second = cli("ingest", d2)
+    assert second.exit_code == 0, second.output
+    assert "3 entries, 2 new papers, 0 updated, 3 new links, 0 unchanged" in second.stdout
+    assert count(db_path, "papers") == 5
+    assert sorted(rows(db_path, "SELECT source, digest_date, entries, path FROM digests")) == [
+        ("papers.json", date(2024, 1, 22), 3, str(d1.absolute())),
+        ("papers.json", date(2024, 1, 23), 3, str(d2.absolute())),
+    ]
+    assert _listings(db_path) == _expected_listings(
+        ("papers.json", date(2024, 1, 22), D1_IDS), ("papers.json", date(2024, 1, 23), D2_IDS)
+    )
+    # The paper both list is one paper with two listings.
+    assert rows(
+        db_path,
+        "SELECT count(DISTINCT digest_id) FROM digest_papers JOIN papers USING (paper_id) "
+        "WHERE arxiv_id = '2401.00001'",
+    ) == [(2,)]
+
+
+def test_the_same_file_from_another_path_is_the_same_digest(tmp_path: Path, db_path: Path) -> None:
+    d1, _ = _two_papers_json(tmp_path)
+    assert ingest([d1], db_path).ok
+    before = snapshot(db_path)
+    copy = tmp_path / "elsewhere" / "renamed.json"
+    copy.parent.mkdir()
+    copy.write_bytes(d1.read_bytes())
+    # The same listing written another way (JSONL, CRLF line ends) is the same digest too.
+    jsonl = tmp_path / "as.jsonl"
+    jsonl.write_bytes(
+        b"".join(json.dumps(r).encode() + b"\r\n" for r in json.loads(d1.read_text("utf-8")))
+    )
+    report = ingest([copy, jsonl], db_path)
+    assert report.ok
+    assert [(f.new_papers, f.new_links, f.unchanged) for f in report.files] == [(0, 0, 3)] * 2
+    assert snapshot(db_path) == before
+    assert rows(db_path, "SELECT source, path FROM digests") == [
+        ("papers.json", str(d1.absolute()))
+    ]
+    # A file of the same papers with other text is another digest.
+    edited = tmp_path / "edited.json"
+    edited.write_text(d1.read_text("utf-8").replace("is studied", "is examined"), "utf-8")
+    again = ingest([edited], db_path)
+    assert again.ok and (again.files[0].updated_papers, again.files[0].new_links) == (3, 3)
+    assert count(db_path, "digests") == 2
+
+
 # ------------------------------------------------------------------------ bad input
 BadMaker = Callable[[Path], Path]
 
@@ -688,6 +1015,86 @@ BAD_INPUTS: list[tuple[str, BadMaker, str | None, str]] = [
         "more cells than header",
     ),
     ("json-not-digest", _write("cfg.json", '{"name": "x", "version": 2}'), None, "not a digest"),
+    (
+        "csv-no-title-no-abstract",
+        _write("links.csv", "name,url\nTiny Quant,https://arxiv.org/abs/2401.12345\n"),
+        "row 1",
+        "CSV has no title and no abstract column (need 'title' and 'abstract' or 'summary'); "
+        "columns: name, url",
+    ),
+    (
+        "xml-entity-expansion",
+        _write(
+            "lolz.xml",
+            '<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
+            '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>\n'
+            '<feed xmlns="http://www.w3.org/2005/Atom"><entry><title>&lol2;</title>'
+            f"<summary>{ABSTRACT}</summary></entry></feed>\n",
+        ),
+        None,
+        "XML with a DOCTYPE (entity declarations) is refused",
+    ),
+    (
+        "html-page",
+        _write(
+            "daily.html",
+            "<!DOCTYPE html>\n<html><head><title>Daily Papers</title></head>\n"
+            f"<body><h3>Tiny Quant</h3><p>{ABSTRACT}</p></body></html>\n",
+        ),
+        None,
+        "not a digest: looks like HTML",
+    ),
+    (
+        "other-xml",
+        _write("config.xml", '<?xml version="1.0"?>\n<config><papers>2</papers></config>\n'),
+        None,
+        "not a digest: looks like XML with root <config>, not an Atom or RSS feed",
+    ),
+    (
+        "arxiv-api-error",
+        _write(
+            "error.xml",
+            '<?xml version="1.0" encoding="UTF-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom">\n'
+            "<entry><id>http://arxiv.org/api/errors#incorrect_id_format_for_1234.1</id>"
+            "<title>Error</title><summary>incorrect id format for 1234.1</summary></entry>\n"
+            "</feed>\n",
+        ),
+        None,
+        "arXiv API error response, not a digest: 'incorrect id format for 1234.1'",
+    ),
+    (
+        "atom-no-summary",
+        _write(
+            "nosum.xml",
+            '<feed xmlns="http://www.w3.org/2005/Atom">\n'
+            f"<entry><title>Tiny Quant</title><summary>{ABSTRACT}</summary></entry>\n"
+            "<entry><title>Orphan</title></entry>\n</feed>\n",
+        ),
+        "entry 2",
+        "'Orphan' has no abstract",
+    ),
+    (
+        "atom-empty",
+        _write("none.xml", '<feed xmlns="http://www.w3.org/2005/Atom"><title>q</title></feed>'),
+        None,
+        "Atom feed has no entries",
+    ),
+    (
+        "broken-xml",
+        _write(
+            "broken.xml",
+            '\n<?xml version="1.0"?>\n<feed xmlns="http://www.w3.org/2005/Atom">\n'
+            "<entry><title>x</entry>\n</feed>\n",
+        ),
+        "line 4",
+        "invalid XML: mismatched tag",
+    ),
+    (
+        "markup-title",
+        _write("mixed.txt", f"Tiny Quant\n{ABSTRACT}\n<html><body>\n{OTHER_ABSTRACT}\n"),
+        "line 3",
+        "'<html><body>' is markup",
+    ),
     ("missing", lambda t: t / "does-not-exist.txt", None, "cannot read"),
     ("directory", lambda t: t, None, "is a directory"),
 ]
@@ -736,7 +1143,7 @@ def test_bad_input_one_line_nothing_written_good_file_lands(
     assert str(bad) in err_line and reason in err_line
     assert "1 failed" in both.stdout
     assert titles(db_path) == {"Seed Paper", "Tiny Quant", "Fast Video Diffusion"}
-    assert {d for (d,) in rows(db_path, "SELECT digest_id FROM digests")} == {
+    assert {d for (d,) in rows(db_path, "SELECT source FROM digests")} == {
         "seed.txt",
         "good.jsonl",
     }
@@ -998,6 +1405,48 @@ def test_review_decisions_made_before_notes_upgrade_with_none(db_path: Path) -> 
             "'app', 'spiking chips')"
         )
         assert s.scalar("SELECT note FROM review_decisions WHERE action = 'add'") == "spiking chips"
+
+
+def test_digests_keyed_on_file_names_before_m013_still_work_and_are_recognised(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """Before m013 a digest's id was its file name. Those rows keep their ids (and their
+    links), the same file ingested again is still that digest, and a different file of the
+    same name becomes a digest of its own instead of vanishing into the old one."""
+    d1, d2 = _two_papers_json(tmp_path)
+    # What the older papertag wrote for d1: the same rows as now, but keyed "papers.json".
+    scratch = tmp_path / "scratch.duckdb"
+    assert ingest([d1], scratch).ok
+    con = _migrated_before(db_path, "m013")
+    con.execute(f"ATTACH '{scratch}' AS s (READ_ONLY)")
+    con.execute("INSERT INTO papers SELECT * FROM s.papers")
+    con.execute("INSERT INTO paper_versions SELECT * FROM s.paper_versions")
+    con.execute(
+        "INSERT INTO digests SELECT 'papers.json', source, format, digest_date, sha256, entries, "
+        "ingested_at FROM s.digests"
+    )
+    con.execute(
+        "INSERT INTO digest_papers SELECT 'papers.json', position, paper_id, listed_on "
+        "FROM s.digest_papers"
+    )
+    con.close()
+
+    assert rows(db_path, "SELECT digest_id, source, digest_date, path FROM digests") == [
+        ("papers.json", "papers.json", date(2024, 1, 22), None)
+    ]
+    assert count(db_path, "digest_papers WHERE digest_id = 'papers.json'") == 3
+    before = snapshot(db_path)
+    same = cli("ingest", d1)
+    assert same.exit_code == 0, same.output
+    assert "0 new links, 3 unchanged" in same.stdout
+    assert snapshot(db_path) == before
+    other = cli("ingest", d2)
+    assert other.exit_code == 0, other.output
+    assert "3 new links, 0 unchanged" in other.stdout
+    assert _listings(db_path) == _expected_listings(
+        ("papers.json", date(2024, 1, 22), D1_IDS), ("papers.json", date(2024, 1, 23), D2_IDS)
+    )
+    assert {d for (d,) in rows(db_path, "SELECT digest_id FROM digests")} >= {"papers.json"}
 
 
 def test_old_database_upgrades_through_the_cli_and_takes_new_papers(

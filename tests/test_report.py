@@ -111,3 +111,25 @@ def test_bad_gold_file_is_one_line(demo_db: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "gold.jsonl: line 1" in result.stderr and "Traceback" not in result.output
     assert not Path("r.html").exists()
+
+
+def test_techniques_per_digest_keeps_same_named_digests_apart(tmp_path: Path) -> None:
+    """Two undated files both called papers.txt are two digests, so two bars, not one."""
+    from papertag.annotate import annotate
+    from papertag.ingest import ingest
+    from papertag.report import techniques_over_digests
+
+    abstract = "We quantize a language model to 4 bits. Memory falls by 3x, accuracy holds."
+    files = []
+    for name, title in (("d1", "Tiny Quant"), ("d2", "Small Quant")):
+        (tmp_path / name).mkdir()
+        files.append(tmp_path / name / "papers.txt")
+        files[-1].write_text(f"{title}\n{abstract}\n", encoding="utf-8")
+    db = tmp_path / "two.duckdb"
+    assert ingest(files, db).ok
+    annotate(db, "rules")
+    with Store(db, read_only=True) as s:
+        chart = techniques_over_digests(s)
+        ids = sorted(r[0] for r in s.con.execute("SELECT digest_id FROM digests").fetchall())
+    axis = {x for trace in chart.figure.data for x in trace.x}
+    assert axis == {f"papers.txt ({d[:8]})" for d in ids} and len(ids) == 2

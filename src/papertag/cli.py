@@ -160,8 +160,10 @@ def ingest(
     files: Annotated[
         list[Path],
         typer.Argument(
-            help="Digest files: Hugging Face Daily Papers page text, HF API JSON, JSONL/JSON or CSV "
-            "(the format is detected from the content).",
+            help="Digest files: Hugging Face Daily Papers page text, HF API JSON, JSONL/JSON, "
+            "CSV/TSV (any delimiter; a title and an abstract/summary column), or an Atom or RSS "
+            "feed (the arXiv API's answers, arXiv's RSS lists). The format is detected from the "
+            "content; a file that is none of these is refused, saying what it looks like.",
             show_default=False,
         ),
     ],
@@ -169,7 +171,10 @@ def ingest(
     """Add papers from digest files to the database, once per paper.
 
     Papers are keyed on their arXiv id when known, else on a normalised title;
-    every listing is recorded in `digest_papers`. Running it again adds nothing.
+    every listing is recorded in `digest_papers`. A digest is keyed on what it
+    lists, not its file name: the same file from another path is the digest
+    already stored, and two files of one name in two folders are two digests.
+    Running it again adds nothing.
     Each file lands in its own transaction: a bad file adds nothing and is
     reported on one line, the others still land, and the exit code is 1.
     """

@@ -5,7 +5,10 @@ Formats are detected from content, not the file name:
 * Hugging Face "Daily Papers" page text (titles and abstracts on alternate
   lines, with or without blank lines between them, plus page chrome);
 * Hugging Face daily-papers API JSON (every schema generation);
-* JSONL, JSON lists of records, and CSV with a title and an abstract/summary column.
+* JSONL, JSON lists of records, and CSV/TSV with a title and an abstract/summary column
+  (the delimiter sniffed from the header);
+* Atom and RSS feeds (the arXiv API's answers, arXiv's lists): see :mod:`papertag.feeds`,
+  which also refuses other markup (HTML, other XML) in one line.
 
 A paper is one row however many digests list it: it is keyed on its arXiv id
 when known, otherwise on a normalised title. Each file is written in one
@@ -13,7 +16,9 @@ transaction, so a bad file adds nothing while good files beside it still land.
 
 Page text, JSONL and CSV are streamed: entries are parsed and written in
 batches of :data:`BATCH_SIZE`, so memory stays bounded whatever the file size.
-A JSON document is one value and is read whole.
+A JSON document is one value and is read whole, and so is a feed.
+
+A digest is keyed on what it lists (:class:`_Listing`), not on its file name.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from ._lazy import lazy_import
 from .errors import InputError
@@ -158,10 +163,26 @@ class Parsed:
     note: str | None = None
 
 
+#: A title that starts like a markup document (``<?xml``, ``<!DOCTYPE``, ``<html>``, a feed's
+#: tags) is a file read as the wrong format. Other tags stay titles ("<think> ...").
+_MARKUP_TITLE = re.compile(
+    r"<(?:[?!]|/?(?:html|head|body|meta|script|style|div|span|p|table|feed|entry|rss"
+    r"|channel|item|rdf:rdf)\b)",
+    re.IGNORECASE,
+)
+
+
 def _check_entry(path: Path, entry: Entry, kind: str) -> Entry:
     where = entry.where
     if not entry.title:
         raise InputError(path, "entry has no title", line=where, kind=kind)
+    if entry.title[0] == "<" and _MARKUP_TITLE.match(entry.title):
+        raise InputError(
+            path,
+            f"title {_short(entry.title)!r} is markup: not a digest, or not one papertag reads",
+            line=where,
+            kind=kind,
+        )
     if not entry.abstract:
         raise InputError(
             path, f"title {_short(entry.title)!r} has no abstract", line=where, kind=kind
@@ -342,13 +363,13 @@ def _date(value: Any) -> date | None:
             return None
 
 
-_RECORD_KEYS = frozenset({"title", "abstract", "summary", "id", "arxiv_id", "url", "date"})
+_RECORD_KEYS = frozenset({"title", "abstract", "summary", "id", "arxiv_id", "url", "link", "date"})
 
 
 def _lower_keys(obj: dict[Any, Any]) -> dict[str, Any]:
     if obj.keys() <= _RECORD_KEYS:
         return obj  # already the canonical keys (the common case)
-    return {str(k).strip().lower(): v for k, v in obj.items()}
+    return {_column(str(k)): v for k, v in obj.items()}
 
 
 def _record_entry(path: Path, low: dict[str, Any], position: int, where: int, kind: str) -> Entry:
@@ -359,7 +380,9 @@ def _record_entry(path: Path, low: dict[str, Any], position: int, where: int, ki
         low.get("abstract") if low.get("abstract") not in (None, "") else low.get("summary")
     )
     abstract = clean_text(str(abstract_val or ""))
-    url = str(low["url"]).strip() if low.get("url") else None
+    # A spreadsheet's "Link" column is the same thing as a record's url.
+    url_val = low.get("url") or low.get("link")
+    url = str(url_val).strip() if url_val else None
     arxiv = parse_arxiv_id(low.get("arxiv_id")) or parse_arxiv_id(low.get("id"))
     if arxiv is None and url and ("arxiv.org" in url or "huggingface.co/papers" in url):
         arxiv = parse_arxiv_id(url)
@@ -395,7 +418,7 @@ def _api_entry(path: Path, item: dict[str, Any], position: int) -> Entry:
 
 
 def _has_columns(keys: Iterable[str]) -> tuple[bool, bool]:
-    low = {k.strip().lower() for k in keys}
+    low = {_column(k) for k in keys}
     return "title" in low, bool(low & {"abstract", "summary"})
 
 
@@ -491,16 +514,65 @@ def parse_jsonl(path: Path, text: str) -> Parsed:
 # ---------------------------------------------------------------------------
 
 
+_DELIMITERS = (",", "\t", ";", "|")
+#: Column names a list of papers may have, as :func:`_column` spells them. A first line of
+#: two or more of them (and nothing like a sentence) is a CSV header, whatever the file's
+#: other columns are: so a CSV without the columns papertag needs says so, and is not
+#: taken for page text.
+_KNOWN_COLUMNS = frozenset(
+    {
+        *("title", "name", "abstract", "summary", "description", "url", "link", "pdf", "pdf_url"),
+        *("id", "arxiv_id", "doi", "authors", "author", "date", "published", "published_at"),
+        *("year", "venue", "category", "categories", "tags", "keywords", "upvotes", "comments"),
+        *("notes", "note", "source"),
+    }
+)
+#: Other spellings of the columns a record is read from (spreadsheets' "Paper Title").
+_COLUMN_ALIASES = {
+    "paper_title": "title",
+    "paper_abstract": "abstract",
+    "arxiv": "arxiv_id",
+    "paper_url": "url",
+    "paper_link": "link",
+}
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _column(name: str) -> str:
+    """A column or key name folded: case, spaces, punctuation, BOM ("Paper Title" ->
+    "title", "arXiv ID" -> "arxiv_id")."""
+    key = "_".join(_WORD.findall(name.lower()))
+    return _COLUMN_ALIASES.get(key, key)
+
+
+def _cells(line: str, delimiter: str) -> list[str]:
+    return [c.strip() for c in next(csv.reader([line], delimiter=delimiter), [])]
+
+
 def _csv_dialect(header: str) -> str:
-    counts = {d: header.count(d) for d in (",", "\t", ";")}
-    return max(counts, key=lambda d: counts[d])
+    """The delimiter of a CSV/TSV file, sniffed from its header: the one that splits the
+    header into the most known column names (then the most cells). The header, not the
+    rows: abstracts are full of commas and semicolons, column names are not."""
+    header = header.lstrip("\ufeff")
+
+    def fit(delimiter: str) -> tuple[int, int]:
+        cells = _cells(header, delimiter)
+        return sum(_column(c) in _KNOWN_COLUMNS for c in cells), len(cells)
+
+    return max(_DELIMITERS, key=fit)
 
 
 def _looks_like_csv_header(first_line: str) -> bool:
-    if not any(d in first_line for d in (",", "\t", ";")):
+    line = first_line.lstrip("\ufeff")
+    if not any(d in line for d in _DELIMITERS):
         return False
-    cells = next(csv.reader([first_line], delimiter=_csv_dialect(first_line)))
-    return any(c.strip().lower() == "title" for c in cells)
+    cells = [c for c in _cells(line, _csv_dialect(line)) if c]
+    # Column names are a few words, never a sentence or a subtitle: a title such as
+    # "Name, Date, and Source: ..." is page text.
+    return sum(_column(c) in _KNOWN_COLUMNS for c in cells) >= 2 and all(
+        len(c) <= 64 and len(c.split()) <= 4 and ":" not in c and not _SENTENCE_END.search(c)
+        for c in cells
+    )
 
 
 def _csv_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
@@ -518,12 +590,23 @@ def _csv_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
     end = skipped  # the last line of the previous record
     n = 0
     try:
-        columns = [c.strip().lower() for c in next(reader, [])]
+        header = [c.strip() for c in next(reader, [])]
+        columns = [_column(c) for c in header]
         end = skipped + reader.line_num
-        if not _has_columns(columns)[1]:
+        missing = [
+            (column, need)
+            for (column, need), present in zip(
+                (("title", "'title'"), ("abstract", "'abstract' or 'summary'")),
+                _has_columns(columns),
+                strict=True,
+            )
+            if not present
+        ]
+        if missing:
             raise InputError(
                 path,
-                f"CSV has no abstract column (need 'abstract' or 'summary'); columns: {', '.join(columns)}",
+                f"CSV has no {' and no '.join(c for c, _ in missing)} column (need "
+                f"{' and '.join(n for _, n in missing)}); columns: {', '.join(header)}",
                 line=end,
                 kind="row",
             )
@@ -553,6 +636,12 @@ def parse_csv(path: Path, text: str) -> Parsed:
 # ---------------------------------------------------------------------------
 
 _LEADING = "\ufeff \t\r\n"
+#: A first line that starts a markup document: a declaration, or a tag followed by another
+#: tag or by the end of the line. A title that opens with a tag and goes on in words
+#: ("<think> So let's ...", a real arXiv title) is still page text.
+_MARKUP_START = re.compile(
+    r"<(?:[?!]|[A-Za-z][\w.:-]*(?:\s[^<>]*)?(?:/?>\s*(?:<|$)|$))", re.MULTILINE
+)
 
 
 def detect_format(text: str) -> str:
@@ -571,6 +660,10 @@ def _sniff(fh: IO[str]) -> tuple[str, list[str]]:
         first = line.lstrip(_LEADING)
         if first:
             break
+    if _MARKUP_START.match(first):
+        # XML or HTML: a feed, or a one-line "not a digest" (never page text: markup
+        # would become titles).
+        return "markup", head
     if first.startswith("["):
         return "json", head
     if first.startswith("{"):
@@ -621,6 +714,12 @@ class Digest:
             if self.format == "json":
                 # One JSON value: read whole (API responses are small).
                 self._parsed = parse_json(self.path, "".join(self._lines))
+                self.format = self._parsed.format
+            elif self.format == "markup":
+                from .feeds import parse_markup  # imported here: feeds builds on this module
+
+                # One XML document, read whole like JSON (a feed is a page of results).
+                self._parsed = parse_markup(self.path, "".join(self._lines))
                 self.format = self._parsed.format
         except BaseException:
             self._fh.close()
@@ -821,8 +920,114 @@ def _lookup(store: Store, entries: Sequence[Entry], tkeys: list[str]) -> _Known:
     return known
 
 
+class DigestFile(NamedTuple):
+    """The file a digest was read from, as the ``digests`` table records it."""
+
+    name: str  # base name, stored as `source`
+    path: str  # where it was first read from, absolute
+    format: str
+    sha256: str  # of its bytes
+
+
+#: Where one file's listings wait until its digest id is known (a temporary table).
+_LISTING = "_papertag_listing"
+
+
+class _Listing:
+    """One digest's listings while its entries are written.
+
+    A digest is identified by what it lists, not by its file name (two files both called
+    papers.json are two digests): its entries in order, each with its arXiv id, title,
+    abstract and listing date, hashed. That id is known only after the last entry, so
+    the listings wait in a temporary table of the transaction (memory stays bounded
+    whatever the file size, as DuckDB spills it) and reach ``digest_papers`` under their
+    id at the end.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._hash = hashlib.sha256()
+        store.con.execute(
+            f"CREATE TEMP TABLE {_LISTING} (position INTEGER, paper_id VARCHAR, listed_on DATE)"
+        )
+
+    def add(self, entries: Sequence[Entry], hashes: Sequence[str], paper_ids: list[str]) -> None:
+        """Stage a batch: its entries, their content hashes and the papers they are."""
+        # What the file says of each paper (arXiv id, text, listing date), not the paper_id
+        # it matched: the same file gives the same id in any database. Upvotes and keywords
+        # stay out, so a day's list fetched again later is still that day's digest.
+        update = self._hash.update
+        for e, chash in zip(entries, hashes, strict=True):
+            update(f"{e.arxiv_id or ''}\t{chash}\t{e.listed_on or ''}\n".encode())
+        self._store.insert_arrow(
+            _LISTING,
+            pa.table(
+                {
+                    "position": pa.array([e.position for e in entries], pa.int32()),
+                    "paper_id": pa.array(paper_ids, pa.string()),
+                    "listed_on": pa.array([e.listed_on for e in entries], pa.date32()),
+                }
+            ),
+        )
+
+    def write(
+        self,
+        digest: DigestFile,
+        entries: int,
+        digest_date: date | None,
+        now: datetime,
+        report: FileReport,
+    ) -> None:
+        """Record the digest (unless known) and its listings not yet recorded."""
+        con = self._store.con
+        content_id = self._hash.hexdigest()[:16]
+        # Known by its id, or, written before digests had content ids (their id is the file
+        # name), by its bytes: the same file again is then that digest, not a second one.
+        known = con.execute(
+            "SELECT digest_id FROM digests WHERE digest_id = ? OR sha256 = ? "
+            "ORDER BY digest_id = ? DESC, ingested_at, digest_id LIMIT 1",
+            [content_id, digest.sha256, content_id],
+        ).fetchone()
+        digest_id = str(known[0]) if known else content_id
+        missing = (
+            f"FROM {_LISTING} l ANTI JOIN "
+            "(SELECT position FROM digest_papers WHERE digest_id = ?) d USING (position)"
+        )
+        # Counted by a query of its own: what an INSERT returns differs across DuckDB versions.
+        row = con.execute(f"SELECT count(*) {missing}", [digest_id]).fetchone()
+        added = int(row[0]) if row else 0
+        if added:
+            con.execute(
+                "INSERT INTO digest_papers (digest_id, position, paper_id, listed_on) "
+                f"SELECT ?, l.position, l.paper_id, l.listed_on {missing}",
+                [digest_id, digest_id],
+            )
+        if known is None:
+            con.execute(
+                "INSERT INTO digests (digest_id, source, format, digest_date, sha256, entries, "
+                "ingested_at, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    digest_id,
+                    digest.name,
+                    digest.format,
+                    digest_date,
+                    digest.sha256,
+                    entries,
+                    now,
+                    digest.path,
+                ],
+            )
+        con.execute(f"DROP TABLE {_LISTING}")
+        report.new_links += added
+        report.unchanged += entries - added
+
+
 def _write_batch(
-    store: Store, digest_id: str | None, entries: Sequence[Entry], report: FileReport, now: datetime
+    store: Store,
+    listing: _Listing | None,
+    entries: Sequence[Entry],
+    report: FileReport,
+    now: datetime,
 ) -> None:
     tkeys = [title_key(e.title) for e in entries]
     known = _lookup(store, entries, tkeys)
@@ -836,9 +1041,8 @@ def _write_batch(
     new: dict[str, list[Any]] = {}
     updates: dict[str, tuple[str, str, str, str]] = {}
     enrich: dict[str, list[Any]] = {}
-    link_pos: list[int] = []
-    link_pid: list[str] = []
-    link_date: list[date | None] = []
+    link_pid: list[str] = []  # the paper each entry is, in order
+    link_hash: list[str] = []  # each entry's content hash
     for e, tk in zip(entries, tkeys, strict=True):
         chash = content_hash(e.title, e.abstract)
         aid = e.arxiv_id
@@ -910,9 +1114,8 @@ def _write_batch(
                     arxiv_of[pid] = aid
         if aid:
             by_arxiv.setdefault(aid, pid)
-        link_pos.append(e.position)
         link_pid.append(pid)
-        link_date.append(e.listed_on)
+        link_hash.append(chash)
 
     if new:
         table = _table(new.values(), _paper_schema())
@@ -942,32 +1145,8 @@ def _write_batch(
             "published_at = coalesce(e.published_at, papers.published_at), upvotes = coalesce(e.upvotes, papers.upvotes), "
             "keywords = coalesce(e.keywords, papers.keywords) FROM _papertag_rows e WHERE papers.paper_id = e.paper_id",
         )
-    if digest_id is None:
-        return
-    link_table = pa.table(
-        {
-            "digest_id": pa.array([digest_id] * len(link_pos), pa.string()),
-            "position": pa.array(link_pos, pa.int32()),
-            "paper_id": pa.array(link_pid, pa.string()),
-            "listed_on": pa.array(link_date, pa.date32()),
-        }
-    )
-    # Counted by a query of its own: what an INSERT returns differs across DuckDB versions.
-    counted = _with_table(
-        store,
-        link_table,
-        "SELECT count(*) FROM _papertag_rows l ANTI JOIN digest_papers d USING (digest_id, position)",
-    )
-    added = int(counted[0][0])
-    if added:
-        _with_table(
-            store,
-            link_table,
-            "INSERT INTO digest_papers SELECT l.* FROM _papertag_rows l "
-            "ANTI JOIN digest_papers d USING (digest_id, position)",
-        )
-    report.new_links += added
-    report.unchanged += len(link_pos) - added
+    if listing is not None:
+        listing.add(entries, link_hash, link_pid)
 
 
 def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
@@ -1050,14 +1229,14 @@ def write_entries(
     store: Store,
     entries: Iterable[Entry],
     *,
-    digest: tuple[str, str, str] | None,
+    digest: DigestFile | None,
     report: FileReport,
     on_batch: Callable[[int], None] | None = None,
 ) -> None:
     """Write entries in one transaction, a batch at a time; ``entries`` may be a stream.
 
-    ``digest`` is (source, format, sha256), or None to record no listings. If the
-    stream raises (a bad line half way through a file), everything is rolled back.
+    ``digest`` is the file they come from, or None to record no digest and no listings.
+    If the stream raises (a bad line half way through a file), everything is rolled back.
     """
     now = datetime.now(UTC).replace(tzinfo=None)
     batches = _batches(entries, BATCH_SIZE)
@@ -1065,28 +1244,17 @@ def write_entries(
     count = 0
     with _bulk_settings(store):
         with store.transaction():
-            digest_id = digest[0] if digest is not None else None
+            listing = _Listing(store) if digest is not None else None
             for batch in batches:
                 count += len(batch)
                 dates.update(e.listed_on for e in batch if e.listed_on)
-                _write_batch(store, digest_id, batch, report, now)
+                _write_batch(store, listing, batch, report, now)
                 if on_batch:
                     on_batch(len(batch))
             report.entries = count
-            if digest is not None:
-                source, fmt, sha = digest
-                store.con.execute(
-                    "INSERT INTO digests VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest_id) DO NOTHING",
-                    [
-                        digest_id,
-                        source,
-                        fmt,
-                        dates.most_common(1)[0][0] if dates else None,
-                        sha,
-                        count,
-                        now,
-                    ],
-                )
+            if listing is not None and digest is not None:
+                digest_date = dates.most_common(1)[0][0] if dates else None
+                listing.write(digest, count, digest_date, now, report)
         if report.new_papers or report.updated_papers:
             # Compress what was written now, under the settings above; DuckDB's own later
             # checkpoint would use its defaults. Busy (another transaction open)? Later, then.
@@ -1105,7 +1273,7 @@ def ingest_file(
         write_entries(
             store,
             digest.entries(),
-            digest=(p.name, digest.format, digest.sha256),
+            digest=DigestFile(p.name, str(p.absolute()), digest.format, digest.sha256),
             report=report,
             on_batch=on_batch,
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,7 +212,8 @@ def techniques_over_digests(store: Store) -> Chart:
     rows = _rows(
         store,
         """
-        SELECT d.digest_id, d.digest_date, l.label, count(DISTINCT l.paper_id)
+        SELECT d.digest_id, coalesce(CAST(d.digest_date AS VARCHAR), d.source), d.digest_date,
+               l.label, count(DISTINCT l.paper_id)
         FROM digests d
         JOIN digest_papers dp USING (digest_id)
         JOIN labels l ON l.paper_id = dp.paper_id AND l.current AND l.field = 'technique'
@@ -222,21 +223,25 @@ def techniques_over_digests(store: Store) -> Chart:
     title = "Techniques per digest"
     note = (
         "Papers each digest listed, by technique, in digest-date order (a digest without a "
-        f"date is shown by its file name, after the dated ones). The {TOP_TECHNIQUES} most "
+        "date is shown by its file name, after the dated ones; digests sharing a date or a "
+        f"name add the start of their id). The {TOP_TECHNIQUES} most "
         "frequent techniques are named; the rest are summed."
     )
     if not rows:
         return Chart("techniques-over-digests", title, note, _empty("No digest with labels yet"))
     dates: dict[str, dt.date | None] = {}
+    names: dict[str, str] = {}
     totals: dict[str, int] = defaultdict(int)
-    for digest, date, label, n in rows:
-        dates[digest] = date
+    for digest, name, date, label, n in rows:
+        dates[digest], names[digest] = date, name
         totals[label] += n
-    digests = sorted(dates, key=lambda d: (dates[d] is None, dates[d] or dt.date.min, d))
-    axis = [str(dates[d]) if dates[d] else d for d in digests]
+    digests = sorted(dates, key=lambda d: (dates[d] is None, dates[d] or dt.date.min, names[d], d))
+    # Two digests of one date, or two undated files of one name, are still two bars.
+    shared = Counter(names.values())
+    axis = [f"{names[d]} ({d[:8]})" if shared[names[d]] > 1 else names[d] for d in digests]
     top = sorted(totals, key=lambda k: (-totals[k], k))[:TOP_TECHNIQUES]
     series: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for digest, _, label, n in rows:
+    for digest, _, _, label, n in rows:
         series[label if label in top else "other techniques"][digest] += n
     fig = go.Figure()
     for name in [*top, "other techniques"]:

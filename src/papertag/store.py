@@ -451,6 +451,16 @@ def m012_final_labels_note(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m013_digest_path(con: duckdb.DuckDBPyConnection) -> None:
+    # A digest is now keyed on what it lists (ingest's listing hash), no longer on its file
+    # name, so two files both called papers.json are two digests. Rows written before keep
+    # their file-name ids (queries and links that use them still work) and are recognised
+    # again by their bytes' sha256. `source` stays the base name; `path` is where the file
+    # was first read from, for people telling same-named files apart (NULL for old rows).
+    con.execute("ALTER TABLE digests ADD COLUMN path VARCHAR")
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     if "lock" in msg.lower():
