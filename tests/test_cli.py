@@ -7,12 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from papertag.annotate import estimate
 from papertag.cli import app
 from papertag.store import Store
 
+from .fault_server import fault_server
+
 LONG = "x" * 150
+ABSTRACT = (
+    "We propose a 4-bit post-training quantization method for large language models that "
+    "reduces memory and keeps accuracy."
+)
 
 
 def test_output_piped_to_another_program_is_not_wrapped(db_path: Path) -> None:
@@ -93,3 +101,46 @@ def test_annotate_paper_runs_the_chosen_papers_again(demo_db: Path) -> None:
         ).fetchall()
         assert s.scalar("SELECT count(*) FROM annotations") > before
     assert runs[-1] == (1,)
+
+
+def test_a_max_cost_stop_says_a_rerun_is_a_new_budget(
+    tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop message and the behaviour agree: a rerun spends its own budget again, and
+    the message says so instead of inviting it as a free resume."""
+    papers = tmp_path / "papers.jsonl"
+    papers.write_text(
+        "".join(
+            json.dumps({"title": f"Paper {i}: tiny quant", "abstract": ABSTRACT + f" Variant {i}."})
+            + "\n"
+            for i in range(30)
+        ),
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", str(papers)]).exit_code == 0
+    monkeypatch.setenv("PAPERTAG_PRICES", json.dumps({"fake-model": [10.0, 20.0]}))
+    with fault_server() as srv:
+        # A paper starts while the spend so far plus what it may cost (its estimate with
+        # room for re-asks) fits; the server then bills $0.002 a paper: a budget that
+        # stops the run part way.
+        est = estimate(db_path, "llm", model="fake-model", base_url=srv.url)
+        assert est.cost_usd is not None
+        budget = round(est.cost_usd / 30 * 2 + 0.01, 4)
+        args = ["annotate", "-a", "llm", "--model", "fake-model", "--base-url", srv.url,
+                "--concurrency", "1", "--max-cost", str(budget)]  # fmt: skip
+        first = runner.invoke(app, args)
+        assert first.exit_code == 0, first.stderr
+        assert f"stopped at --max-cost {budget:g}" in first.stderr
+        assert (
+            "a budget for one run" in first.stderr and "spends up to that much more" in first.stderr
+        )
+        assert "Run the same command again to resume" not in first.stderr
+        second = runner.invoke(app, args)
+    with Store(db_path) as s:
+        runs = s.con.execute(
+            "SELECT run_id, sum(cost_usd) FROM llm_calls GROUP BY run_id ORDER BY min(call_id)"
+        ).fetchall()
+    # Each run spent within its own budget, as the message says: the second one spent again.
+    assert second.exit_code == 0
+    assert len(runs) == 2 and all(0 < cost <= budget for _, cost in runs)

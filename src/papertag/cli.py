@@ -317,8 +317,9 @@ def annotate(
     max_cost: Annotated[
         float | None,
         typer.Option(
-            help="llm: stop starting papers before the estimated spend would pass this many USD "
-            "(prices: built-in table or $PAPERTAG_PRICES).",
+            help="llm: stop starting papers before this run's estimated spend would pass this many "
+            "USD (a budget per run: a rerun has its own; prices: built-in table or "
+            "$PAPERTAG_PRICES).",
             show_default=False,
             min=0,
         ),
@@ -472,17 +473,22 @@ def annotate(
         err.print(f"[red]✗[/] {pid}: {escape(short)}")
     if report.failed > 10:
         err.print(f"… and {report.failed - 10} more; see the annotation_failures table")
-    if report.stopped is not None:
-        why = (
-            "interrupted"
-            if report.stopped == "interrupted"
-            else f"stopped at --max-cost {max_cost}"
-        )
+    if report.stopped == "interrupted":
         err.print(
-            f"[yellow]{why}[/]: {report.left} papers left. Run the same command again to resume; "
-            "nothing stored is lost or asked again."
+            f"[yellow]interrupted[/]: {report.left} papers left. Run the same command again to "
+            "resume; nothing stored is lost or asked again."
         )
-        raise typer.Exit(130 if report.stopped == "interrupted" else 0)
+        raise typer.Exit(130)
+    if report.stopped is not None:
+        # A budget is per run: say so, rather than invite a rerun that spends it again.
+        err.print(
+            f"[yellow]stopped at --max-cost {max_cost:g}[/] after ${report.cost_usd:,.4f} this run: "
+            f"{report.left} papers left. --max-cost is a budget for one run, so running the same "
+            "command again spends up to that much more; to go on, run it again with the budget "
+            "you want for the rest (nothing stored is asked again). `papertag calls` shows the "
+            "spend so far."
+        )
+        raise typer.Exit(0)
     if report.failed:
         raise typer.Exit(1)
 
