@@ -13,11 +13,6 @@ SHIPPED_MODEL := src/papertag/annotators/learned/default.npz
 RECORD_PORT ?= 8765
 DEMO_SQL := SELECT field, label, papers FROM (SELECT field, label, count(*) AS papers, row_number() OVER (PARTITION BY field ORDER BY count(*) DESC, label) AS r FROM labels WHERE current GROUP BY field, label) WHERE r <= 4 ORDER BY field, papers DESC
 
-# An editable install leaves papertag's own modules uncompiled, and with
-# PYTHONDONTWRITEBYTECODE set (as on this machine) every command would compile them
-# again: a tenth of a second per process. Bytecode older than its source is ignored.
-COMPILE := $(BIN)/python -m compileall -q src
-
 .PHONY: venv demo test lint bench clean lock record screenshot model
 
 venv: $(STAMP)
@@ -26,7 +21,6 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	$(COMPILE)
 	@touch $(STAMP)
 
 demo: venv
@@ -50,7 +44,6 @@ lint: venv
 	$(BIN)/mypy src
 
 bench: venv
-	$(COMPILE)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/annotate.py
 	$(BIN)/python bench/llm.py

@@ -123,11 +123,6 @@ def child(path: str, db: str, trace: bool, memory_limit: str | None) -> dict[str
 
     from papertag.ingest import ingest
     from papertag.store import Store
-    from papertag_launch import keep_pandas_out
-
-    # As the `papertag` command does: DuckDB would import pandas (a third of a second) on
-    # the first query with parameters, inside the timed part.
-    keep_pandas_out()
 
     baseline = _status_mb("VmRSS") or float("nan")
     if trace:

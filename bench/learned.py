@@ -84,9 +84,7 @@ def child(db: str) -> dict[str, Any]:
     from papertag.annotate import annotate
     from papertag.annotators import get_annotator
     from papertag.store import Store
-    from papertag_launch import keep_pandas_out
 
-    keep_pandas_out()  # as the `papertag` command does
     marks: dict[str, float] = {}
     with Store(db) as store:
         t0 = time.perf_counter()

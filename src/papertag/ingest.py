@@ -34,18 +34,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from ._lazy import lazy_import
+import duckdb
+import pyarrow as pa
+
 from .errors import InputError
 from .store import Store
-
-if TYPE_CHECKING:
-    import duckdb
-    import pyarrow as pa
-else:
-    duckdb = lazy_import("duckdb")
-    pa = lazy_import("pyarrow")
 
 #: Longest abstract accepted; anything larger is not an abstract but a mistake.
 MAX_ABSTRACT_CHARS = 1_000_000

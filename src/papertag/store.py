@@ -11,16 +11,12 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._lazy import lazy_import
+import duckdb
+
 from .errors import DatabaseBusy, StoreError
 from .schema import ACCEPT_THRESHOLD
-
-if TYPE_CHECKING:
-    import duckdb
-else:
-    duckdb = lazy_import("duckdb")
 
 DEFAULT_DB = "papertag.duckdb"
 DB_ENV = "PAPERTAG_DB"
