@@ -13,7 +13,10 @@ SHIPPED_MODEL := src/papertag/annotators/learned/default.npz
 RECORD_PORT ?= 8765
 DEMO_SQL := SELECT field, label, papers FROM (SELECT field, label, count(*) AS papers, row_number() OVER (PARTITION BY field ORDER BY count(*) DESC, label) AS r FROM labels WHERE current GROUP BY field, label) WHERE r <= 4 ORDER BY field, papers DESC
 
-.PHONY: venv demo test lint bench clean lock record screenshot model
+# `make test-latest`: the same suite on the newest release of every dependency (no pins).
+LATEST_VENV := .venv-latest
+
+.PHONY: venv demo test test-latest lint bench clean lock record screenshot model
 
 venv: $(STAMP)
 
@@ -37,6 +40,14 @@ model: venv
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# A venv of its own, rebuilt each time so that it holds what is newest today; prints the
+# versions it tested (the README's "Dependencies" section quotes the last run).
+test-latest:
+	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade -e '.[dev]'
+	$(LATEST_VENV)/bin/pip freeze --exclude-editable | grep -iE '^(duckdb|openai|httpx2|httpcore2|pydantic|pyarrow|tenacity|typer|rich|textual|numpy|scipy|scikit-learn)=='
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 lint: venv
 	$(BIN)/ruff check src tests bench
@@ -73,4 +84,4 @@ lock:
 	rm -rf .lockvenv
 
 clean:
-	rm -rf $(VENV) $(DEMO_DB) .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) $(DEMO_DB) .mypy_cache .ruff_cache

@@ -552,3 +552,24 @@ def test_connections_are_kept_alive_one_per_request_in_flight(
         connections = srv.connections
     assert report.done == 40 and srv.count == 40
     assert 1 <= connections <= 4
+
+
+def test_a_journal_is_recovered_once_into_llm_calls(db_path: Path) -> None:
+    """What a killed run journaled goes into llm_calls on the next run's start, once (on
+    DuckDB 1.x and 2.x: 2.x refuses a registered table while a result is unfinished)."""
+    from datetime import datetime
+
+    from papertag.annotate import recover_journal
+    from papertag.annotators.llm_config import LLMConfig
+    from papertag.journal import CallRecord, Journal
+
+    ann = LLMConfig(model="fake-model", base_url="http://127.0.0.1:9/v1")
+    record = CallRecord(datetime(2026, 11, 23, 10), "127.0.0.1:9", "/v1/chat/completions", "h1", "{}", 1, 5.0, status=200, response_body="{}")  # fmt: skip
+    journal = Journal(db_path)
+    journal.write_call("run1", ann, "{}", "p1", record)
+    journal.close()
+    with Store(db_path) as s:
+        assert recover_journal(s, Journal(db_path)) == 1
+        assert recover_journal(s, Journal(db_path)) == 0
+        assert s.scalar("SELECT call_uid FROM llm_calls") == record.call_uid
+    assert not db_path.with_name(db_path.name + ".journal").exists()

@@ -420,6 +420,20 @@ def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     return StoreError(f"{path}: cannot open database: {first}")
 
 
+#: The storage format of a new database file: the one DuckDB 1.0 and later read, so the file
+#: opens in the `duckdb` CLI and any DuckDB 1.x whichever DuckDB papertag runs on (2.0
+#: writes a format that 1.x cannot read by default).
+STORAGE_VERSION = "v1.0.0"
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(
+        str(path),
+        read_only=read_only,
+        config={"storage_compatibility_version": STORAGE_VERSION},
+    )
+
+
 class Store:
     """An open papertag database. Use as a context manager or call :meth:`close`."""
 
@@ -430,7 +444,7 @@ class Store:
         if not read_only and self.path.parent and not self.path.parent.exists():
             raise StoreError(f"{self.path}: directory {self.path.parent} does not exist")
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            self.con = _connect(self.path, read_only)
         except duckdb.Error as exc:
             raise _translate_open_error(self.path, exc) from None
         self.read_only = read_only
@@ -440,7 +454,7 @@ class Store:
             # A file written by an older papertag: upgrade it once, then reopen read-only.
             self.con.close()
             Store(self.path).close()
-            self.con = duckdb.connect(str(self.path), read_only=True)
+            self.con = _connect(self.path, True)
 
     def _pending_migrations(self) -> list[str]:
         try:
@@ -489,8 +503,10 @@ class Store:
 
     # -- helpers ---------------------------------------------------------
     def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
-        row = self.con.execute(sql, params or []).fetchone()
-        return None if row is None else row[0]
+        """The first column of the first row (None if no row). The result is read to its
+        end: DuckDB 2 refuses some work (``register``) while a result is left unfinished."""
+        rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0][0] if rows else None
 
     def prepare_arrow(self) -> None:
         """Pay now for what DuckDB imports on its first Arrow scan (pyarrow.dataset, pandas

@@ -459,7 +459,13 @@ class LLMAnnotator(LLMConfig):
         """One chat completion (the transport retries faults); None for a 200 that holds none."""
         try:
             raw = self.client.chat.completions.with_raw_response.create(**self._request(messages))
+        except Cancelled:
+            # Ctrl-C: the throttle refused the request (newer clients pass the error on as
+            # it is, older ones as the cause of an APIConnectionError).
+            raise self._stopped(paper) from None
         except openai.APIError as exc:
+            if isinstance(exc.__cause__, Cancelled):
+                raise self._stopped(paper) from None
             raise self._api_failure(exc, paper) from None
         return _completion(raw.http_response.content)
 
@@ -543,10 +549,6 @@ class LLMAnnotator(LLMConfig):
     # -- failures -------------------------------------------------------------------------
     def _api_failure(self, exc: openai.APIError, paper: PaperInput) -> PapertagError:
         """Client errors stop the run (ProviderError); transient ones end in a failure row."""
-        if isinstance(exc.__cause__, Cancelled):
-            return self._call_failure(
-                "stopped before an answer came (Ctrl-C)", paper, retryable=True
-            )
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             return ProviderError(
                 f"{self.host} refused the API key ({exc.status_code}); check the key"
@@ -593,6 +595,10 @@ class LLMAnnotator(LLMConfig):
             attempts=len(self._calls),
             retryable=True,
         )
+
+    def _stopped(self, paper: PaperInput) -> AnnotationError:
+        """Cut off by Ctrl-C: not a failure (the run drops it; the next one asks again)."""
+        return self._call_failure("stopped before an answer came (Ctrl-C)", paper, retryable=True)
 
     def _call_failure(
         self, reason: str, paper: PaperInput, *, retryable: bool = False
