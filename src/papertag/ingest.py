@@ -316,10 +316,6 @@ def _page_text_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
         raise InputError(path, "no papers found (only page chrome or blank lines)")
 
 
-def parse_page_text(path: Path, text: str) -> Parsed:
-    return Parsed("page-text", list(_page_text_entries(path, io.StringIO(text, newline=""))))
-
-
 # ---------------------------------------------------------------------------
 # Format: JSON (HF daily-papers API, or a list of records) and JSONL
 # ---------------------------------------------------------------------------
@@ -477,10 +473,6 @@ def _jsonl_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
         yield _record_entry(path, low, n, lineno, "line")
 
 
-def parse_jsonl(path: Path, text: str) -> Parsed:
-    return Parsed("jsonl", list(_jsonl_entries(path, io.StringIO(text, newline=""))))
-
-
 # ---------------------------------------------------------------------------
 # Format: CSV / TSV
 # ---------------------------------------------------------------------------
@@ -539,21 +531,11 @@ def _csv_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
         raise InputError(path, reason, line=end + 1, kind="row") from None
 
 
-def parse_csv(path: Path, text: str) -> Parsed:
-    return Parsed("csv", list(_csv_entries(path, io.StringIO(text, newline=""))))
-
-
 # ---------------------------------------------------------------------------
 # Detection
 # ---------------------------------------------------------------------------
 
 _LEADING = "\ufeff \t\r\n"
-
-
-def detect_format(text: str) -> str:
-    """One of ``json``, ``jsonl``, ``csv``, ``page-text``, decided from the content."""
-    fmt, _ = _sniff(io.StringIO(text, newline=""))
-    return fmt
 
 
 def _sniff(fh: IO[str]) -> tuple[str, list[str]]:

@@ -524,7 +524,3 @@ class Store:
         # file written in many batches grew without bound.
         _papertag_batch = data
         self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _papertag_batch")
-
-
-def open_store(path: str | Path | None = None, *, read_only: bool = False) -> Store:
-    return Store(path, read_only=read_only)
