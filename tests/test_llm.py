@@ -195,6 +195,19 @@ def test_each_call_row_holds_the_body_as_sent_byte_for_byte(tmp_path: Path, db_p
     assert {hashlib.sha256(body.encode()).hexdigest() for body, _ in rows} == received
 
 
+def test_the_client_sends_its_own_headers_and_ones_given_to_it(
+    paper: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SENTINEL_KEY)
+    with fault_server([ok()]) as srv:
+        run(paper, srv.url, default_headers={"X-Gateway-Tenant": "papers"})
+        headers = srv.headers[0]
+    assert headers["authorization"] == f"Bearer {SENTINEL_KEY}"
+    assert headers["x-gateway-tenant"] == "papers"
+    # The openai client's own (as shipped: nothing of the request is rebuilt by papertag).
+    assert headers["x-stainless-lang"] == "python" and "OpenAI/Python" in headers["user-agent"]
+
+
 def test_requests_go_through_the_proxy_the_environment_names(
     paper: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,7 +25,7 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -355,12 +355,14 @@ class LLMAnnotator(LLMConfig):
         transport: httpx2.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] | None = None,
+        default_headers: Mapping[str, str] | None = None,
         **settings: Any,
     ) -> None:
         """``settings`` are :class:`LLMConfig`'s (model, base_url, mode, ...); the rest
         configure the client: HTTP attempts per call, backoff, timeout, a transport to
-        send through instead of the network (tests), and the clock and sleep that the
-        throttle and retries wait by (tests hand in a fake pair)."""
+        send through instead of the network (tests), the clock and sleep that the
+        throttle and retries wait by (tests hand in a fake pair), and headers to send
+        with every request (a gateway's, say)."""
         super().__init__(**settings)
         base_url = self.base_url or DEFAULT_BASE_URL
         self.throttle = Throttle(
@@ -384,6 +386,7 @@ class LLMAnnotator(LLMConfig):
             max_retries=0,
             timeout=timeout,
             http_client=httpx2.Client(transport=self.transport, timeout=timeout),
+            default_headers=default_headers,
         )
         self.transport.template = self._request_template()
 
