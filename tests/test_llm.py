@@ -208,6 +208,19 @@ def test_the_client_sends_its_own_headers_and_ones_given_to_it(
     assert headers["x-stainless-lang"] == "python" and "OpenAI/Python" in headers["user-agent"]
 
 
+def test_a_key_function_is_asked_before_each_request(paper: Path) -> None:
+    """A key that expires: the client asks for it before every request it builds."""
+    asked = iter(range(100))
+    bad = json.loads(json.dumps(GOOD))
+    bad["technique"][0]["id"] = "quantisation"
+    with fault_server([ok(bad), ok()]) as srv:
+        report = run(paper, srv.url, api_key=lambda: f"{SENTINEL_KEY}-{next(asked)}")
+        sent = [h["authorization"] for h in srv.headers]
+    # The first key went to the request built for the run's template, never sent.
+    assert report.done == 1 and sent == [f"Bearer {SENTINEL_KEY}-1", f"Bearer {SENTINEL_KEY}-2"]
+    assert SENTINEL_KEY.encode() not in paper.read_bytes()
+
+
 def test_requests_go_through_the_proxy_the_environment_names(
     paper: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

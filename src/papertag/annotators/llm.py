@@ -356,14 +356,16 @@ class LLMAnnotator(LLMConfig):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] | None = None,
         default_headers: Mapping[str, str] | None = None,
+        api_key: str | Callable[[], str] | None = None,
         **settings: Any,
     ) -> None:
         """``settings`` are :class:`LLMConfig`'s (model, base_url, mode, ...); the rest
         configure the client: HTTP attempts per call, backoff, timeout, a transport to
         send through instead of the network (tests), the clock and sleep that the
-        throttle and retries wait by (tests hand in a fake pair), and headers to send
-        with every request (a gateway's, say)."""
-        super().__init__(**settings)
+        throttle and retries wait by (tests hand in a fake pair), headers to send with
+        every request (a gateway's, say), and the API key instead of ``$api_key_env``'s: a
+        string, or a function the client asks before each request (a key that expires)."""
+        super().__init__(api_key=api_key, **settings)
         base_url = self.base_url or DEFAULT_BASE_URL
         self.throttle = Throttle(
             self.concurrency, rpm=self.rpm, tpm=self.tpm, clock=clock, sleep=sleep
@@ -381,7 +383,7 @@ class LLMAnnotator(LLMConfig):
         )
         # max_retries=0: tenacity in CallTransport owns transport retries, so they never multiply.
         self.client = openai.OpenAI(
-            api_key=os.environ.get(self.api_key_env) or "no-key",
+            api_key=api_key or os.environ.get(self.api_key_env) or "no-key",
             base_url=base_url,
             max_retries=0,
             timeout=timeout,

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -184,6 +185,7 @@ class LLMConfig:
         model: str | None = None,
         base_url: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
+        api_key: str | Callable[[], str] | None = None,
         mode: str | None = None,
         max_reasks: int = 2,
         max_tokens: int = 1024,
@@ -218,7 +220,7 @@ class LLMConfig:
             raise ConfigError(
                 f"unknown --mode {self.mode!r}; choose one of: {', '.join(MODE_NAMES)}"
             )
-        if not os.environ.get(api_key_env) and not self.base_url:
+        if api_key is None and not os.environ.get(api_key_env) and not self.base_url:
             raise ConfigError(
                 f"no API key: set {api_key_env} (or --api-key-env NAME), or point --base-url at a local server"
             )
