@@ -13,12 +13,10 @@ SHIPPED_MODEL := src/papertag/annotators/learned/default.npz
 RECORD_PORT ?= 8765
 DEMO_SQL := SELECT field, label, papers FROM (SELECT field, label, count(*) AS papers, row_number() OVER (PARTITION BY field ORDER BY count(*) DESC, label) AS r FROM labels WHERE current GROUP BY field, label) WHERE r <= 4 ORDER BY field, papers DESC
 
-# An editable install leaves papertag's own modules uncompiled, and with
-# PYTHONDONTWRITEBYTECODE set (as on this machine) every command would compile them
-# again: a tenth of a second per process. Bytecode older than its source is ignored.
-COMPILE := $(BIN)/python -m compileall -q src
+# `make test-latest`: the same suite on the newest release of every dependency (no pins).
+LATEST_VENV := .venv-latest
 
-.PHONY: venv demo test lint bench clean lock record screenshot model
+.PHONY: venv demo test test-latest lint bench clean lock record screenshot model
 
 venv: $(STAMP)
 
@@ -26,7 +24,6 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	$(COMPILE)
 	@touch $(STAMP)
 
 demo: venv
@@ -44,13 +41,20 @@ model: venv
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
+# A venv of its own, rebuilt each time so that it holds what is newest today; prints the
+# versions it tested (the README's "Dependencies" section quotes the last run).
+test-latest:
+	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade -e '.[dev]'
+	$(LATEST_VENV)/bin/pip freeze --exclude-editable | grep -iE '^(duckdb|openai|httpx2|httpcore2|pydantic|pyarrow|tenacity|typer|rich|textual|numpy|scipy|scikit-learn)=='
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
 
 bench: venv
-	$(COMPILE)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/annotate.py
 	$(BIN)/python bench/llm.py
@@ -80,4 +84,4 @@ lock:
 	rm -rf .lockvenv
 
 clean:
-	rm -rf $(VENV) $(DEMO_DB) .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) $(DEMO_DB) .mypy_cache .ruff_cache

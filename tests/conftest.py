@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,12 +40,37 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     import os
 
     for name in list(os.environ):
-        if name.startswith(("OPENAI_", "PAPERTAG_", "AZURE_OPENAI", "OPENROUTER_")):
+        if name.startswith(("OPENAI_", "PAPERTAG_", "AZURE_OPENAI", "OPENROUTER_")) or (
+            name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        ):
             monkeypatch.delenv(name)
     db = tmp_path / "test.duckdb"
     monkeypatch.setenv("PAPERTAG_DB", str(db))
     monkeypatch.chdir(tmp_path)
     yield db
+
+
+class FakeTime:
+    """A clock and a sleep for the LLM annotator's throttle and retries: a sleep records
+    what was asked and moves the clock on at once, so nothing waits for real."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.slept.append(seconds)
+            self.now += seconds
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
 
 
 _FAULT_TABLE: list[tuple[str, str, str]] = []
@@ -114,12 +143,43 @@ def _scrub_response(response: dict[str, object]) -> dict[str, object]:
     return response
 
 
+_TITLE = re.compile(r"<title>(.*?)</title>", re.DOTALL)
+
+
+def paper_turn(request: Any) -> tuple[str, int]:
+    """Which paper a chat request is about, and how far into its conversation (the number
+    of messages: 2 for a first ask, 4 for the first re-ask, ...)."""
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return "", 0
+    messages = body.get("messages", []) if isinstance(body, dict) else []
+    user = next((m.get("content") for m in messages if m.get("role") == "user"), "")
+    title = _TITLE.search(user) if isinstance(user, str) else None
+    return (title.group(1) if title else ""), len(messages)
+
+
+def _same_paper_turn(r1: Any, r2: Any) -> None:
+    # vcrpy's matcher protocol: an AssertionError means "no match".
+    assert paper_turn(r1) == paper_turn(r2)
+
+
+def pytest_recording_configure(config: pytest.Config, vcr: Any) -> None:
+    vcr.register_matcher("paper_turn", _same_paper_turn)
+
+
+#: Recordings of a model server are matched by paper and turn, not by order: a run's
+#: threads ask for several papers at once, in whatever order they get to it.
+LLM_MATCH_ON = ["method", "path", "paper_turn"]
+
+
 @pytest.fixture(scope="module")
 def vcr_config() -> dict[str, object]:
     return {
         "filter_headers": _REQUEST_HEADERS,
         "before_record_response": _scrub_response,
         "decode_compressed_response": True,
+        "match_on": LLM_MATCH_ON,
     }
 
 
@@ -163,10 +223,9 @@ def _build_example(path: Path) -> None:
     titles = [title_key(e.title) for e in parse_file(DIGESTS[2]).entries[:3]]
     with Store(path) as s:
         ids = [s.scalar("SELECT paper_id FROM papers WHERE title_key = ?", [t]) for t in titles]
-    with (
-        pytest.MonkeyPatch.context() as mp,
-        vcr.VCR(record_mode="none").use_cassette(str(LLAMA_CASSETTE)),
-    ):
+    recorder = vcr.VCR(record_mode="none", match_on=LLM_MATCH_ON)
+    recorder.register_matcher("paper_turn", _same_paper_turn)
+    with pytest.MonkeyPatch.context() as mp, recorder.use_cassette(str(LLAMA_CASSETTE)):
         # A local model has no list price: give it one so cost figures are not all NULL.
         mp.setenv("PAPERTAG_PRICES", '{"smollm2": [0.1, 0.2]}')
         mp.delenv("OPENAI_API_KEY", raising=False)
@@ -179,8 +238,6 @@ def _build_example(path: Path) -> None:
             backoff=0.01,
             max_tokens=600,
             paper_ids=ids,
-            # vcr replays in this process: keep the calls here, not in a worker process.
-            concurrency=1,
         )
     # A few review decisions through the review API, so the README's review example has rows.
     from papertag.review import decide, review_queue

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
+import http.server
 import json
 import random
 import re
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -130,6 +133,8 @@ class FaultServer:
         self.last_at: float | None = None
         self.in_flight = 0
         self.max_in_flight = 0
+        #: TCP connections accepted (a kept-alive connection serves many requests).
+        self.connections = 0
         self._bucket = float(self._depth)
         self._refilled = time.monotonic()
         self.loop = asyncio.new_event_loop()
@@ -186,6 +191,7 @@ class FaultServer:
 
     # -- HTTP/1.1 ----------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             await self._serve(reader, writer)
         except asyncio.CancelledError:
@@ -307,6 +313,67 @@ def fault_server(replies: list[Reply] | None = None, **options: Any) -> Iterator
         yield srv
     finally:
         srv.stop()
+
+
+class _ForwardHandler(http.server.BaseHTTPRequestHandler):
+    """Forwards plain-HTTP requests in absolute form (as a client sends them to a proxy)."""
+
+    protocol_version = "HTTP/1.1"
+    server: ForwardProxy
+
+    def do_POST(self) -> None:
+        self.server.seen.append(self.path)
+        target = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in ("host", "connection", "proxy-connection", "keep-alive")
+        }
+        upstream = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)
+        try:
+            upstream.request("POST", target.path, body=body, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status)
+        for k, v in answer.getheaders():
+            if k.lower() not in ("connection", "content-length", "transfer-encoding"):
+                self.send_header(k, v)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class ForwardProxy(http.server.ThreadingHTTPServer):
+    """An HTTP forward proxy on 127.0.0.1 that records the URL of each request it passes on."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ForwardHandler)
+        self.seen: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@contextmanager
+def forward_proxy() -> Iterator[ForwardProxy]:
+    proxy = ForwardProxy()
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(10)
 
 
 def main() -> None:

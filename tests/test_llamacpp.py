@@ -4,7 +4,9 @@ Recorded by `make record` (llama-cpp-python's server on 127.0.0.1:8765, temperat
 0, seed 0); CI replays them with --record-mode=none. The tiny model labels badly:
 these tests check the protocol (schema-constrained output, re-asks after failed
 validation, usage, failure rows after the bound, one llm_calls row per HTTP
-call, no call on a second run), not label quality.
+call, no call on a second run), not label quality. The runs are the command's own
+engine at its default concurrency: recordings are matched by paper and turn
+(``conftest.LLM_MATCH_ON``), not by the order the threads ask in.
 """
 
 from __future__ import annotations
@@ -43,8 +45,6 @@ def run_llm(db: Path, max_reasks: int) -> AnnotateReport:
         max_reasks=max_reasks,
         backoff=0.01,
         max_tokens=600,
-        # vcr replays in this process: keep the calls here, not in a worker process.
-        concurrency=1,
     )
 
 

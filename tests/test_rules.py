@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -14,9 +16,9 @@ from papertag.annotators.rules import ASSIGN, RulesAnnotator, expand_pattern, li
 from papertag.errors import AnnotationError, ConfigError
 from papertag.ingest import parse_file
 from papertag.schema import Annotation, normalize_for_match, paper_text
-from papertag.taxonomy import FIELDS, content_hash, load_taxonomy, parse_taxonomy
+from papertag.taxonomy import FIELDS, load_taxonomy, parse_taxonomy
 
-from .conftest import DIGESTS
+from .conftest import DIGESTS, SHARED
 
 QUANT = PaperInput(
     "q",
@@ -124,10 +126,46 @@ def evidence_ok(ann: Annotation, title: str, abstract: str) -> None:
 
 def test_interface(annotator: RulesAnnotator) -> None:
     assert annotator.name == "rules" and annotator.model == "rules"
-    source = Path(rules_mod.__file__).read_bytes()
-    assert annotator.prompt_version == content_hash(source)
+    assert annotator.prompt_version == rules_mod.RULES_VERSION
     assert annotator.taxonomy.version == load_taxonomy().version
     assert isinstance(get_annotator("rules"), RulesAnnotator)
+
+
+#: What the rules give on the dev gold set's 100 papers, by (RULES_VERSION, taxonomy
+#: version). A change of the rules' output must come with a new RULES_VERSION (the key of
+#: every rules annotation); a new taxonomy version needs only a new row here.
+FINGERPRINTS = {("2026-12-03", "005ee3cbbd56"): "06442a98fd35d672"}
+
+
+def _output_fingerprint(annotator: RulesAnnotator) -> str:
+    digest = hashlib.sha256()
+    with (SHARED / "gold" / "dev.jsonl").open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            paper = json.loads(line)
+            try:
+                ann = annotator.annotate(PaperInput(str(i), paper["title"], paper["abstract"]))
+            except AnnotationError as exc:
+                digest.update(exc.reason.encode())
+                continue
+            labels = [
+                (f, x.id, round(x.confidence, 6), x.evidence) for f in FIELDS for x in ann.labels(f)
+            ]
+            labels += [(c.field, c.id, round(c.confidence, 6), c.evidence) for c in ann.candidates]
+            digest.update(json.dumps(labels).encode())
+    return digest.hexdigest()[:16]
+
+
+def test_a_change_of_output_comes_with_a_new_rules_version(annotator: RulesAnnotator) -> None:
+    key = (rules_mod.RULES_VERSION, annotator.taxonomy.version)
+    found = _output_fingerprint(annotator)
+    assert key in FINGERPRINTS, (
+        f"no fingerprint for {key}: add {key}: {found!r} to FINGERPRINTS (and if the rules' "
+        "output changed, change RULES_VERSION first)"
+    )
+    assert found == FINGERPRINTS[key], (
+        f"the rules' output changed ({found}) but RULES_VERSION is still {key[0]!r}: change "
+        "it, so that the old annotations become stale, and record the new fingerprint"
+    )
 
 
 @pytest.mark.parametrize(("title", "abstract", "expected"), CLEAR_CUT, ids=lambda v: str(v)[:30])

@@ -45,7 +45,7 @@ from .review import (
     undo_decision,
 )
 from .schema import Annotation, Candidate, Label, validate_annotation
-from .store import Store, open_store
+from .store import Store
 from .taxonomy import Taxonomy, load_taxonomy
 
 if TYPE_CHECKING:
@@ -112,7 +112,6 @@ __all__ = [
     "import_sheet",
     "ingest",
     "load_taxonomy",
-    "open_store",
     "record_decision",
     "review_queue",
     "run_sql",

@@ -5,11 +5,9 @@ version): re-running the same annotator on the same text does nothing, while a
 changed abstract, prompt or taxonomy gives a new annotation and leaves the old
 one queryable (``current = false`` in the ``labels`` view).
 
-LLM annotators run ``concurrency`` papers at once: in the threads of a child
-process (:mod:`papertag.annotators.worker`) when the annotator is named, in
-threads of this one when a caller hands in an annotator object. Results come
-back to the one thread that writes to DuckDB, which commits at least once a
-second. Every model response is also journaled the moment it arrives
+LLM annotators run ``concurrency`` papers at once, each in a thread of a pool;
+results come back to the one thread that writes to DuckDB, which commits at least
+once a second. Every model response is also journaled the moment it arrives
 (:mod:`papertag.journal`), so after a ``kill -9`` the same command resumes: it
 stores what the journal holds and replays those answers instead of paying for
 them again. Ctrl-C stops starting papers, lets those in flight finish, commits
@@ -22,7 +20,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
 import queue
 import signal
 import threading
@@ -33,28 +30,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from ._lazy import lazy_import
+import pyarrow as pa
+
 from .annotators import (
     DEFAULT_ANNOTATOR,
-    DEFAULT_CONCURRENCY,
     Annotator,
     AnnotatorInfo,
     PaperInput,
     get_annotator,
 )
 from .annotators.llm_config import LLMConfig, estimate_cost, price_for
-from .annotators.worker import Outcome, ProcessWorker, work
-from .errors import AnnotationError, ConfigError, PapertagError
+from .errors import AnnotationError, ConfigError
 from .journal import Journal, RequestTemplate, call_row
 from .schema import Annotation
 from .store import Store
-
-if TYPE_CHECKING:
-    import pyarrow as pa
-else:
-    pa = lazy_import("pyarrow")
 
 #: Results per write transaction.
 WRITE_BATCH = 2_000
@@ -92,6 +83,35 @@ class AnnotateReport:
     stopped: str | None = None
     #: Papers left for a later run (not started, or cut off by the stop).
     left: int = 0
+
+
+@dataclass
+class Outcome:
+    """What annotating one paper gave: a result, a reasoned failure or a fatal error."""
+
+    started: datetime
+    duration_ms: float = 0.0
+    result: Annotation | None = None
+    error: AnnotationError | None = None
+    fatal: BaseException | None = None
+    calls: Sequence[Any] = ()
+
+
+def work(ann: Annotator, paper: PaperInput) -> Outcome:
+    """Annotate one paper; never raises (a pool thread's errors travel in the outcome)."""
+    drain: Callable[[], Sequence[Any]] = getattr(ann, "drain_calls", tuple)
+    out = Outcome(_now())
+    t0 = time.perf_counter()
+    try:
+        out.result = ann.annotate(paper)
+    except AnnotationError as exc:
+        exc.paper_id = paper.paper_id
+        out.error = exc
+    except BaseException as exc:
+        out.fatal = exc
+    out.duration_ms = (time.perf_counter() - t0) * 1000
+    out.calls = drain()
+    return out
 
 
 @functools.cache
@@ -515,6 +535,12 @@ def estimate(
             store.close()
 
 
+#: Threads (and papers started) per request the annotator may have in flight: behind each
+#: call in flight a second thread waits with its next request built, and the throttle
+#: lets it go the moment an answer is read, while that answer's thread validates and
+#: stores it. The throttle, not the pool, keeps the requests in flight to --concurrency.
+THREADS_PER_CALL = 2
+
 #: Papers handed at once to an annotator that labels in batches (``annotate_many``).
 BATCH_PAPERS = 512
 
@@ -579,16 +605,11 @@ def annotate(
         raise ConfigError("--limit must be 0 or more")
     if max_cost is not None and max_cost < 0:
         raise ConfigError("--max-cost must be 0 or more")
-    remote: ProcessWorker | None = None
-    if annotator == "llm" and _calls_in_child(options):
-        # First: the child imports the openai client while this process opens the database.
-        remote = ProcessWorker(options)
     store: Store | None = None
     ann: AnnotatorInfo | None = None
     try:
         store = db if isinstance(db, Store) else Store(db)
-        # With a worker process, the client lives there: this one needs only the settings.
-        ann = resolve_annotator(annotator, options, client=remote is None, store=store)
+        ann = resolve_annotator(annotator, options, client=True, store=store)
         if (
             max_cost is not None
             and price_for(ann.model) is None
@@ -598,7 +619,7 @@ def annotate(
                 f"--max-cost needs the price of {ann.model!r}: set PAPERTAG_PRICES="
                 f"'{{\"{ann.model}\": [usd_per_1M_prompt_tokens, usd_per_1M_completion_tokens]}}'"
             )
-        return _Run(store, ann, max_cost, on_start, on_progress, remote).run(
+        return _Run(store, ann, max_cost, on_start, on_progress).run(
             limit=limit,
             force=force,
             retry_failed=retry_failed,
@@ -606,28 +627,14 @@ def annotate(
         )
     finally:
         # Close only what we built (an LLM client's connections); a caller's annotator is theirs.
-        if remote is not None:
-            remote.close()
-        elif isinstance(annotator, str) and ann is not None:
+        if isinstance(annotator, str) and ann is not None:
             getattr(ann, "close", lambda: None)()
         if store is not None and not isinstance(db, Store):
             store.close()
 
 
-def _calls_in_child(options: dict[str, Any]) -> bool:
-    """Concurrent LLM calls run in a child process (see annotators/worker.py), unless a
-    caller hands in its own transport (which cannot cross a process boundary)."""
-    concurrency = options.get("concurrency", DEFAULT_CONCURRENCY)
-    return (
-        os.name == "posix"
-        and "transport" not in options
-        and isinstance(concurrency, int)
-        and concurrency > 1
-    )
-
-
 class _Run:
-    """One ``annotate`` run: workers call the model, this thread alone writes to DuckDB."""
+    """One ``annotate`` run: pool threads call the model, this thread alone writes to DuckDB."""
 
     def __init__(
         self,
@@ -636,9 +643,8 @@ class _Run:
         max_cost: float | None,
         on_start: Callable[[int], None] | None,
         on_progress: Callable[[AnnotateReport], None] | None,
-        remote: ProcessWorker | None = None,
     ) -> None:
-        self.store, self.ann, self.remote = store, ann, remote
+        self.store, self.ann = store, ann
         self.on_start, self.on_progress = on_start, on_progress
         self.run_id = uuid.uuid4().hex[:12]
         self.report = AnnotateReport(
@@ -651,15 +657,10 @@ class _Run:
         self.ctrl_c = _CtrlC()
         # An annotator that labels many papers at once runs in batches, reading each batch's
         # texts only when it comes up.
-        self._batches = (
-            remote is None
-            and hasattr(ann, "annotate_many")
-            and int(getattr(ann, "concurrency", 1)) <= 1
-        )
+        self._batches = hasattr(ann, "annotate_many") and int(getattr(ann, "concurrency", 1)) <= 1
         # Only annotators that call a server keep a journal (rules results cost nothing to redo).
         self.journal: Journal | None = None
-        calls_server = remote is not None or hasattr(ann, "call_sink")
-        if calls_server and str(store.path) != ":memory:":
+        if hasattr(ann, "call_sink") and str(store.path) != ":memory:":
             self.journal = Journal(store.path)
 
     def run(
@@ -672,9 +673,9 @@ class _Run:
     ) -> AnnotateReport:
         report, ann, store = self.report, self.ann, self.store
         started = time.perf_counter()
-        # A Ctrl-C while the run prepares (imports, the worker starting) is noticed once
-        # it is ready, before any paper starts: raised in the middle of an import, it can
-        # leave a library half-loaded, or be swallowed by DuckDB's own lazy imports.
+        # A Ctrl-C while the run prepares is noticed once it is ready, before any paper
+        # starts: raised in the middle of a query or an import, it can leave a library
+        # half-loaded, or be swallowed by DuckDB's own imports.
         with self.ctrl_c:
             if self.journal is not None:
                 report.recovered = recover_journal(store, self.journal)
@@ -701,41 +702,31 @@ class _Run:
             )
             report.total = len(todo)
             transport = getattr(ann, "transport", None)
-            replay: dict[str, list[tuple[int, str]]] = {}
-            if (transport is not None or self.remote is not None) and not force and todo:
-                replay = paid_answers(store, ann, [p.paper_id for p in todo])
-            if todo and self.remote is None:
+            if todo:
                 store.prepare_arrow()
-            if self.remote is not None:
-                if todo:
-                    journal_at = store.path if self.journal is not None else None
-                    # Stored before any call that refers to it (journaled calls included).
-                    save_template(store, self.remote.wait_ready())
-                    self.remote.start(self.run_id, self.writer.options, journal_at, replay)
-            else:
-                if transport is not None:
-                    save_template(store, getattr(transport, "template", None))
-                    transport.replay = replay
-                if self.journal is not None:
-                    ann.call_sink = functools.partial(  # type: ignore[attr-defined]
-                        self.journal.write_call, self.run_id, ann, self.writer.options
-                    )
+            if transport is not None:
+                if not force and todo:
+                    transport.replay = paid_answers(store, ann, [p.paper_id for p in todo])
+                # Stored before any call that refers to it (journaled calls included).
+                save_template(store, getattr(transport, "template", None))
+            if self.journal is not None:
+                ann.call_sink = functools.partial(  # type: ignore[attr-defined]
+                    self.journal.write_call, self.run_id, ann, self.writer.options
+                )
             if self.on_start:
                 self.on_start(len(todo))
         if self.ctrl_c.take():
             report.stopped = "interrupted"
-        finished = False
         try:
-            workers = int(getattr(ann, "concurrency", 1))
-            if workers > 1:
-                self._concurrent(todo, workers)
+            workers = getattr(ann, "concurrency", None)
+            if workers is not None:
+                self._concurrent(todo, int(workers))
             else:
                 self._inline(todo)
-            finished = True
         finally:
             # Whatever happened (Ctrl-C, a fatal error), keep what was finished.
             self._flush()
-            self._end_calls(finished and bool(todo))
+            self._end_calls()
             report.seconds = time.perf_counter() - started
             report.left = report.total - report.done - report.failed
             store.con.execute(
@@ -744,20 +735,15 @@ class _Run:
             )
         return report
 
-    def _end_calls(self, finished: bool) -> None:
+    def _end_calls(self) -> None:
         """Close the journal (keeping segments not yet committed) and count the 429s."""
-        if self.remote is not None:
-            if not finished:
-                return  # annotate() ends the child; its journal stays for the next run
-            self.report.throttled = self.remote.finish()
-            return
         if self.journal is not None:
             self.ann.call_sink = None  # type: ignore[attr-defined]
             # Segments still holding uncommitted answers stay for the next run to recover.
             self.journal.close()
         self.report.throttled = getattr(getattr(self.ann, "throttle", None), "throttled", 0)
 
-    # -- the two ways of running ----------------------------------------------------------
+    # -- the ways of running --------------------------------------------------------------
     def _inline(self, todo: list[_Pending]) -> None:
         if self._batches:
             self._batched(todo)
@@ -803,81 +789,57 @@ class _Run:
                     self._flush()
 
     def _concurrent(self, todo: list[_Pending], workers: int) -> None:
+        """Up to ``workers`` requests in flight at once, each paper in a thread of a pool;
+        this thread settles and writes their outcomes as they come."""
         pending = iter(todo)
         held: _Pending | None = None  # next up, waiting for room in the budget
         running: dict[Future[Outcome], _Pending] = {}
         # Futures land here as they finish: one queue to wait on, however many are running.
         finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
-        pool: ThreadPoolExecutor | None = None
-        queued = workers
-        # In this process, calls start as they are submitted; the child may be ready first.
-        arrow_ready = self.remote is None
-        if self.remote is not None:
-            submit = self.remote.submit
-            # Beyond the calls in flight, two rounds of papers wait in the child (against a
-            # slow server one of them with its requests built, see worker.py), so its calls
-            # go on while this thread is busy committing (a second's batch takes a tenth
-            # of one).
-            queued = 3 * workers
-        else:
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="papertag-annotate")
-            ann = cast(Annotator, self.ann)  # in this process: the annotator itself
-
-            def submit(papers: Sequence[PaperInput]) -> list[Future[Outcome]]:
-                return [pool.submit(work, ann, paper) for paper in papers]
-
+        ann = cast(Annotator, self.ann)
         ctrl_c = self.ctrl_c
-        try:
-            with ctrl_c:
-                while True:
-                    for _ in range(ctrl_c.take()):
-                        self._interrupt()
-                    batch: list[_Pending] = []
-                    while self.report.stopped is None and len(running) + len(batch) < queued:
-                        paper = held if held is not None else next(pending, None)
-                        held = None
-                        if paper is None:
-                            break
-                        admitted = self._admit(paper)
-                        if admitted is None:
-                            held = paper  # tried again once papers in flight have settled
-                        if not admitted:
-                            break
-                        batch.append(paper)
-                    if batch:
-                        for future, paper in zip(
-                            submit([_input(p) for p in batch]), batch, strict=True
-                        ):
+        threads = THREADS_PER_CALL * workers
+        with ThreadPoolExecutor(threads, thread_name_prefix="papertag-annotate") as pool:
+            try:
+                with ctrl_c:
+                    while True:
+                        for _ in range(ctrl_c.take()):
+                            self._interrupt(running)
+                        while self.report.stopped is None and len(running) < threads:
+                            paper = held if held is not None else next(pending, None)
+                            held = None
+                            if paper is None:
+                                break
+                            admitted = self._admit(paper)
+                            if admitted is None:
+                                held = paper  # tried again once papers in flight have settled
+                            if not admitted:
+                                break
+                            future = pool.submit(work, ann, _input(paper))
                             running[future] = paper
                             future.add_done_callback(finished.put)
-                        if not arrow_ready:
-                            # While the first requests are out: nothing is due to be written
-                            # before their answers come back.
-                            self.store.prepare_arrow()
-                            arrow_ready = True
-                    if not running:
-                        return
-                    try:
-                        done = [finished.get(timeout=FLUSH_EVERY / 4)]
-                    except queue.Empty:
-                        done = []
-                    except KeyboardInterrupt:  # not in the main thread: no flag, an exception
-                        self._interrupt()
-                        continue
-                    with contextlib.suppress(queue.Empty):
-                        while len(done) < len(running):
-                            done.append(finished.get_nowait())
-                    for future in done:
-                        self._settle(running.pop(future), future.result())
-                    if self.writer.due():
-                        self._flush()
-        except BaseException:
-            # A fatal error (refused key) or a third Ctrl-C: stop the others at once.
-            self._cancel()
-            raise
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                        if not running:
+                            return
+                        try:
+                            done = [finished.get(timeout=FLUSH_EVERY / 4)]
+                        except queue.Empty:
+                            done = []
+                        except KeyboardInterrupt:  # not in the main thread: no flag, an exception
+                            self._interrupt(running)
+                            continue
+                        with contextlib.suppress(queue.Empty):
+                            while len(done) < len(running):
+                                done.append(finished.get_nowait())
+                        for future in done:
+                            paper = running.pop(future)
+                            if not future.cancelled():  # never started (Ctrl-C)
+                                self._settle(paper, future.result())
+                        if self.writer.due():
+                            self._flush()
+            except BaseException:
+                # A fatal error (refused key) or a third Ctrl-C: stop the others at once.
+                self._cancel(running)
+                raise
 
     # -- shared steps ---------------------------------------------------------------------------
     def _admit(self, paper: _Pending) -> bool | None:
@@ -893,24 +855,20 @@ class _Run:
         self.report.stopped = "max-cost"
         return False
 
-    def _interrupt(self) -> None:
+    def _interrupt(self, running: dict[Future[Outcome], _Pending]) -> None:
         """Ctrl-C: start nothing new, end retry waits; calls in flight finish and are kept.
 
         A second Ctrl-C also closes the connections, cutting those calls short.
         """
         if self.report.stopped == "interrupted":
-            if self.remote is not None:
-                self.remote.close_connections()
-            else:
-                getattr(self.ann, "close", lambda: None)()
+            getattr(self.ann, "close", lambda: None)()
         self.report.stopped = "interrupted"
-        self._cancel()
+        self._cancel(running)
 
-    def _cancel(self) -> None:
-        if self.remote is not None:
-            with contextlib.suppress(PapertagError):  # a child already gone has nothing to stop
-                self.remote.cancel()
-            return
+    def _cancel(self, running: dict[Future[Outcome], _Pending]) -> None:
+        """No new call starts: papers waiting in the pool's queue are dropped, retry waits end."""
+        for future in running:
+            future.cancel()  # only those not started yet
         cancel = getattr(self.ann, "cancel", None)
         if cancel is not None:
             cancel()
@@ -949,11 +907,7 @@ class _Run:
 
     def _flush(self) -> None:
         uids = self.writer.flush()
-        if not uids:
-            return
-        if self.remote is not None:
-            self.remote.committed(uids)
-        elif self.journal is not None:
+        if uids and self.journal is not None:
             self.journal.committed(uids)
 
 

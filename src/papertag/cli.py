@@ -291,8 +291,7 @@ def annotate(
     concurrency: Annotated[
         int,
         typer.Option(
-            help="llm: requests in flight at once, cut back automatically while the server answers 429. "
-            "Above 1 the calls run in a second process (two cores); 1 keeps everything in this one.",
+            help="llm: requests in flight at once, cut back automatically while the server answers 429.",
             min=1,
         ),
     ] = DEFAULT_CONCURRENCY,

@@ -17,17 +17,12 @@ import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ._lazy import lazy_import
+import duckdb
+
 from .errors import ConfigError, QueryError
 from .files import check_out_path, temp_beside
 from .store import Store
-
-if TYPE_CHECKING:
-    import duckdb
-else:
-    duckdb = lazy_import("duckdb")
 
 DEFAULT_STEM = "papertag-export"
 

@@ -39,18 +39,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
-from ._lazy import lazy_import
+import duckdb
+import pyarrow as pa
+
 from .errors import InputError
 from .store import Store
-
-if TYPE_CHECKING:
-    import duckdb
-    import pyarrow as pa
-else:
-    duckdb = lazy_import("duckdb")
-    pa = lazy_import("pyarrow")
 
 #: Longest abstract accepted; anything larger is not an abstract but a mistake.
 MAX_ABSTRACT_CHARS = 1_000_000
@@ -342,10 +337,6 @@ def _page_text_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
         raise InputError(path, "no papers found (only page chrome or blank lines)")
 
 
-def parse_page_text(path: Path, text: str) -> Parsed:
-    return Parsed("page-text", list(_page_text_entries(path, io.StringIO(text, newline=""))))
-
-
 # ---------------------------------------------------------------------------
 # Format: JSON (HF daily-papers API, or a list of records) and JSONL
 # ---------------------------------------------------------------------------
@@ -505,10 +496,6 @@ def _jsonl_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
         yield _record_entry(path, low, n, lineno, "line")
 
 
-def parse_jsonl(path: Path, text: str) -> Parsed:
-    return Parsed("jsonl", list(_jsonl_entries(path, io.StringIO(text, newline=""))))
-
-
 # ---------------------------------------------------------------------------
 # Format: CSV / TSV
 # ---------------------------------------------------------------------------
@@ -627,10 +614,6 @@ def _csv_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
         raise InputError(path, reason, line=end + 1, kind="row") from None
 
 
-def parse_csv(path: Path, text: str) -> Parsed:
-    return Parsed("csv", list(_csv_entries(path, io.StringIO(text, newline=""))))
-
-
 # ---------------------------------------------------------------------------
 # Detection
 # ---------------------------------------------------------------------------
@@ -642,12 +625,6 @@ _LEADING = "\ufeff \t\r\n"
 _MARKUP_START = re.compile(
     r"<(?:[?!]|[A-Za-z][\w.:-]*(?:\s[^<>]*)?(?:/?>\s*(?:<|$)|$))", re.MULTILINE
 )
-
-
-def detect_format(text: str) -> str:
-    """One of ``json``, ``jsonl``, ``csv``, ``page-text``, decided from the content."""
-    fmt, _ = _sniff(io.StringIO(text, newline=""))
-    return fmt
 
 
 def _sniff(fh: IO[str]) -> tuple[str, list[str]]:

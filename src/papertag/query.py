@@ -9,16 +9,12 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._lazy import lazy_import
+import duckdb
+
 from .errors import QueryError
 from .store import Store
-
-if TYPE_CHECKING:
-    import duckdb
-else:
-    duckdb = lazy_import("duckdb")
 
 
 @dataclass

@@ -11,16 +11,12 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._lazy import lazy_import
+import duckdb
+
 from .errors import DatabaseBusy, StoreError
 from .schema import ACCEPT_THRESHOLD
-
-if TYPE_CHECKING:
-    import duckdb
-else:
-    duckdb = lazy_import("duckdb")
 
 DEFAULT_DB = "papertag.duckdb"
 DB_ENV = "PAPERTAG_DB"
@@ -472,6 +468,20 @@ def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     return StoreError(f"{path}: cannot open database: {first}")
 
 
+#: The storage format of a new database file: the one DuckDB 1.0 and later read, so the file
+#: opens in the `duckdb` CLI and any DuckDB 1.x whichever DuckDB papertag runs on (2.0
+#: writes a format that 1.x cannot read by default).
+STORAGE_VERSION = "v1.0.0"
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(
+        str(path),
+        read_only=read_only,
+        config={"storage_compatibility_version": STORAGE_VERSION},
+    )
+
+
 class Store:
     """An open papertag database. Use as a context manager or call :meth:`close`."""
 
@@ -482,7 +492,7 @@ class Store:
         if not read_only and self.path.parent and not self.path.parent.exists():
             raise StoreError(f"{self.path}: directory {self.path.parent} does not exist")
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            self.con = _connect(self.path, read_only)
         except duckdb.Error as exc:
             raise _translate_open_error(self.path, exc) from None
         self.read_only = read_only
@@ -492,7 +502,7 @@ class Store:
             # A file written by an older papertag: upgrade it once, then reopen read-only.
             self.con.close()
             Store(self.path).close()
-            self.con = duckdb.connect(str(self.path), read_only=True)
+            self.con = _connect(self.path, True)
 
     def _pending_migrations(self) -> list[str]:
         try:
@@ -541,8 +551,10 @@ class Store:
 
     # -- helpers ---------------------------------------------------------
     def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
-        row = self.con.execute(sql, params or []).fetchone()
-        return None if row is None else row[0]
+        """The first column of the first row (None if no row). The result is read to its
+        end: DuckDB 2 refuses some work (``register``) while a result is left unfinished."""
+        rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0][0] if rows else None
 
     def prepare_arrow(self) -> None:
         """Pay now for what DuckDB imports on its first Arrow scan (pyarrow.dataset, pandas
@@ -560,7 +572,3 @@ class Store:
         # file written in many batches grew without bound.
         _papertag_batch = data
         self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _papertag_batch")
-
-
-def open_store(path: str | Path | None = None, *, read_only: bool = False) -> Store:
-    return Store(path, read_only=read_only)

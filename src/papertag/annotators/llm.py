@@ -1,44 +1,40 @@
 """``--annotator llm``: a structured-output prompt on OpenAI or any OpenAI-compatible server.
 
-instructor (over the official ``openai`` client) asks for an :class:`Annotation`
-and re-asks with the validation error a bounded number of times. Transport
-faults are retried by tenacity inside :class:`CallTransport`, which also records
-every HTTP exchange for the ``llm_calls`` table. The ``openai`` client's own
-retries are turned off (``max_retries=0``) so the two never multiply.
+Each paper is one loop of ours: ask through the official ``openai`` client
+(``chat.completions.create``, its public API only), validate the answer with
+:class:`papertag.schema.Annotation`, and re-ask with the validation error a bounded
+number of times. The request's structured-output part (a function tool, a
+``response_format``, or the schema written into the prompt) is built here from the
+pydantic model's JSON schema, so the abstract is sent exactly as written (no
+templating of messages).
+
+Throttle, transport retries (tenacity) and the record of every HTTP exchange for the
+``llm_calls`` table live in one httpx transport, :class:`CallTransport`, that wraps the
+``HTTPTransport`` the client would have used; the client's own retries are off
+(``max_retries=0``) so the two never multiply. Everything else (URLs, headers, auth,
+errors) is the client's.
 """
 
 from __future__ import annotations
 
-import collections
-import copy
 import hashlib
 import json
-import logging
 import os
 import random
 import re
-import ssl
 import threading
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx2
-import instructor
+import openai
 import pydantic
-from instructor.core import IncompleteOutputException
-from instructor.v2.core.function_calls import ResponseSchema
-from instructor.v2.core.providers import Provider
-from instructor.v2.core.registry import mode_registry
-
-# From the modules that define them, not from the package: the worker defers openai's
-# __init__ (worker.main), which imports every type of every API.
-from openai import _exceptions as openai_errors
-from openai._client import OpenAI
-from openai._models import FinalRequestOptions
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -50,28 +46,43 @@ from ..errors import AnnotationError, PapertagError, ProviderError, ValidationFa
 from ..journal import CallRecord, RequestTemplate
 from ..schema import Annotation, ValidationContext, format_validation_error, paper_text
 from . import PaperInput
-from .llm_config import LLMConfig, estimate_cost
-from .throttle import Throttle
-
-# instructor logs every failed attempt at ERROR; we record them in llm_calls instead of
-# letting Python's last-resort handler print them over the progress bar.
-logging.getLogger("instructor").addHandler(logging.NullHandler())
+from .llm_config import SCHEMA_NAME, LLMConfig, estimate_cost
+from .throttle import Cancelled, Throttle
 
 #: Statuses worth another try: timeouts, conflicts, rate limits, server faults.
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 #: Longest wait we accept from a server's Retry-After.
 MAX_SERVER_WAIT = 120.0
-
-#: instructor's mode for each of papertag's --mode names.
-MODES = {
-    "tools": instructor.Mode.TOOLS,
-    "json_schema": instructor.Mode.JSON_SCHEMA,
-    "json": instructor.Mode.JSON,
-    "md_json": instructor.Mode.MD_JSON,
-}
+#: Where requests go without --base-url or $OPENAI_BASE_URL (the client's own default).
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 # --------------------------------------------------------------------------- transport
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy that HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY name for ``url``.
+
+    httpx applies these only to a client it builds its own transport for; the
+    annotator's client is given :class:`CallTransport`, so the proxy is read here, from
+    the same variables (the standard library's reading of them), and given to the
+    ``HTTPTransport`` inside it.
+    """
+    parts = urlparse(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.netloc or parts.hostname or ""):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def http_transport(url: str, connections: int) -> httpx2.HTTPTransport:
+    """The transport the client would use for ``url``: through the environment's proxy,
+    with a keep-alive connection for each request in flight."""
+    return httpx2.HTTPTransport(
+        proxy=environment_proxy(url),
+        limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
 
 
 class _RetryableStatus(Exception):
@@ -147,12 +158,14 @@ def _summarise_response(record: CallRecord, body: bytes) -> None:
 
 
 class CallTransport(httpx2.BaseTransport):
-    """Retries transient faults with tenacity and records every exchange.
+    """Throttles, retries transient faults with tenacity, and records every exchange.
 
-    Wraps the real transport (so recorded cassettes replay through it). Retries
-    408/409/429/5xx, connection errors and timeouts with exponential backoff and
-    jitter, waiting what the server asks when it says (Retry-After, Retry-After-Ms,
-    x-ratelimit-reset-*). 400/401/403/404/422 are returned at once.
+    Wraps the transport that sends (an ``HTTPTransport``, so recorded cassettes replay
+    through it). Each attempt first takes a slot of the :class:`Throttle` (concurrency
+    and rate), and gives it back with what the answer said. Retries 408/409/429/5xx,
+    connection errors and timeouts with exponential backoff and jitter, waiting what
+    the server asks when it says (Retry-After, Retry-After-Ms, x-ratelimit-reset-*).
+    400/401/403/404/422 are returned at once. Every exchange goes to ``on_call``.
     """
 
     def __init__(
@@ -311,128 +324,27 @@ class CallTransport(httpx2.BaseTransport):
         self.inner.close()
 
 
-class ConnectionStack(httpx2.BaseTransport):
-    """Kept-alive connections, each serving one request at a time.
-
-    A request takes the connection freed last (the one least likely to have been closed
-    by the server) or, if every one is busy, opens another: there are never more
-    connections than requests in flight at once, however many threads send them.
-    One shared httpcore pool would serialise every request on its lock, and while
-    holding it poll each idle connection to see whether the server closed it: with 32
-    calls in flight, a fast server's requests spent most of their time waiting there.
-    Here each connection is a pool of its own, and taking one is a deque pop.
-    """
-
-    def __init__(self, *, tls: bool = True) -> None:
-        self.tls = tls
-        self._ssl: ssl.SSLContext | None = None
-        self._lock = threading.Lock()
-        self._idle: collections.deque[httpx2.HTTPTransport] = collections.deque()
-        self._pools: list[httpx2.HTTPTransport] = []
-        # One ready now: the first builds the SSL context and imports httpcore (a few
-        # hundredths of a second), which otherwise every first request of a run waits for.
-        self._idle.append(self._open())
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        try:
-            pool = self._idle.pop()  # a deque's pop and append need no lock
-        except IndexError:
-            pool = self._open()
-        try:
-            response = pool.handle_request(request)
-            # The connection is free again once the body is read (no call streams).
-            response.read()
-        finally:
-            self._idle.append(pool)
-        return response
-
-    def _open(self) -> httpx2.HTTPTransport:
-        with self._lock:
-            if self._ssl is None:
-                # Built once and shared: loading the CA bundle takes 40 ms. A plain-http
-                # server needs none.
-                self._ssl = httpx2.create_ssl_context(verify=self.tls)
-            pool = httpx2.HTTPTransport(
-                verify=self._ssl,
-                limits=httpx2.Limits(max_connections=1, max_keepalive_connections=1),
-            )
-            self._pools.append(pool)
-        return pool
-
-    @property
-    def connections(self) -> int:
-        """How many single-connection pools exist: one from the start, then at most the
-        requests ever in flight at once."""
-        return len(self._pools)
-
-    def close(self) -> None:
-        with self._lock:
-            pools = list(self._pools)
-        for pool in pools:
-            pool.close()
-
-
-# --------------------------------------------------------------------------- prompt
-
-
 # --------------------------------------------------------------------------- annotator
 
 
-class PreparedPost:
-    """POSTs bodies to one endpoint of an openai client as ``client.post`` would, for
-    a fraction of its CPU.
-
-    The client builds the request once (URL, auth header, its own ``x-stainless-*``
-    headers, timeout) and still turns every failure into its typed errors, as
-    ``client.post`` does: a timeout into APITimeoutError, any other failure to get an
-    answer into APIConnectionError, a status other than 2xx into that status's
-    APIStatusError. What is no longer done per call is rebuilding that same request
-    (copying its options twice, parsing the URL three times, merging the headers):
-    0.4 ms a call, a third of a call's CPU, which at a fast server's rate was the
-    worker process's limit. Retries are the transport's (the client is built with
-    ``max_retries=0``), so nothing else of ``client.post`` applies. Only for a client
-    with a fixed key, as papertag builds it (no workload identity, no key provider).
-    """
-
-    def __init__(self, client: OpenAI, transport: httpx2.BaseTransport, path: str) -> None:
-        template = client._build_request(
-            FinalRequestOptions.construct(method="post", url=path, content=b"")
-        )
-        self.client = client
-        self.transport = transport
-        self.url = template.url
-        self.headers = [(k, v) for k, v in template.headers.raw if k.lower() != b"content-length"]
-        self.extensions = template.extensions
-
-    def __call__(self, content: bytes) -> bytes:
-        request = httpx2.Request(
-            "POST",
-            self.url,
-            headers=self.headers,
-            content=content,
-            extensions=dict(self.extensions),
-        )
-        try:
-            response = self.transport.handle_request(request)
-        except httpx2.TimeoutException as exc:
-            raise openai_errors.APITimeoutError(request=request) from exc
-        except openai_errors.OpenAIError:
-            raise
-        except Exception as exc:
-            raise openai_errors.APIConnectionError(request=request) from exc
-        response.request = request
-        if not response.is_success:
-            raise self.client._make_status_error_from_response(response)
-        return response.read()
+#: Stands for a paper's user message in the request cut into a template (plain letters:
+#: a JSON encoder leaves them as they are).
+_USER_SLOT = "papertagUserMessageSlot7f3a9c"
 
 
-#: Stands for a paper's user message while a request is shaped once per annotator.
-_USER_SLOT = "\x00papertag:user-message\x00"
-_USER_SLOT_MESSAGE = {"role": "user", "content": _USER_SLOT}
+class _Capture(httpx2.BaseTransport):
+    """Keeps the body of the request the client builds, and sends nothing."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.bodies.append(request.read())
+        return httpx2.Response(418, json={"error": {"message": "not sent"}}, request=request)
 
 
 class LLMAnnotator(LLMConfig):
-    """Annotate through a chat-completions endpoint with instructor."""
+    """Annotate through a chat-completions endpoint with the ``openai`` client."""
 
     def __init__(
         self,
@@ -441,44 +353,44 @@ class LLMAnnotator(LLMConfig):
         backoff: float = 1.0,
         timeout: float = 120.0,
         transport: httpx2.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        api_key: str | Callable[[], str] | None = None,
         **settings: Any,
     ) -> None:
         """``settings`` are :class:`LLMConfig`'s (model, base_url, mode, ...); the rest
-        configure the client: HTTP attempts per call, backoff, timeout, and a transport
-        to send through (tests, cassettes)."""
-        super().__init__(**settings)
-        key = os.environ.get(self.api_key_env)
-        self.throttle = Throttle(self.concurrency, rpm=self.rpm, tpm=self.tpm)
-        # Each worker thread annotates one paper at a time; its HTTP exchanges are its own.
+        configure the client: HTTP attempts per call, backoff, timeout, a transport to
+        send through instead of the network (tests), the clock and sleep that the
+        throttle and retries wait by (tests hand in a fake pair), headers to send with
+        every request (a gateway's, say), and the API key instead of ``$api_key_env``'s: a
+        string, or a function the client asks before each request (a key that expires)."""
+        super().__init__(api_key=api_key, **settings)
+        base_url = self.base_url or DEFAULT_BASE_URL
+        self.throttle = Throttle(
+            self.concurrency, rpm=self.rpm, tpm=self.tpm, clock=clock, sleep=sleep
+        )
+        # Each thread annotates one paper at a time; its HTTP exchanges are its own.
         self._local = threading.local()
         #: Called with (paper_id, record) the moment an exchange ends (the crash journal).
         self.call_sink: Callable[[str, CallRecord], None] | None = None
         self.transport = CallTransport(
-            transport or ConnectionStack(tls=not (self.base_url or "").startswith("http://")),
+            transport or http_transport(base_url, self.concurrency),
             max_attempts=max_attempts,
             backoff=backoff,
             on_call=self._record,
             throttle=self.throttle,
         )
         # max_retries=0: tenacity in CallTransport owns transport retries, so they never multiply.
-        self.client = OpenAI(
-            api_key=key or "no-key",
-            base_url=self.base_url,
+        self.client = openai.OpenAI(
+            api_key=api_key or os.environ.get(self.api_key_env) or "no-key",
+            base_url=base_url,
             max_retries=0,
             timeout=timeout,
-            http_client=httpx2.Client(
-                transport=self.transport,
-                timeout=timeout,
-                limits=httpx2.Limits(
-                    max_connections=self.concurrency,
-                    max_keepalive_connections=self.concurrency,
-                ),
-            ),
+            http_client=httpx2.Client(transport=self.transport, timeout=timeout),
+            default_headers=default_headers,
         )
-        self.post = PreparedPost(self.client, self.transport, "/chat/completions")
-        self.handlers = mode_registry.get_handlers(Provider.OPENAI, MODES[self.mode])
-        self._template = self._request_template()
-        self.transport.template = self._split_template()
+        self.transport.template = self._request_template()
 
     def close(self) -> None:
         self.client.close()
@@ -487,6 +399,7 @@ class LLMAnnotator(LLMConfig):
         """Stop: no new request starts and retry waits end (Ctrl-C)."""
         self.throttle.cancel()
 
+    # -- the calls of this thread -------------------------------------------------------
     @property
     def _calls(self) -> list[CallRecord]:
         calls: list[CallRecord] | None = getattr(self._local, "calls", None)
@@ -509,187 +422,164 @@ class LLMAnnotator(LLMConfig):
         self._local.calls = []
         return calls
 
-    def _shape(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        """The request instructor's mode handler makes of these messages."""
-        _, kwargs = self.handlers.request_handler(
-            response_model=AnnotationResponse,
-            kwargs={"model": self.model, "messages": messages, **self._request_extras()},
-        )
+    # -- requests -------------------------------------------------------------------------
+    def _request(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The arguments of ``chat.completions.create`` for these messages."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            **self.output_options(),
+        }
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
         return kwargs
 
-    def _request_template(self) -> tuple[dict[str, Any], int] | None:
-        """The shaped request with a slot for the paper, when the handler allows one.
+    def _request_template(self) -> RequestTemplate | None:
+        """The body every first ask of the run shares, cut where the paper's message goes.
 
-        What the handler adds (tool schema, the schema written into the system message
-        in json modes) is the same for every paper, and costs more to build than the
-        rest of a call; so it is built once, around a placeholder user message. None
-        (shape each request in full) if the placeholder is not left intact in one message.
+        The client builds a request around a placeholder, sent nowhere; each call then
+        stores only its own part (``llm_request_templates``). None when the placeholder
+        does not come out in one piece (each call then stores its whole body).
         """
-        kwargs = self._shape([{"role": "system", "content": self._system}, _USER_SLOT_MESSAGE])
-        slots = [
-            i
-            for i, m in enumerate(kwargs.get("messages", []))
-            if isinstance(m.get("content"), str) and _USER_SLOT in m["content"]
+        capture = _Capture()
+        dry = self.client.with_options(http_client=httpx2.Client(transport=capture))
+        messages = [
+            {"role": "system", "content": self._system},
+            {"role": "user", "content": _USER_SLOT},
         ]
-        others = {k: v for k, v in kwargs.items() if k != "messages"}
-        if (
-            len(slots) != 1
-            or kwargs["messages"][slots[0]]["content"].count(_USER_SLOT) != 1
-            or _USER_SLOT in json.dumps(others, default=str)
-        ):
+        try:
+            dry.chat.completions.create(**self._request(messages))
+        except openai.APIError:
+            pass
+        finally:
+            dry.close()
+        if len(capture.bodies) != 1:
             return None
-        return kwargs, slots[0]
-
-    def _split_template(self) -> RequestTemplate | None:
-        """The body of the shaped request, cut where the paper goes."""
-        if self._template is None:
-            return None
-        kwargs, _ = self._template
-        slot = _json_text(_USER_SLOT)
-        parts = _body(kwargs).split(slot)
+        parts = capture.bodies[0].decode("utf-8").split(_USER_SLOT)
         return RequestTemplate(parts[0], parts[1]) if len(parts) == 2 else None
 
-    def _shaped(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        if self._template is None:
-            return self._shape(messages)
-        kwargs, i = self._template
-        shaped = list(kwargs["messages"])
-        shaped[i] = {
-            **shaped[i],
-            "content": shaped[i]["content"].replace(_USER_SLOT, messages[1]["content"]),
-        }
-        # A new list: re-asks append to it.
-        return {**kwargs, "messages": shaped}
+    def _create(self, messages: list[dict[str, Any]], paper: PaperInput) -> ChatCompletion | None:
+        """One chat completion (the transport retries faults); None for a 200 that holds none."""
+        try:
+            raw = self.client.chat.completions.with_raw_response.create(**self._request(messages))
+        except Cancelled:
+            # Ctrl-C: the throttle refused the request (newer clients pass the error on as
+            # it is, older ones as the cause of an APIConnectionError).
+            raise self._stopped(paper) from None
+        except openai.APIError as exc:
+            if isinstance(exc.__cause__, Cancelled):
+                raise self._stopped(paper) from None
+            raise self._api_failure(exc, paper) from None
+        return _completion(raw.http_response.content)
 
-    def _request_extras(self) -> dict[str, Any]:
-        extras: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
-        if self.seed is not None:
-            extras["seed"] = self.seed
-        if self.mode == "json":
-            # llama.cpp's server constrains output by a schema given inside json_object
-            # (it refuses OpenAI's json_schema type); servers that don't know the key ignore it.
-            extras["extra_body"] = {
-                "response_format": {"type": "json_object", "schema": self.output_schema}
-            }
-        return extras
-
+    # -- the loop -------------------------------------------------------------------------
     def annotate(self, paper: PaperInput) -> Annotation:
         self._local.paper_id = paper.paper_id
         ctx: ValidationContext = {
             "text": paper_text(paper.title, paper.abstract),
             "taxonomy": self.taxonomy,
         }
-        # instructor's own mode handler shapes the request (tools, schema, system message),
-        # parses the answer and writes the re-ask; the loop is ours. Going through
-        # instructor's client instead costs several ms of CPU a call (it re-checks the
-        # response model and re-renders every message as a Jinja template, which also
-        # mangles abstracts containing "{{", instructor#2669), which would make papertag,
-        # not the provider, the bottleneck of a large batch.
-        messages = self._messages(paper)
-        # Until a re-ask changes the request, its body is the run's template around this
-        # paper's message: only that part is serialised (the rest is 90% of the bytes).
-        # The request as arguments is shaped only when a re-ask needs it.
-        kwargs: dict[str, Any] | None = None
-        body = self._first_body(messages[1]["content"])
-        if body is None:
-            kwargs = self._shaped(messages)
-            body = _body(kwargs)
+        messages: list[dict[str, Any]] = list(self._messages(paper))
         attempts = self.max_reasks + 1
-        last_error: Exception | None = None
+        last_error: pydantic.ValidationError | None = None
         for attempt in range(1, attempts + 1):
-            try:
-                completion = self._send(body)
-            except openai_errors.APIError as exc:
-                raise self._api_failure(exc, paper) from None
+            completion = self._create(messages, paper)
             if completion is None or not completion.choices:
                 # A 200 without an answer (or not JSON) is the server's fault: ask again as it is.
                 last_error = None
                 continue
+            choice = completion.choices[0]
+            refusal = getattr(choice.message, "refusal", None)
+            if choice.finish_reason == "length" or refusal:
+                # Asking again would only repeat it.
+                raise AnnotationError(
+                    f"the model refused: {refusal}"
+                    if refusal
+                    else "the model's answer was cut off "
+                    f"(finish_reason=length at max_tokens={self.max_tokens})",
+                    paper_id=paper.paper_id,
+                    attempts=attempt,
+                    last_completion=self._last_body(),
+                )
             try:
-                result: Annotation = self.handlers.response_parser(
-                    response=completion,
-                    response_model=AnnotationResponse,
-                    validation_context=dict(ctx),
-                    strict=None,
-                    stream=False,
-                    is_async=False,
+                return Annotation.model_validate_json(
+                    answer_text(self.mode, choice.message), context=ctx
                 )
-                # As the plain model: results cross to the writer process by pickle, which
-                # would otherwise import this module (and openai) there to rebuild them.
-                return Annotation.model_construct(
-                    _fields_set=result.model_fields_set,
-                    **{name: getattr(result, name) for name in Annotation.model_fields},
-                )
-            except IncompleteOutputException:
-                raise self._truncated(paper, attempt) from None
-            except (pydantic.ValidationError, ValueError) as exc:
-                # ValueError covers invalid JSON and instructor's ResponseParsingError.
+            except pydantic.ValidationError as exc:
                 last_error = exc
-                kwargs = self.handlers.reask_handler(
-                    kwargs=kwargs if kwargs is not None else self._shaped(messages),
-                    response=completion,
-                    exception=exc,
-                )
-                body = _body(kwargs)
+                messages = self._reask(messages, choice.message, format_validation_error(exc))
         raise self._failure(last_error, attempts, paper)
 
-    def _first_body(self, user_message: str) -> str | None:
-        """The body of a first ask, from the template (None: the mode allows no template)."""
-        template = self.transport.template
-        if template is None:
-            return None
-        return template.head + _json_text(user_message) + template.tail
+    def _reask(
+        self, messages: list[dict[str, Any]], message: Any, error: str
+    ) -> list[dict[str, Any]]:
+        """The conversation so far, the answer, and the validation errors to fix."""
+        call = _function_call(message) if self.mode == "tools" else None
+        if call is not None:
+            return [
+                *messages,
+                {
+                    "role": "assistant",
+                    "content": message.content or "",
+                    "tool_calls": [
+                        {
+                            "id": call.id,
+                            "type": "function",
+                            "function": {
+                                "name": call.function.name,
+                                "arguments": call.function.arguments,
+                            },
+                        }
+                    ],
+                },
+                {
+                    "role": "tool",
+                    "tool_call_id": call.id,
+                    "content": f"Validation errors: {error}\n"
+                    f"Call {SCHEMA_NAME} again with every error fixed.",
+                },
+            ]
+        return [
+            *messages,
+            {"role": "assistant", "content": getattr(message, "content", None) or ""},
+            {
+                "role": "user",
+                "content": f"Correct your JSON: it has these errors: {error}\n"
+                "Answer with the whole corrected JSON object only.",
+            },
+        ]
 
-    def _send(self, content: str) -> ChatCompletion | None:
-        """POST one chat completion body with the openai client's request (:class:`PreparedPost`).
-
-        The body is serialised here (:func:`_body`) rather than by
-        ``chat.completions.create``, whose walk of the request against its typed
-        parameters costs about a millisecond a call (the tool schema is large) and whose
-        import adds a quarter of a second to start-up; the bytes sent are what ``create``
-        would send for these arguments. The answer is parsed by pydantic, not by the
-        client's generic object construction (a fifth of a call's CPU).
-        """
-        return _completion(self.post(content.encode()))
-
-    def _truncated(self, paper: PaperInput, attempts: int) -> AnnotationError:
-        return AnnotationError(
-            f"the model's answer was cut off (finish_reason=length at max_tokens={self.max_tokens})",
-            paper_id=paper.paper_id,
-            attempts=attempts,
-            last_completion=self._last_body(),
-        )
-
-    def _api_failure(self, exc: openai_errors.APIError, paper: PaperInput) -> PapertagError:
+    # -- failures -------------------------------------------------------------------------
+    def _api_failure(self, exc: openai.APIError, paper: PaperInput) -> PapertagError:
         """Client errors stop the run (ProviderError); transient ones end in a failure row."""
-        if isinstance(exc, openai_errors.AuthenticationError | openai_errors.PermissionDeniedError):
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             return ProviderError(
                 f"{self.host} refused the API key ({exc.status_code}); check the key"
             )
-        if isinstance(exc, openai_errors.NotFoundError):
+        if isinstance(exc, openai.NotFoundError):
             return ProviderError(f"{self.host}: model {self.model!r} or endpoint not found (404)")
-        if isinstance(exc, openai_errors.BadRequestError) and _is_context_overflow(exc):
+        if isinstance(exc, openai.BadRequestError) and _is_context_overflow(exc):
             # This paper (with its re-asks) is too long for the model: fail it, keep the run going.
             return self._call_failure(
                 f"too long for the model's context window: {_api_message(exc)}",
                 paper,
             )
-        if isinstance(exc, openai_errors.BadRequestError | openai_errors.UnprocessableEntityError):
+        if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
             return ProviderError(
                 f"{self.host} rejected the request ({exc.status_code}): {_api_message(exc)}"
             )
-        if isinstance(exc, openai_errors.APIStatusError):
+        if isinstance(exc, openai.APIStatusError):
             return self._call_failure(
                 f"server error after {len(self._calls)} attempts: HTTP {exc.status_code}: {_api_message(exc)}",
                 paper,
                 retryable=True,
             )
-        if isinstance(
-            exc, openai_errors.APIResponseValidationError | openai_errors.APIConnectionError
-        ):
+        if isinstance(exc, openai.APIResponseValidationError | openai.APIConnectionError):
             what = (
                 "no answer"
-                if isinstance(exc, openai_errors.APIConnectionError)
+                if isinstance(exc, openai.APIConnectionError)
                 else "an unreadable answer"
             )
             last_error = (
@@ -698,22 +588,22 @@ class LLMAnnotator(LLMConfig):
                 else type(exc).__name__
             )
             message = f"{what} from {self.host} after {len(self._calls)} attempts: {last_error}"
-            if isinstance(exc, openai_errors.APIConnectionError) and not self.transport.reached:
+            if isinstance(exc, openai.APIConnectionError) and not self.transport.reached:
                 # Nothing was ever reached: a wrong --base-url or a server that is down.
                 # Every other paper would wait out the same retries (a quarter of an hour
                 # for 600 papers), so the run stops here.
                 return ProviderError(f"{message}; check --base-url and that the server is running")
-            return self._call_failure(
-                message,
-                paper,
-                retryable=True,
-            )
+            return self._call_failure(message, paper, retryable=True)
         return AnnotationError(
             f"{type(exc).__name__}: {exc}",
             paper_id=paper.paper_id,
             attempts=len(self._calls),
             retryable=True,
         )
+
+    def _stopped(self, paper: PaperInput) -> AnnotationError:
+        """Cut off by Ctrl-C: not a failure (the run drops it; the next one asks again)."""
+        return self._call_failure("stopped before an answer came (Ctrl-C)", paper, retryable=True)
 
     def _call_failure(
         self, reason: str, paper: PaperInput, *, retryable: bool = False
@@ -731,71 +621,50 @@ class LLMAnnotator(LLMConfig):
         return self._calls[-1].response_body if self._calls else None
 
     def _failure(
-        self, error: Exception | None, attempts: int, paper: PaperInput
+        self, error: pydantic.ValidationError | None, attempts: int, paper: PaperInput
     ) -> AnnotationError:
-        last = self._calls[-1] if self._calls else None
-        if last is not None and last.refusal:
-            return AnnotationError(
-                f"the model refused: {last.refusal}",
-                paper_id=paper.paper_id,
-                attempts=attempts,
-                last_completion=last.response_body,
-            )
         if error is None:
             # A 200 without a usable choice is the server's fault: worth asking again later.
             return AnnotationError(
                 f"{self.host} sent a 200 with no usable choice (after {attempts} attempts)",
                 paper_id=paper.paper_id,
                 attempts=attempts,
-                last_completion=last.response_body if last else None,
+                last_completion=self._last_body(),
                 retryable=True,
             )
-        reason = (
-            format_validation_error(error)
-            if isinstance(error, pydantic.ValidationError)
-            else str(error)
-        )
+        reason = " ".join(format_validation_error(error).split())[:2000]
         return ValidationFailed(
-            f"no valid annotation after {attempts} attempts; last error: {' '.join(reason.split())[:2000]}",
+            f"no valid annotation after {attempts} attempts; last error: {reason}",
             paper_id=paper.paper_id,
             attempts=attempts,
-            last_completion=last.response_body if last else None,
+            last_completion=self._last_body(),
         )
 
 
-class AnnotationResponse(Annotation, ResponseSchema):
-    """:class:`Annotation` as instructor's response model, prepared once per process.
-
-    instructor wraps a plain model in a new class and regenerates its JSON schema on
-    every call (several ms each, more than the rest of a call); a ResponseSchema
-    subclass is used as is, and its schema is computed once here.
-    """
-
-    @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        key = (cls, args, tuple(sorted(kwargs.items())))
-        schema = _SCHEMAS.get(key)
-        if schema is None:
-            schema = _SCHEMAS[key] = super().model_json_schema(*args, **kwargs)
-        # A copy: callers (instructor) edit the schema they are given.
-        return copy.deepcopy(schema)
+def _function_call(message: Any) -> ChatCompletionMessageFunctionToolCall | None:
+    for call in getattr(message, "tool_calls", None) or []:
+        if isinstance(call, ChatCompletionMessageFunctionToolCall):
+            return call
+    return None
 
 
-_SCHEMAS: dict[Any, dict[str, Any]] = {}
+_FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
 
 
-def _json_text(text: str) -> str:
-    """``text`` as it appears inside a JSON string in :func:`_body` (quotes left off): the
-    template is cut, and a first ask filled in, with the same escaping."""
-    return json.dumps(text, ensure_ascii=False)[1:-1]
-
-
-def _body(kwargs: dict[str, Any]) -> str:
-    """The JSON body ``chat.completions.create`` sends for these arguments."""
-    body = {k: v for k, v in kwargs.items() if k != "extra_body"}
-    # openai merges extra_body over the typed parameters; so do we.
-    body.update(kwargs.get("extra_body") or {})
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+def answer_text(mode: str, message: Any) -> str:
+    """The JSON text of an answer: the function's arguments (tools mode), else the
+    message's content, out of a fenced block if it has one, from its first ``{`` to its
+    last ``}`` if there is text around it."""
+    if mode == "tools" and (call := _function_call(message)) is not None:
+        return call.function.arguments
+    text = str(getattr(message, "content", None) or "")
+    if mode in ("json", "md_json"):
+        if (fenced := _FENCED.search(text)) is not None:
+            text = fenced.group(1)
+        start, end = text.find("{"), text.rfind("}")
+        if 0 <= start < end:
+            text = text[start : end + 1]
+    return text
 
 
 def _completion(raw: bytes) -> ChatCompletion | None:
@@ -818,7 +687,7 @@ def _completion(raw: bytes) -> ChatCompletion | None:
     return ChatCompletion.construct(**data)
 
 
-def _is_context_overflow(exc: openai_errors.APIStatusError) -> bool:
+def _is_context_overflow(exc: openai.APIStatusError) -> bool:
     body = exc.body if isinstance(exc.body, dict) else {}
     inner = body.get("error") if isinstance(body.get("error"), dict) else body
     code = str(inner.get("code") or "") if isinstance(inner, dict) else ""
@@ -826,7 +695,7 @@ def _is_context_overflow(exc: openai_errors.APIStatusError) -> bool:
     return code == "context_length_exceeded" or "context length" in text or "context window" in text
 
 
-def _api_message(exc: openai_errors.APIStatusError) -> str:
+def _api_message(exc: openai.APIStatusError) -> str:
     body = exc.body
     if isinstance(body, dict):
         inner = body.get("error")

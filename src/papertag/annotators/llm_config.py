@@ -2,9 +2,8 @@
 
 The settings (validated), the prompt and its version, the output schema, prices and
 token estimates: everything a run needs to know about the annotator before and
-without talking to a server. It imports neither ``openai`` nor ``instructor`` (a
-second of start-up), so the process that only writes results, and ``--dry-run``,
-stay light; :class:`papertag.annotators.llm.LLMAnnotator` adds the client.
+without talking to a server (``--dry-run`` needs nothing more);
+:class:`papertag.annotators.llm.LLMAnnotator` adds the client.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import json
 import os
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -79,8 +79,13 @@ def estimate_cost(
     return (prompt_tokens * price[0] + (completion_tokens or 0) * price[1]) / 1_000_000
 
 
-#: The structured-output modes papertag asks instructor for (see llm.MODES).
+#: The structured-output modes: a function tool, OpenAI's json_schema response format, a
+#: JSON object (with the schema for servers that constrain decoding by it), or JSON in a
+#: fenced block of plain text. The schema is in the prompt too in the last two.
 MODE_NAMES = ("tools", "json_schema", "json", "md_json")
+#: The function (tools) or schema (json_schema) the model answers with.
+SCHEMA_NAME = "Annotation"
+SCHEMA_DESCRIPTION = "The labels of one paper: technique, modality and target_metric."
 
 
 def _load_template(name: str) -> str:
@@ -157,6 +162,18 @@ def constrained_schema(taxonomy: Taxonomy) -> dict[str, Any]:
     return schema
 
 
+def _schema_in_prompt(mode: str, schema: dict[str, Any]) -> str:
+    """What the system message adds in the modes whose request carries no schema a model
+    must follow (json: servers that ignore the schema parameter; md_json)."""
+    if mode not in ("json", "md_json"):
+        return ""
+    where = "in a ```json fenced block" if mode == "md_json" else "and nothing else"
+    return (
+        f"\nAnswer with one JSON object {where}, following this JSON schema "
+        f"(the object itself, not the schema):\n{json.dumps(schema, ensure_ascii=False)}\n"
+    )
+
+
 class LLMConfig:
     """The settings of ``--annotator llm``, checked; its prompt, schema and estimates."""
 
@@ -168,6 +185,7 @@ class LLMConfig:
         model: str | None = None,
         base_url: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
+        api_key: str | Callable[[], str] | None = None,
         mode: str | None = None,
         max_reasks: int = 2,
         max_tokens: int = 1024,
@@ -186,8 +204,7 @@ class LLMConfig:
         self.taxonomy = taxonomy or load_taxonomy()
         self.prompt = Prompt.load(self.taxonomy)
         self.prompt_version = self.prompt.version
-        self._system = self.prompt.system_text(self.taxonomy)
-        # Built once: the schema a grammar-constrained server decodes by (json mode).
+        # Built once: the answer's schema, each field's ids listed as an enum.
         self.output_schema = constrained_schema(self.taxonomy)
         self._schema_chars = len(json.dumps(self.output_schema))
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -203,10 +220,13 @@ class LLMConfig:
             raise ConfigError(
                 f"unknown --mode {self.mode!r}; choose one of: {', '.join(MODE_NAMES)}"
             )
-        if not os.environ.get(api_key_env) and not self.base_url:
+        if api_key is None and not os.environ.get(api_key_env) and not self.base_url:
             raise ConfigError(
                 f"no API key: set {api_key_env} (or --api-key-env NAME), or point --base-url at a local server"
             )
+        self._system = self.prompt.system_text(self.taxonomy) + _schema_in_prompt(
+            self.mode, self.output_schema
+        )
         self.max_reasks = max_reasks
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -236,14 +256,48 @@ class LLMConfig:
             "max_reasks": self.max_reasks,
         }
 
+    def output_options(self) -> dict[str, Any]:
+        """The arguments of ``chat.completions.create`` that ask for the mode's structured
+        output (besides the schema in the prompt of json and md_json)."""
+        if self.mode == "tools":
+            function = {
+                "name": SCHEMA_NAME,
+                "description": SCHEMA_DESCRIPTION,
+                "parameters": self.output_schema,
+            }
+            return {
+                "tools": [{"type": "function", "function": function}],
+                "tool_choice": {"type": "function", "function": {"name": SCHEMA_NAME}},
+            }
+        if self.mode == "json_schema":
+            schema = {
+                "name": SCHEMA_NAME,
+                "description": SCHEMA_DESCRIPTION,
+                "schema": self.output_schema,
+            }
+            return {"response_format": {"type": "json_schema", "json_schema": schema}}
+        if self.mode == "json":
+            # llama.cpp's server constrains output by a schema given inside json_object
+            # (it refuses OpenAI's json_schema type); servers that don't know the key ignore
+            # it. Not a type openai's parameters know: sent as extra_body.
+            return {
+                "extra_body": {
+                    "response_format": {"type": "json_object", "schema": self.output_schema}
+                }
+            }
+        return {}
+
     def estimate_tokens(self, paper: PaperInput) -> tuple[int, int]:
         """(prompt, completion) tokens one first attempt will likely use, for --dry-run/--max-cost.
 
-        About four characters a token for the prompt (messages plus the schema sent
-        with them); the completion is a full answer of a typical size, capped by max_tokens.
+        About four characters a token for the prompt (messages, and the schema sent as a
+        parameter beside them); the completion is a full answer of a typical size, capped
+        by max_tokens.
         """
         chars = sum(len(m["content"]) for m in self._messages(paper))
-        chars += self._schema_chars if self.mode != "md_json" else 0
+        # tools and json_schema send the schema as a parameter (counted as prompt tokens);
+        # json and md_json have it in the system message.
+        chars += self._schema_chars if self.mode in ("tools", "json_schema") else 0
         return chars // 4 + 8, min(self.max_tokens, TYPICAL_COMPLETION_TOKENS)
 
     def _messages(self, paper: PaperInput) -> list[dict[str, str]]:

@@ -43,15 +43,19 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..errors import AnnotationError, ConfigError
 from ..schema import DROP_THRESHOLD, MAX_LABELS, Annotation, validate_annotation
-from ..taxonomy import FIELDS, Taxonomy, content_hash, load_taxonomy
+from ..taxonomy import FIELDS, Taxonomy, load_taxonomy
 from . import PaperInput
 
-PROMPT_VERSION = content_hash(Path(__file__).read_bytes())
+#: The rules' version in the annotation key (their prompt_version): change it with any
+#: change to this module that changes what it gives (a weight, the calibration, a
+#: rule), and only then, so that a reformat or a comment leaves every annotation
+#: current. tests/test_rules.py holds a fingerprint of its output that fails until it is
+#: changed. The patterns themselves are in the taxonomy file, versioned with it.
+RULES_VERSION = "2026-12-03"
 
 # --- weights -----------------------------------------------------------------------------
 
@@ -470,10 +474,6 @@ def _lower_same_length(text: str) -> str:
     return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
 @dataclass(slots=True)
 class _Evidence:
     value: float
@@ -532,7 +532,7 @@ class RulesAnnotator:
 
     def __init__(self, taxonomy: Taxonomy | None = None) -> None:
         self.taxonomy = taxonomy or load_taxonomy()
-        self.prompt_version = PROMPT_VERSION
+        self.prompt_version = RULES_VERSION
         self._comp = _compiled(self.taxonomy)
 
     def _matches(self, low: str, title_end: int) -> list[tuple[int, int, int]]:
@@ -836,7 +836,7 @@ def _with_prob(item: _Scored, prob: float) -> _Scored:
 
 
 __all__ = [
-    "PROMPT_VERSION",
+    "RULES_VERSION",
     "RulesAnnotator",
     "compile_taxonomy",
     "expand_pattern",

@@ -70,7 +70,10 @@ class Throttle:
         rpm: float | None = None,
         tpm: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
+        """``clock`` and ``sleep`` are the time it paces by: a test hands in a fake pair
+        (a sleep that moves the clock on), and nothing then waits for real."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.max_window = concurrency
@@ -84,6 +87,7 @@ class Throttle:
         self.header_tps: float | None = None
         self.learned_rate: float | None = None
         self.clock = clock
+        self._sleep = sleep
         self.in_flight = 0
         self.throttled = 0  # 429s seen
         self._cond = threading.Condition()
@@ -114,37 +118,41 @@ class Throttle:
         with self._cond:
             self._cond.notify_all()
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
     def sleep(self, seconds: float) -> None:
-        """A wait that Ctrl-C (cancel) cuts short."""
-        if self._cancel.wait(max(0.0, seconds)):
+        """A wait that Ctrl-C (cancel) cuts short; the injected ``sleep`` if one was given."""
+        if self._sleep is not None:
+            self._sleep(max(0.0, seconds))
+            if self._cancel.is_set():
+                raise Cancelled()
+        elif self._cancel.wait(max(0.0, seconds)):
             raise Cancelled()
 
     # -- the two calls around every HTTP attempt ------------------------------------
     def acquire(self, tokens: int = 0) -> None:
+        """Wait for a slot: no pause after a 429, room in the window, the rate's next turn."""
         while True:
             with self._cond:
-                while True:
-                    if self._cancel.is_set():
-                        raise Cancelled()
-                    now = self.clock()
-                    if now < self._pause_until:
-                        self._cond.wait(self._pause_until - now)
-                    elif self.in_flight >= max(1, int(self.window)):
-                        self._cond.wait(0.5)
-                    else:
-                        break
-                self.in_flight += 1
-                at = now
-                if (rate := self.rate) is not None:
-                    at = max(at, self._next_slot)
-                    self._next_slot = at + 1 / rate
-                if tokens and (tps := self.token_rate) is not None:
-                    at = max(at, self._next_token_slot)
-                    self._next_token_slot = at + tokens / tps
+                if self._cancel.is_set():
+                    raise Cancelled()
+                now = self.clock()
+                paused = self._pause_until - now
+                if paused <= 0 and self.in_flight >= max(1, int(self.window)):
+                    self._cond.wait(0.5)  # release() wakes it when a slot frees
+                    continue
+                if paused <= 0:
+                    self.in_flight += 1
+                    at = now
+                    if (rate := self.rate) is not None:
+                        at = max(at, self._next_slot)
+                        self._next_slot = at + 1 / rate
+                    if tokens and (tps := self.token_rate) is not None:
+                        at = max(at, self._next_token_slot)
+                        self._next_token_slot = at + tokens / tps
+            if paused > 0:
+                # Every request waits out a 429's pause (outside the lock: others may
+                # finish meanwhile), then queues again.
+                self.sleep(paused)
+                continue
             if at <= now:
                 return
             try:
