@@ -39,7 +39,8 @@ from .errors import PapertagError
 from .evaluate import evaluate as run_evaluate
 from .export import DEFAULT_STEM, ExportFormat
 from .export import export as run_export
-from .ingest import FileReport, ingest_file
+from .ingest import FileReport
+from .ingest import ingest as ingest_files
 from .query import QueryResult, read_sql_file, run_script, run_sql, stats, to_csv, to_json
 from .review import (
     Conflict,
@@ -167,6 +168,10 @@ def ingest(
             show_default=False,
         ),
     ],
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Print a line for every file, not only failures."),
+    ] = False,
 ) -> None:
     """Add papers from digest files to the database, once per paper.
 
@@ -175,40 +180,34 @@ def ingest(
     lists, not its file name: the same file from another path is the digest
     already stored, and two files of one name in two folders are two digests.
     Running it again adds nothing.
-    Each file lands in its own transaction: a bad file adds nothing and is
-    reported on one line, the others still land, and the exit code is 1.
+    Each file is all-or-nothing: a bad file adds nothing and is reported on one
+    line, the others still land, and the exit code is 1. Prints one summary line
+    (and a line for a file read with a guessed encoding); -v lists every file.
     """
     store = _store(create=True)
-    reports: list[FileReport] = []
     with store, _progress("ingest", len(files)) as (progress, task):
-        for path in files:
-            progress.update(task, description=f"ingest {path.name}")
-            try:
-                fr = ingest_file(store, path)
-            except PapertagError as exc:
-                fr = FileReport(path=str(path), error=str(exc))
-            reports.append(fr)
-            progress.advance(task)
+
+        def read(fr: FileReport) -> None:
+            progress.update(task, advance=1, description=f"ingest {Path(fr.path).name}")
+
+        def done(fr: FileReport) -> None:
             if fr.error:
                 err.print(f"[red]✗[/] {escape(fr.error)}")
-            else:
+            elif verbose or fr.note:
                 note = f" [yellow]({escape(fr.note)})[/]" if fr.note else ""
                 out.print(
                     f"[green]✓[/] {escape(fr.path)} [dim]({fr.format})[/]: {fr.entries} entries, "
                     f"{fr.new_papers} new papers, {fr.updated_papers} updated, {fr.new_links} new links, "
                     f"{fr.unchanged} unchanged{note}"
                 )
-    ok = [r for r in reports if not r.error]
-    failed = len(reports) - len(ok)
 
-    def total(attr: str) -> int:
-        return sum(int(getattr(r, attr)) for r in ok)
-
+        report = _run(lambda: ingest_files(files, store, on_read=read, on_file=done))
     out.print(
-        f"{len(reports)} files read: {total('new_papers')} new papers, {total('updated_papers')} updated, "
-        f"{total('new_links')} new links, {total('unchanged')} unchanged, {failed} failed"
+        f"{len(report.files)} files read: {report.total('new_papers')} new papers, "
+        f"{report.total('updated_papers')} updated, {report.total('new_links')} new links, "
+        f"{report.total('unchanged')} unchanged, {len(report.failed)} failed"
     )
-    if failed:
+    if not report.ok:
         raise typer.Exit(1)
 
 
