@@ -227,63 +227,109 @@ def _legacy_encoding(path: Path, head: bytes, bad: int) -> tuple[str, str]:
     return "cp1252", _LATIN1_NOTE.format(bad=bad)
 
 
+#: Content up to this size is decoded while it is checked and parsed from memory: reading
+#: and decoding it a second time cost as much as parsing a day of the API.
+_SMALL = 8 * _CHUNK
+
+
 @dataclass
 class _Scan:
     encoding: str
     note: str | None
     sha256: str
+    text: str | None = None  # the decoded text of small UTF-8 content
+
+
+class _Scanner:
+    """Checks content a chunk at a time, without holding it in memory (unless small): its
+    checksum and encoding; refuses empty, binary and undecodable content."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sha = hashlib.sha256()
+        self._head = b""
+        self._nonblank = False
+        self._offset = 0  # bytes read so far
+        self._pending = b""  # an incomplete UTF-8 sequence carried over to the next chunk
+        self._bad: int | None = None  # offset of the first byte that is not UTF-8
+        self._text: list[str] | None = []  # decoded so far, while small
+
+    def feed(self, chunk: bytes) -> None:
+        self._sha.update(chunk)
+        if not self._head:
+            self._head = chunk[:65536]
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            raise InputError(
+                self.path,
+                f"not a text file: NUL byte at offset {self._offset + nul} (binary or corrupted file)",
+            )
+        self._nonblank = self._nonblank or bool(chunk.strip())
+        if self._bad is None:
+            data = self._pending + chunk
+            try:
+                text, used = codecs.utf_8_decode(data, "strict", False)
+                self._pending = data[used:]
+            except UnicodeDecodeError as exc:
+                self._bad = self._offset - len(self._pending) + exc.start
+                self._text = None
+            else:
+                if self._text is not None and self._offset + len(chunk) <= _SMALL:
+                    self._text.append(text)
+                else:
+                    self._text = None
+        self._offset += len(chunk)
+
+    def finish(self) -> _Scan:
+        """The encoding (UTF-8, else a legacy one to check with :func:`_legacy_encoding`)."""
+        if not self._nonblank:
+            raise InputError(self.path, "empty file")
+        if self._bad is None and self._pending:
+            self._bad = self._offset - len(self._pending)  # it ends inside a UTF-8 sequence
+        if self._bad is None:
+            text = "".join(self._text).removeprefix("\ufeff") if self._text is not None else None
+            return _Scan("utf-8-sig", None, self._sha.hexdigest(), text)
+        encoding, note = _legacy_encoding(self.path, self._head, self._bad)
+        return _Scan(encoding, note, self._sha.hexdigest())
 
 
 def _scan(path: Path) -> _Scan:
-    """One pass over the bytes, a chunk at a time, without holding the file in memory:
-    the checksum and the encoding; refuses empty, binary and undecodable files."""
-    sha = hashlib.sha256()
-    head = b""
-    nonblank = False
-    offset = 0  # bytes read so far
-    pending = b""  # an incomplete UTF-8 sequence carried over to the next chunk
-    bad: int | None = None  # offset of the first byte that is not UTF-8
+    """Check a file in one pass over its bytes (see :class:`_Scanner`)."""
+    scanner = _Scanner(path)
     try:
         with path.open("rb") as fh:
             while chunk := fh.read(_CHUNK):
-                sha.update(chunk)
-                if not head:
-                    head = chunk[:65536]
-                nul = chunk.find(b"\x00")
-                if nul >= 0:
-                    raise InputError(
-                        path,
-                        f"not a text file: NUL byte at offset {offset + nul} (binary or corrupted file)",
-                    )
-                nonblank = nonblank or bool(chunk.strip())
-                if bad is None:
-                    data = pending + chunk
-                    try:
-                        _, used = codecs.utf_8_decode(data, "strict", False)
-                        pending = data[used:]
-                    except UnicodeDecodeError as exc:
-                        bad = offset - len(pending) + exc.start
-                offset += len(chunk)
+                scanner.feed(chunk)
     except IsADirectoryError:
         raise InputError(path, "is a directory, not a digest file") from None
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror}") from None
-    if not nonblank:
-        raise InputError(path, "empty file")
-    if bad is None and pending:
-        bad = offset - len(pending)  # the file ends inside a multi-byte sequence
-    if bad is None:
-        return _Scan("utf-8-sig", None, sha.hexdigest())
-    encoding, note = _legacy_encoding(path, head, bad)
-    try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                chunk.decode("cp1252")  # single-byte: chunks decode independently
-    except UnicodeDecodeError:
-        encoding = "latin-1"  # bytes Windows-1252 leaves undefined
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror}") from None
-    return _Scan(encoding, note, sha.hexdigest())
+    scan = scanner.finish()
+    if scan.encoding != "utf-8-sig":
+        try:
+            with path.open("rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    chunk.decode("cp1252")  # single-byte: chunks decode independently
+        except UnicodeDecodeError:
+            scan.encoding = "latin-1"  # bytes Windows-1252 leaves undefined
+        except OSError as exc:
+            raise InputError(path, f"cannot read: {exc.strerror}") from None
+    return scan
+
+
+def _scan_bytes(path: Path, data: bytes) -> _Scan:
+    """Check content already in memory (an API's answer) as :func:`_scan` checks a file."""
+    scanner = _Scanner(path)
+    scanner.feed(data)
+    scan = scanner.finish()
+    if scan.encoding != "utf-8-sig":
+        try:
+            scan.text = data.decode("cp1252")
+        except UnicodeDecodeError:
+            scan.encoding = "latin-1"  # bytes Windows-1252 leaves undefined
+        if scan.text is None:
+            scan.text = data.decode(scan.encoding)
+    return scan
 
 
 # ---------------------------------------------------------------------------
@@ -699,15 +745,21 @@ class Digest:
     """A digest file, checked and open: its format, note and checksum now, its entries as
     a stream (:meth:`entries`). Use as a context manager."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, data: bytes | None = None) -> None:
+        """``data`` is the content when it is not read from a file (an API's answer):
+        ``path`` then only names it in errors."""
         self.path = Path(path)
-        scan = _scan(self.path)
+        scan = _scan(self.path) if data is None else _scan_bytes(self.path, data)
         self.note, self.sha256 = scan.note, scan.sha256
         self._parsed: Parsed | None = None
-        try:
-            self._fh = self.path.open(encoding=scan.encoding, newline="")
-        except OSError as exc:
-            raise InputError(self.path, f"cannot read: {exc.strerror}") from None
+        self._fh: IO[str]
+        if scan.text is not None:
+            self._fh = io.StringIO(scan.text, newline="")
+        else:
+            try:
+                self._fh = self.path.open(encoding=scan.encoding, newline="")
+            except OSError as exc:
+                raise InputError(self.path, f"cannot read: {exc.strerror}") from None
         try:
             self.format, head = _sniff(self._fh)
             self._lines = itertools.chain(head, self._fh)
