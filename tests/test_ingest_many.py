@@ -18,7 +18,7 @@ from papertag.cli import app
 from papertag.ingest import FileReport, ingest
 from papertag.store import Store
 
-from .conftest import DIGESTS, HF_API_FILES
+from .conftest import DIGESTS, HF_API_FILES, content
 
 runner = CliRunner()
 
@@ -33,18 +33,13 @@ def _jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
-def content(db: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every stored row without the times of writing, which differ between two runs."""
+def _digests(db: Path) -> list[tuple[Any, ...]]:
+    """Every digest and listing as stored, ids included."""
     with Store(db, read_only=True) as s:
-        return {
-            name: s.con.execute(sql + " ORDER BY ALL").fetchall()
-            for name, sql in {
-                "papers": "SELECT * EXCLUDE (first_seen, updated_at) FROM papers",
-                "paper_versions": "SELECT * EXCLUDE (seen_at) FROM paper_versions",
-                "digests": "SELECT * EXCLUDE (ingested_at) FROM digests",
-                "digest_papers": "SELECT * FROM digest_papers",
-            }.items()
-        }
+        return s.con.execute(
+            "SELECT * EXCLUDE (ingested_at) FROM digests JOIN digest_papers USING (digest_id) "
+            "ORDER BY ALL"
+        ).fetchall()
 
 
 def _counts(files: list[FileReport]) -> list[tuple[Any, ...]]:
@@ -98,6 +93,7 @@ def test_many_files_end_as_one_by_one(
     assert _counts(report.files) == _counts(expected)
     assert read == final == [str(p) for p in paths]
     assert content(together) == content(one_by_one)
+    assert _digests(together) == _digests(one_by_one)
     # The edit and the edit back are both kept, as one by one.
     fr = {f.path: f for f in report.files}
     assert fr[str(tmp_path / "edited.jsonl")].updated_papers == 1
