@@ -887,7 +887,7 @@ def _enrich_schema() -> pa.Schema:
 
 
 # Column positions in a new-paper row.
-_TITLE, _ABSTRACT, _ARXIV, _HASH, _URL, _PUBLISHED, _UPVOTES, _KEYWORDS, _FIRST_SEEN = (
+_TITLE, _ABSTRACT, _ARXIV, _HASH, _URL, _PUBLISHED, _UPVOTES, _KEYWORDS = (
     _PAPER_FIELDS.index(name)
     for name in (
         "title",
@@ -898,7 +898,6 @@ _TITLE, _ABSTRACT, _ARXIV, _HASH, _URL, _PUBLISHED, _UPVOTES, _KEYWORDS, _FIRST_
         "published_at",
         "upvotes",
         "keywords",
-        "first_seen",
     )
 )
 
@@ -1228,7 +1227,7 @@ class _Papers:
             [tk for tkeys in self._tkeys for tk in tkeys],
         )
         self._by_arxiv, self._by_title = known.by_arxiv, known.by_title
-        self._arxiv_of, self._db_hash = known.arxiv_of, known.db_hash
+        self._arxiv_of = known.arxiv_of
         self._cur_hash = dict(known.db_hash)  # each paper's text as of the entries seen so far
         self._new: dict[str, list[Any]] = {}  # papers this write adds, as rows
         self._updates: dict[str, tuple[str, str, str, str]] = {}  # known papers' newest text
