@@ -119,6 +119,22 @@ def snapshot(db: Path) -> dict[str, list[tuple[object, ...]]]:
         }
 
 
+def content(db: Path) -> dict[str, list[tuple[object, ...]]]:
+    """The papers, their texts and the listings of each digest's date: what two ways of
+    storing the same digests must agree on (times of writing and digest ids left out)."""
+    with Store(db, read_only=True) as s:
+        return {
+            name: s.con.execute(sql + " ORDER BY ALL").fetchall()
+            for name, sql in {
+                "papers": "SELECT * EXCLUDE (first_seen, updated_at) FROM papers",
+                "paper_versions": "SELECT * EXCLUDE (seen_at) FROM paper_versions",
+                "digests": "SELECT format, digest_date, sha256, entries FROM digests",
+                "listings": "SELECT d.digest_date, l.position, l.paper_id, l.listed_on "
+                "FROM digest_papers l JOIN digests d USING (digest_id)",
+            }.items()
+        }
+
+
 # --- cassettes (pytest-recording / vcrpy) -----------------------------------
 # Recorded HTTP lives in the top-level cassettes/ folder, one subfolder per test
 # module. CI replays with --record-mode=none and --block-network (pyproject);

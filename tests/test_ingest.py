@@ -543,7 +543,7 @@ def test_arxiv_api_atom_feed_is_a_digest(tmp_path: Path, db_path: Path) -> None:
         "We propose a 4-bit post-training quantization method for large language models. "
         "Memory falls by 3x & perplexity holds when bits < 8."
     )
-    result = cli("ingest", src)
+    result = cli("ingest", "-v", src)
     assert result.exit_code == 0, result.output
     assert "(atom): 2 entries, 2 new papers" in result.stdout
     assert sorted(rows(db_path, "SELECT arxiv_id, published_at FROM papers")) == [
@@ -847,7 +847,7 @@ def test_two_files_of_one_name_are_two_digests(tmp_path: Path, db_path: Path) ->
     d1, d2 = _two_papers_json(tmp_path)
     first = cli("ingest", d1)
     assert first.exit_code == 0, first.output
-    second = cli("ingest", d2)
+    second = cli("ingest", "-v", d2)
     assert second.exit_code == 0, second.output
     assert "3 entries, 2 new papers, 0 updated, 3 new links, 0 unchanged" in second.stdout
     assert count(db_path, "papers") == 5
@@ -1221,7 +1221,7 @@ def test_error_messages_with_brackets_are_printed_verbatim(tmp_path: Path, db_pa
     good = write_jsonl(
         tmp_path / "papers[v2].jsonl", [{"title": "[mask] Tokens", "abstract": ABSTRACT}]
     )
-    result = cli("ingest", bad, good)
+    result = cli("ingest", "-v", bad, good)
     assert_clean_failure(result)
     (err_line,) = lines(result.stderr)
     assert f"{bad}: line 3: title 'A [/b] title' has no abstract" in err_line

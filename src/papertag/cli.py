@@ -11,10 +11,10 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,6 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 from . import __version__
 from .annotate import AnnotateReport
@@ -39,7 +40,8 @@ from .errors import PapertagError
 from .evaluate import evaluate as run_evaluate
 from .export import DEFAULT_STEM, ExportFormat
 from .export import export as run_export
-from .ingest import FileReport, ingest_file
+from .ingest import FileReport
+from .ingest import ingest as ingest_files
 from .query import QueryResult, read_sql_file, run_script, run_sql, stats, to_csv, to_json
 from .review import (
     Conflict,
@@ -54,6 +56,11 @@ from .review import conflicts as review_conflicts_
 from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from .store import DB_ENV, DEFAULT_DB, Store, default_db_path
 from .taxonomy import FIELDS
+
+if TYPE_CHECKING:
+    # Imported by their commands: httpx is a tenth of a second that no other command needs.
+    from .daily import RunReport
+    from .pull import DayReport, PullReport
 
 app = typer.Typer(
     name="papertag",
@@ -137,7 +144,9 @@ def _store(read_only: bool = False, *, create: bool = False) -> Store:
 
 
 @contextmanager
-def _progress(description: str, total: int | None) -> Iterator[tuple[Progress, TaskID]]:
+def _progress(
+    description: str, total: int | None, *, quiet: bool = False
+) -> Iterator[tuple[Progress, TaskID]]:
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -147,7 +156,7 @@ def _progress(description: str, total: int | None) -> Iterator[tuple[Progress, T
         TextColumn("{task.fields[extra]}"),
         console=err,
         transient=True,
-        disable=not err.is_terminal,
+        disable=quiet or not err.is_terminal,
     )
     with progress:
         task = progress.add_task(description, total=total, extra="")
@@ -167,6 +176,10 @@ def ingest(
             show_default=False,
         ),
     ],
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Print a line for every file, not only failures."),
+    ] = False,
 ) -> None:
     """Add papers from digest files to the database, once per paper.
 
@@ -175,40 +188,169 @@ def ingest(
     lists, not its file name: the same file from another path is the digest
     already stored, and two files of one name in two folders are two digests.
     Running it again adds nothing.
-    Each file lands in its own transaction: a bad file adds nothing and is
-    reported on one line, the others still land, and the exit code is 1.
+    Each file is all-or-nothing: a bad file adds nothing and is reported on one
+    line, the others still land, and the exit code is 1. Prints one summary line
+    (and a line for a file read with a guessed encoding); -v lists every file.
     """
     store = _store(create=True)
-    reports: list[FileReport] = []
     with store, _progress("ingest", len(files)) as (progress, task):
-        for path in files:
-            progress.update(task, description=f"ingest {path.name}")
-            try:
-                fr = ingest_file(store, path)
-            except PapertagError as exc:
-                fr = FileReport(path=str(path), error=str(exc))
-            reports.append(fr)
-            progress.advance(task)
+
+        def read(fr: FileReport) -> None:
+            progress.update(task, advance=1, description=f"ingest {Path(fr.path).name}")
+
+        def done(fr: FileReport) -> None:
             if fr.error:
                 err.print(f"[red]✗[/] {escape(fr.error)}")
-            else:
+            elif verbose or fr.note:
                 note = f" [yellow]({escape(fr.note)})[/]" if fr.note else ""
                 out.print(
                     f"[green]✓[/] {escape(fr.path)} [dim]({fr.format})[/]: {fr.entries} entries, "
                     f"{fr.new_papers} new papers, {fr.updated_papers} updated, {fr.new_links} new links, "
                     f"{fr.unchanged} unchanged{note}"
                 )
-    ok = [r for r in reports if not r.error]
-    failed = len(reports) - len(ok)
 
-    def total(attr: str) -> int:
-        return sum(int(getattr(r, attr)) for r in ok)
-
+        report = _run(lambda: ingest_files(files, store, on_read=read, on_file=done))
     out.print(
-        f"{len(reports)} files read: {total('new_papers')} new papers, {total('updated_papers')} updated, "
-        f"{total('new_links')} new links, {total('unchanged')} unchanged, {failed} failed"
+        f"{len(report.files)} files read: {report.total('new_papers')} new papers, "
+        f"{report.total('updated_papers')} updated, {report.total('new_links')} new links, "
+        f"{report.total('unchanged')} unchanged, {len(report.failed)} failed"
     )
-    if failed:
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------- pull
+_DAY = ["%Y-%m-%d"]
+_SINCE_HELP = (
+    "First day (YYYY-MM-DD; default: the day before the newest day pulled, else yesterday)."
+)
+_UNTIL_HELP = "Last day (YYYY-MM-DD; default: today, UTC)."
+_API_HELP = (
+    "The daily-papers API's server; days are fetched from URL/api/daily_papers?date=YYYY-MM-DD "
+    "(default: https://huggingface.co)."
+)
+
+
+def _pull_summary(report: PullReport) -> str:
+    fetched = report.count("stored") + report.count("empty")
+    line = (
+        f"{report.since} … {report.until}: {fetched} days fetched ({report.count('stored')} with "
+        f"papers, {report.count('empty')} without), {report.count('skipped')} stored before, "
+        f"{len(report.failed)} failed"
+    )
+    if report.stopped:
+        line += f", {report.count('not fetched')} not fetched"
+    return line + (
+        f"; {report.total('entries')} papers listed: {report.total('new_papers')} new, "
+        f"{report.total('updated_papers')} updated, {report.total('new_links')} new links"
+    )
+
+
+def _day_line(d: DayReport) -> str:
+    if d.file is not None:
+        f = d.file
+        note = f" [yellow]({escape(f.note)})[/]" if f.note else ""
+        return (
+            f"[green]✓[/] {d.day} [dim]({f.entries} papers)[/]: {f.new_papers} new papers, "
+            f"{f.updated_papers} updated, {f.new_links} new links, {f.unchanged} unchanged{note}"
+        )
+    return f"[dim]·[/] {d.day}: " + {"empty": "no papers", "not fetched": "not fetched"}.get(
+        d.status, d.status
+    )
+
+
+@contextmanager
+def _pulling(
+    verbose: bool, quiet: bool = False
+) -> Iterator[tuple[Callable[[int], None], Callable[[DayReport], None], Progress, TaskID]]:
+    """A progress bar over the days, and what to print as each one is settled."""
+    with _progress("pull", None, quiet=quiet) as (progress, task):
+
+        def start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def day(d: DayReport) -> None:
+            progress.update(task, advance=1, description=f"pull {d.day}")
+            if d.error:
+                err.print(f"[red]✗[/] {escape(d.error)}")
+            elif verbose:
+                out.print(_day_line(d))
+
+        yield start, day, progress, task
+
+
+def _day_range(
+    day: datetime | None, since: datetime | None, until: datetime | None
+) -> tuple[date | None, date | None]:
+    if day is not None:
+        if since is not None or until is not None:
+            raise _fail("--date is one day: give it alone, or --since/--until", 2)
+        return day.date(), day.date()
+    return (since.date() if since else None), (until.date() if until else None)
+
+
+@app.command()
+def pull(
+    day: Annotated[
+        datetime | None,
+        typer.Option(
+            "--date",
+            formats=_DAY,
+            metavar="DAY",
+            help="This day alone (YYYY-MM-DD).",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(formats=_DAY, metavar="DAY", help=_SINCE_HELP, show_default=False),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(formats=_DAY, metavar="DAY", help=_UNTIL_HELP, show_default=False),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", "--api-url", help=_API_HELP, metavar="URL", show_default=False),
+    ] = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Fetch again the days stored before for good.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print a line for every day fetched.")
+    ] = False,
+) -> None:
+    """Fetch days of the Hugging Face daily-papers API and ingest each as a digest.
+
+    Each day is one digest, `hf:YYYY-MM-DD`, read and stored as a file of the API's
+    answers would be. Days stored before are skipped, except today and yesterday, whose
+    lists still grow (a day is final once fetched two days after it began, UTC);
+    --refresh fetches them all again. Killed and run again, it fetches no stored day
+    twice. A day answered with a 4xx, or with something that is not the API's list, fails
+    alone (one line each, exit code 1); a host that cannot be reached stops the pull. The
+    days that were stored stay.
+    """
+    from .pull import DEFAULT_BASE_URL
+    from .pull import pull as run_pull
+
+    first, last = _day_range(day, since, until)
+    store = _store(create=True)
+    with store, _pulling(verbose) as (start, settled, _, _):
+        report = _run(
+            lambda: run_pull(
+                store,
+                since=first,
+                until=last,
+                base_url=base_url or DEFAULT_BASE_URL,
+                refresh=refresh,
+                on_start=start,
+                on_day=settled,
+            )
+        )
+    out.print(_pull_summary(report))
+    if report.stopped:
+        raise _fail(report.stopped)
+    if not report.ok:
         raise typer.Exit(1)
 
 
@@ -351,27 +493,19 @@ def annotate(
     journaled as they arrive: if a run is killed (or stopped with Ctrl-C), run the
     same command again and it resumes without paying twice for what it already got.
     """
-    options: dict[str, Any] = {}
-    if annotator is AnnotatorName.llm:
-        options = {
-            "model": model,
-            "base_url": base_url,
-            "api_key_env": api_key_env,
-            "mode": mode,
-            "max_reasks": max_reasks,
-            "concurrency": concurrency,
-            "rpm": rpm,
-            "tpm": tpm,
-            "timeout": timeout,
-        }
-    elif base_url or mode or rpm or tpm or max_cost is not None:
-        raise _fail(
-            "--base-url, --mode, --rpm, --tpm and --max-cost apply to --annotator llm only", 2
-        )
-    elif annotator is AnnotatorName.learned:
-        options = {"model": model}
-    elif model:
-        raise _fail("--model applies to --annotator llm and learned only", 2)
+    options = _annotator_options(
+        annotator,
+        model=model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        mode=mode,
+        max_reasks=max_reasks,
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        timeout=timeout,
+        max_cost=max_cost,
+    )
     store = _store()
     paper_ids: list[str] | None = None
     if papers:
@@ -489,6 +623,165 @@ def annotate(
         )
         raise typer.Exit(0)
     if report.failed:
+        raise typer.Exit(1)
+
+
+def _annotator_options(
+    annotator: AnnotatorName,
+    *,
+    model: str | None,
+    base_url: str | None,
+    api_key_env: str,
+    mode: str | None,
+    max_reasks: int,
+    concurrency: int,
+    rpm: float | None,
+    tpm: float | None,
+    timeout: float,
+    max_cost: float | None,
+) -> dict[str, Any]:
+    """The annotator's own options, from annotate's (those of another annotator refused)."""
+    if annotator is AnnotatorName.llm:
+        return {
+            "model": model,
+            "base_url": base_url,
+            "api_key_env": api_key_env,
+            "mode": mode,
+            "max_reasks": max_reasks,
+            "concurrency": concurrency,
+            "rpm": rpm,
+            "tpm": tpm,
+            "timeout": timeout,
+        }
+    if base_url or mode or rpm or tpm or max_cost is not None:
+        raise _fail(
+            "--base-url, --mode, --rpm, --tpm and --max-cost apply to --annotator llm only", 2
+        )
+    if annotator is AnnotatorName.learned:
+        return {"model": model}
+    if model:
+        raise _fail("--model applies to --annotator llm and learned only", 2)
+    return {}
+
+
+# ------------------------------------------------------------------------ run
+def _annotate_params(ctx: typer.Context) -> dict[str, Any]:
+    """The annotate options among a command's extra arguments, parsed and checked by
+    annotate's own command: the same options, defaults and errors."""
+    root = ctx.find_root()
+    group = root.command
+    command = group.get_command(root, "annotate") if isinstance(group, TyperGroup) else None
+    if command is None:  # pragma: no cover - annotate is a command of this app
+        raise _fail("no annotate command", 2)
+    with command.make_context("run", list(ctx.args), parent=root) as sub:
+        return dict(sub.params)
+
+
+def _run_summary(report: RunReport) -> str:
+    a = report.annotate
+    labels = ", ".join(f"{n} {f}" for f, n in report.labels.items())
+    return (
+        f"annotated {a.done} papers ({a.annotator}/{a.model}; {a.skipped} done before, "
+        f"{a.failed} failed): labels {labels}; {report.review_new} wait for review "
+        f"({report.review_waiting} in all: papertag review)"
+    )
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    since: Annotated[
+        datetime | None,
+        typer.Option(formats=_DAY, metavar="DAY", help=_SINCE_HELP, show_default=False),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(formats=_DAY, metavar="DAY", help=_UNTIL_HELP, show_default=False),
+    ] = None,
+    api_url: Annotated[
+        str | None, typer.Option(help=_API_HELP, metavar="URL", show_default=False)
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing unless something failed.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """The daily job: pull the new days, annotate the new papers, print what is new.
+
+    Pulls as `papertag pull` does, then annotates every paper without an annotation for
+    the annotator's key, with annotate's options (--annotator, --model, --base-url,
+    --max-cost, ...: see `papertag annotate --help`; learned by default). Prints the days
+    and papers pulled, the labels given per field and how many wait for review. Exit
+    code 0 when all went well, 1 when a day or a paper failed or the pull stopped (what
+    landed is kept and annotated), 130 when interrupted. For cron: --quiet prints only
+    failures, --json one object, e.g.
+    `17 6 * * * cd /data && papertag run --quiet`.
+    """
+    from .daily import run as run_daily
+    from .pull import DEFAULT_BASE_URL
+
+    params = _annotate_params(ctx)
+    if params["papers"] or params["dry_run"]:
+        raise _fail("--paper and --dry-run are annotate's own; run annotates what is new", 2)
+    annotator = AnnotatorName(params["annotator"])
+    options = _annotator_options(
+        annotator,
+        **{
+            k: params[k]
+            for k in (
+                *("model", "base_url", "api_key_env", "mode", "max_reasks", "concurrency"),
+                *("rpm", "tpm", "timeout", "max_cost"),
+            )
+        },
+    )
+    first, last = _day_range(None, since, until)
+    store = _store(create=True)
+    with store, _pulling(verbose=False, quiet=quiet) as (start, settled, progress, task):
+
+        def annotating(total: int) -> None:
+            progress.reset(task, total=total, description=f"annotate ({annotator.value})")
+
+        def annotated(r: AnnotateReport) -> None:
+            progress.update(task, completed=r.done + r.failed)
+
+        report = _run(
+            lambda: run_daily(
+                store,
+                since=first,
+                until=last,
+                base_url=api_url or DEFAULT_BASE_URL,
+                annotator=annotator.value,
+                pull_options={"on_start": start, "on_day": settled},
+                annotate_options={
+                    **options,
+                    "limit": params["limit"],
+                    "force": params["force"],
+                    "retry_failed": params["retry_failed"],
+                    "max_cost": params["max_cost"],
+                    "on_start": annotating,
+                    "on_progress": annotated,
+                },
+            )
+        )
+    a = report.annotate
+    for pid, reason in a.failures[:10]:
+        err.print(
+            f"[red]✗[/] {pid}: {escape(reason if len(reason) <= 240 else reason[:239] + '…')}"
+        )
+    if a.failed > 10:
+        err.print(f"… and {a.failed - 10} more; see the annotation_failures table")
+    if report.pull.stopped:
+        err.print(f"[bold red]Error:[/] {escape(report.pull.stopped)}")
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    elif not quiet:
+        out.print(_pull_summary(report.pull))
+        out.print(_run_summary(report))
+    if a.stopped == "interrupted":
+        raise typer.Exit(130)
+    if not report.ok:
         raise typer.Exit(1)
 
 

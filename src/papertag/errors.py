@@ -4,6 +4,8 @@
 
     PapertagError                 anything papertag raises on purpose
     ├── InputError                a file or row we cannot ingest (path, line, reason)
+    ├── FetchError                a day of the daily-papers API that could not be fetched
+    │   └── Unreachable           the API's host cannot be reached, or keeps failing: a pull stops
     ├── StoreError                the database cannot be opened or written
     │   └── DatabaseBusy          another papertag process holds the database
     ├── ConfigError               bad option or environment (unknown annotator, threshold out of range)
@@ -40,6 +42,15 @@ class InputError(PapertagError):
         self.kind = kind
         where = f"{self.path}: {kind} {line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}")
+
+
+class FetchError(PapertagError):
+    """A day of the daily-papers API that could not be fetched (a 4xx answer)."""
+
+
+class Unreachable(FetchError):
+    """The API's host cannot be reached (DNS, connection) or keeps failing after retries:
+    every other day would fail the same way, so a pull stops."""
 
 
 class StoreError(PapertagError):

@@ -457,6 +457,24 @@ def m013_digest_path(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE digests ADD COLUMN path VARCHAR")
 
 
+@migration
+def m014_pulled_days(con: duckdb.DuckDBPyConnection) -> None:
+    # The days `papertag pull` fetched from the daily-papers API, each stored in the same
+    # transaction as its digest (`hf:YYYY-MM-DD`): a day recorded here is in the database. A
+    # day's list grows during that day and the next, so a day fetched before two days had
+    # passed since it began (UTC) is fetched again by the next pull; after that it is final.
+    con.execute(
+        """
+        CREATE TABLE pulled_days (
+            day DATE PRIMARY KEY,
+            papers INTEGER NOT NULL,      -- entries in its list; 0 for a day without papers
+            fetched_at TIMESTAMP NOT NULL,
+            url VARCHAR NOT NULL
+        )
+        """
+    )
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     if "lock" in msg.lower():
