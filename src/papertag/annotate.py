@@ -702,7 +702,8 @@ class _Run:
             )
             report.total = len(todo)
             transport = getattr(ann, "transport", None)
-            if todo:
+            workers = getattr(ann, "concurrency", None)
+            if todo and workers is None:
                 store.prepare_arrow()
             if transport is not None:
                 if not force and todo:
@@ -718,7 +719,6 @@ class _Run:
         if self.ctrl_c.take():
             report.stopped = "interrupted"
         try:
-            workers = getattr(ann, "concurrency", None)
             if workers is not None:
                 self._concurrent(todo, int(workers))
             else:
@@ -798,6 +798,7 @@ class _Run:
         finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
         ann = cast(Annotator, self.ann)
         ctrl_c = self.ctrl_c
+        arrow_ready = False
         threads = THREADS_PER_CALL * workers
         with ThreadPoolExecutor(threads, thread_name_prefix="papertag-annotate") as pool:
             try:
@@ -818,6 +819,11 @@ class _Run:
                             future = pool.submit(work, ann, _input(paper))
                             running[future] = paper
                             future.add_done_callback(finished.put)
+                        if running and not arrow_ready:
+                            # While the first requests are out: nothing is due to be written
+                            # before their answers come back.
+                            self.store.prepare_arrow()
+                            arrow_ready = True
                         if not running:
                             return
                         try:
