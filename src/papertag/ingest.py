@@ -1011,7 +1011,8 @@ class _Listing:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._files: list[_Listed] = []
-        self._staged: list[tuple[int, int, str, date | None]] = []
+        # Listings not yet in the temporary table, by column: file, position, paper, date.
+        self._staged: tuple[list[int], list[int], list[str], list[date | None]] = ([], [], [], [])
         store.con.execute(
             f"CREATE TEMP TABLE {_LISTING} "
             "(file INTEGER, position INTEGER, paper_id VARCHAR, listed_on DATE)"
@@ -1029,18 +1030,22 @@ class _Listing:
         # it matched: the same file gives the same id in any database. Upvotes and keywords
         # stay out, so a day's list fetched again later is still that day's digest.
         update = listed.hash.update
-        for e, chash, pid in zip(entries, hashes, paper_ids, strict=True):
+        for e, chash in zip(entries, hashes, strict=True):
             update(f"{e.arxiv_id or ''}\t{chash}\t{e.listed_on or ''}\n".encode())
-            self._staged.append((file, e.position, pid, e.listed_on))
+        files, positions, papers, dates = self._staged
+        files.extend([file] * len(entries))
+        positions.extend([e.position for e in entries])
+        papers.extend(paper_ids)
+        dates.extend([e.listed_on for e in entries])
         listed.dates.update(e.listed_on for e in entries if e.listed_on)
         listed.entries += len(entries)
-        if len(self._staged) >= BATCH_SIZE:
+        if len(files) >= BATCH_SIZE:
             self._stage()
 
     def _stage(self) -> None:
-        if not self._staged:
+        file, position, paper_id, listed_on = self._staged
+        if not file:
             return
-        file, position, paper_id, listed_on = zip(*self._staged, strict=True)
         self._store.insert_arrow(
             _LISTING,
             pa.table(
@@ -1052,7 +1057,7 @@ class _Listing:
                 }
             ),
         )
-        self._staged = []
+        self._staged = ([], [], [], [])
 
     def _resolve(self) -> list[tuple[int, str, bool, bool]]:
         """Each file's digest: (file, digest_id, keyed, known) for the files that write one;
@@ -1210,6 +1215,8 @@ class _Papers:
         self._updates: dict[str, tuple[str, str, str, str]] = {}  # known papers' newest text
         self._enrich: dict[str, list[Any]] = {}
         self._versions: list[tuple[str, str, str, str]] = []  # (id, title, abstract, hash)
+        # The first text of new papers a later segment changed; the others' is their row's.
+        self._first_text: dict[str, tuple[str, str, str, str]] = {}
 
     def add(self, segment: int, report: FileReport) -> tuple[list[str], list[str]]:
         """Match one segment's entries; returns the paper each entry is and its content
@@ -1272,6 +1279,9 @@ class _Papers:
                             changed.pop(pid, None)
                         else:
                             changed[pid] = (pid, e.title, e.abstract, chash)
+                        if pid in new and pid not in self._first_text:
+                            row = new[pid]
+                            self._first_text[pid] = (pid, row[_TITLE], row[_ABSTRACT], row[_HASH])
                     cur_hash[pid] = chash
                 if pid in new:
                     row = new[pid]
@@ -1307,10 +1317,7 @@ class _Papers:
                 by_arxiv.setdefault(aid, pid)
             link_pid.append(pid)
             link_hash.append(chash)
-        # Every text a paper has had: a new paper's as this segment leaves it, a changed one's.
-        for pid in added:
-            row = new[pid]
-            self._versions.append((pid, row[_TITLE], row[_ABSTRACT], row[_HASH]))
+        # Every text a paper has had: a new paper's is its row's (see flush), a changed one's.
         for pid, update in changed.items():
             self._versions.append(update)
             if pid not in new:
@@ -1323,10 +1330,23 @@ class _Papers:
         """Write what the segments added and changed."""
         store, now = self._store, self._now
         if self._new:
-            store.insert_arrow("papers", _table(self._new.values(), _paper_schema()))
-        if self._versions:
+            table = _table(self._new.values(), _paper_schema())
+            store.insert_arrow("papers", table)
+            # A new paper's first text is its row's, unless a later segment changed it: taken
+            # from the same Arrow table, not converted from Python strings a second time.
+            versions = table.select(["paper_id", "title", "abstract", "content_hash"])
+            if self._first_text:
+                versions = versions.filter(pa.array([p not in self._first_text for p in self._new]))
             store.insert_arrow(
-                "paper_versions", _table(((*v, now) for v in self._versions), _update_schema())
+                "paper_versions",
+                versions.append_column(
+                    "seen_at", pa.array([now] * versions.num_rows, pa.timestamp("us"))
+                ),
+            )
+        texts = [*self._first_text.values(), *self._versions]
+        if texts:
+            store.insert_arrow(
+                "paper_versions", _table(((*v, now) for v in texts), _update_schema())
             )
         if self._updates:
             _with_table(

@@ -235,6 +235,8 @@ class _Fetcher:
                 if self.stop.is_set():
                     raise _Stopped
                 self._pace()
+                if self.stop.is_set():  # again after waiting for its turn, which may be long
+                    raise _Stopped
                 response = self.client.get(url)
                 if response.status_code == 429 or response.status_code >= 500:
                     busy = _Busy(response)
