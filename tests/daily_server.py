@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -182,8 +181,7 @@ def main() -> None:
     srv.start()
     print(srv.url, *sorted(d.isoformat() for d in srv.files), flush=True)
     try:
-        while True:
-            time.sleep(3600)
+        threading.Event().wait()  # until Ctrl-C
     except KeyboardInterrupt:
         srv.stop()
 

@@ -229,6 +229,15 @@ _API_HELP = (
     "The daily-papers API's server; days are fetched from URL/api/daily_papers?date=YYYY-MM-DD "
     "(default: https://huggingface.co)."
 )
+# pull's and run's range of days.
+_Since = Annotated[
+    datetime | None,
+    typer.Option(formats=_DAY, metavar="DAY", help=_SINCE_HELP, show_default=False),
+]
+_Until = Annotated[
+    datetime | None,
+    typer.Option(formats=_DAY, metavar="DAY", help=_UNTIL_HELP, show_default=False),
+]
 
 
 def _pull_summary(report: PullReport) -> str:
@@ -301,14 +310,8 @@ def pull(
             show_default=False,
         ),
     ] = None,
-    since: Annotated[
-        datetime | None,
-        typer.Option(formats=_DAY, metavar="DAY", help=_SINCE_HELP, show_default=False),
-    ] = None,
-    until: Annotated[
-        datetime | None,
-        typer.Option(formats=_DAY, metavar="DAY", help=_UNTIL_HELP, show_default=False),
-    ] = None,
+    since: _Since = None,
+    until: _Until = None,
     base_url: Annotated[
         str | None,
         typer.Option("--base-url", "--api-url", help=_API_HELP, metavar="URL", show_default=False),
@@ -601,11 +604,7 @@ def annotate(
         if report.recovered:
             usage += f", {report.recovered} journaled calls recovered into llm_calls"
         out.print(f"[dim]{usage}[/]")
-    for pid, reason in report.failures[:10]:
-        short = reason if len(reason) <= 240 else reason[:239] + "…"
-        err.print(f"[red]✗[/] {pid}: {escape(short)}")
-    if report.failed > 10:
-        err.print(f"… and {report.failed - 10} more; see the annotation_failures table")
+    _print_failures(report)
     if report.stopped == "interrupted":
         err.print(
             f"[yellow]interrupted[/]: {report.left} papers left. Run the same command again to "
@@ -624,6 +623,15 @@ def annotate(
         raise typer.Exit(0)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _print_failures(report: AnnotateReport) -> None:
+    """The first ten papers that failed, one line each, on stderr."""
+    for pid, reason in report.failures[:10]:
+        short = reason if len(reason) <= 240 else reason[:239] + "…"
+        err.print(f"[red]✗[/] {pid}: {escape(short)}")
+    if report.failed > 10:
+        err.print(f"… and {report.failed - 10} more; see the annotation_failures table")
 
 
 def _annotator_options(
@@ -690,14 +698,8 @@ def _run_summary(report: RunReport) -> str:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(
     ctx: typer.Context,
-    since: Annotated[
-        datetime | None,
-        typer.Option(formats=_DAY, metavar="DAY", help=_SINCE_HELP, show_default=False),
-    ] = None,
-    until: Annotated[
-        datetime | None,
-        typer.Option(formats=_DAY, metavar="DAY", help=_UNTIL_HELP, show_default=False),
-    ] = None,
+    since: _Since = None,
+    until: _Until = None,
     api_url: Annotated[
         str | None, typer.Option(help=_API_HELP, metavar="URL", show_default=False)
     ] = None,
@@ -766,12 +768,7 @@ def run(
             )
         )
     a = report.annotate
-    for pid, reason in a.failures[:10]:
-        err.print(
-            f"[red]✗[/] {pid}: {escape(reason if len(reason) <= 240 else reason[:239] + '…')}"
-        )
-    if a.failed > 10:
-        err.print(f"… and {a.failed - 10} more; see the annotation_failures table")
+    _print_failures(a)
     if report.pull.stopped:
         err.print(f"[bold red]Error:[/] {escape(report.pull.stopped)}")
     if as_json:
