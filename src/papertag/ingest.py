@@ -1454,15 +1454,29 @@ def _utcnow() -> datetime:
 
 
 @contextlib.contextmanager
-def _bulk_write(store: Store) -> Iterator[None]:
-    """One all-or-nothing transaction under the bulk settings, compressed once committed."""
+def _bulk_write(store: Store, *, compress: bool = True) -> Iterator[None]:
+    """One all-or-nothing transaction under the bulk settings, compressed once committed
+    unless ``compress`` is False (see :func:`compress`)."""
     with _bulk_settings(store):
         with store.transaction():
             yield
-        # Compress what was written now, under the settings above; DuckDB's own later
-        # checkpoint would use its defaults. Busy (another transaction open)? Later, then.
-        with contextlib.suppress(duckdb.Error):
-            store.con.execute("CHECKPOINT")
+        if compress:
+            _checkpoint(store)
+
+
+def _checkpoint(store: Store) -> None:
+    # Compress what was written now, under the settings above; DuckDB's own later
+    # checkpoint would use its defaults. Busy (another transaction open)? Later, then.
+    with contextlib.suppress(duckdb.Error):
+        store.con.execute("CHECKPOINT")
+
+
+def compress(store: Store) -> None:
+    """Compress what writes made with ``compress=False`` left in DuckDB's log: once after
+    many small writes, as a checkpoint costs more than a day's papers (a third of a second
+    in a database of 100,000 papers) and grows with the database."""
+    with _bulk_settings(store):
+        _checkpoint(store)
 
 
 def write_entries(
@@ -1503,15 +1517,17 @@ def write_digests(
     digests: Sequence[tuple[DigestFile, Sequence[Entry], FileReport]],
     *,
     after: Callable[[Store], None] | None = None,
+    compress: bool = True,
 ) -> None:
     """Write parsed digests in one transaction: all of them, or on an error none.
 
     Each report says what its digest added, as if the digests had been written one after
     another in this order. ``after`` runs in the same transaction once they are written
     (``papertag pull`` records the days it fetched there, so a day is stored with them).
+    ``compress=False`` leaves the compression to one :func:`compress` after many writes.
     """
     now = _utcnow()
-    with _bulk_write(store):
+    with _bulk_write(store, compress=compress):
         if digests:
             papers = _Papers(store, [entries for _, entries, _ in digests], now)
             listing = _Listing(store)

@@ -39,7 +39,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from . import __version__
 from .errors import ConfigError, FetchError, InputError, Unreachable
-from .ingest import Digest, DigestFile, Entry, FileReport, write_digests
+from .ingest import Digest, DigestFile, Entry, FileReport, compress, write_digests
 from .store import Store
 
 DEFAULT_BASE_URL = "https://huggingface.co"
@@ -341,6 +341,7 @@ def _store_days(store: Store, fetched: list[_Fetched]) -> None:
         store,
         [(f.digest, f.entries, f.report) for f in fetched if f.digest is not None],
         after=record,
+        compress=False,  # once at the end of the pull (see _pull)
     )
 
 
@@ -450,6 +451,8 @@ def _pull(
             if on_day:
                 for d in ready:
                     on_day(reports[d])
+        if report.count("stored") or report.count("empty"):
+            compress(store)
     except BaseException:
         # Interrupted: start nothing more, and end the requests under way.
         fetcher.stop.set()

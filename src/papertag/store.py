@@ -477,12 +477,13 @@ def m014_pulled_days(con: duckdb.DuckDBPyConnection) -> None:
 
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
-    if "lock" in msg.lower():
+    first = msg.splitlines()[0] if msg else type(exc).__name__
+    # The first line: an internal error's stack trace below it names C++ locks.
+    if "lock" in first.lower():
         return DatabaseBusy(
             f"{path}: the database is in use by another process (another papertag run or a DuckDB "
             "session); wait for it to finish or close it, then try again"
         )
-    first = msg.splitlines()[0] if msg else type(exc).__name__
     return StoreError(f"{path}: cannot open database: {first}")
 
 
@@ -565,6 +566,12 @@ class Store:
                 fn(con)
                 con.execute("INSERT INTO _migrations VALUES (?, current_timestamp)", [name])
             applied.append(name)
+        if applied:
+            # Into the file itself at once, not left in DuckDB's log: DuckDB 1.5 cannot replay
+            # from its log an ALTER TABLE ADD COLUMN on a table with a nextval() default
+            # (m007, m008), so a database whose process died before the next checkpoint
+            # (a new one, killed during its first pull) would never open again.
+            self.con.execute("CHECKPOINT")
         return applied
 
     # -- helpers ---------------------------------------------------------
