@@ -158,36 +158,17 @@ class LearnedAnnotator:
             fm = self.learned.fields[fname]
             row = probs[fname]
             chosen = choose(row, fm.threshold)
-            data[fname] = [
-                self._label(
-                    fname,
-                    fm.labels[j],
-                    float(row[j]),
-                    j,
-                    text,
-                    spans,
-                    sent_x,
-                    offset,
-                    contrib[fname],
-                    paper.title,
-                )
-                for j in chosen
-            ]
-            for j in candidates(row, chosen, fm.labels):
-                cand = self._label(
-                    fname,
-                    fm.labels[j],
-                    float(row[j]),
-                    j,
-                    text,
-                    spans,
-                    sent_x,
-                    offset,
-                    contrib[fname],
-                    paper.title,
-                )
-                cand["field"] = fname
-                data["candidates"].append(cand)
+            data[fname] = []
+            runners_up = candidates(row, chosen, fm.labels)
+            for j in [*chosen, *runners_up]:
+                item = self._label(
+                    fname, fm.labels[j], float(row[j]), j, text, spans, sent_x, offset,
+                    contrib[fname], paper.title,
+                )  # fmt: skip
+                if j in runners_up:
+                    data["candidates"].append({**item, "field": fname})
+                else:
+                    data[fname].append(item)
         return validate_annotation(
             data, title=paper.title, abstract=paper.abstract, taxonomy=self.taxonomy
         )
