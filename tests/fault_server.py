@@ -9,6 +9,9 @@ slow requests cost no threads. Answers come from, in order of precedence:
 * otherwise a valid annotation built from the request's own abstract, after
   ``latency`` seconds, with a ``fault_rate`` share of random server faults.
 
+``gated`` holds every answer until the test lets it go (:meth:`FaultServer.allow`):
+a test then knows how many answers a client can have had, whatever the machine's speed.
+
 ``rpm`` turns on an OpenAI-like request limit (a token bucket refilled at
 rpm/60 a second, one second deep) with ``x-ratelimit-*`` headers (``rate_headers``)
 and 429s carrying ``retry-after`` (``retry_after_header``).
@@ -111,6 +114,7 @@ class FaultServer:
         rate_headers: bool = True,
         retry_after_header: bool = True,
         keep_requests: bool = True,
+        gated: bool = False,
         seed: int = 0,
     ) -> None:
         self.replies = list(replies or [])
@@ -133,6 +137,11 @@ class FaultServer:
         self.last_at: float | None = None
         self.in_flight = 0
         self.max_in_flight = 0
+        #: Answers written back (a gated request counts once it is let go and answered).
+        self.answered = 0
+        #: With ``gated``: requests numbered up to this are answered, later ones wait.
+        self.allowed: int | None = 0 if gated else None
+        self._gate: asyncio.Condition | None = None
         #: TCP connections accepted (a kept-alive connection serves many requests).
         self.connections = 0
         self._bucket = float(self._depth)
@@ -217,6 +226,7 @@ class FaultServer:
                     return  # the client died while sending (the benchmark's kill -9)
                 request = json.loads(raw) if raw else {}
                 self.count += 1
+                number = self.count
                 self.bodies[hashlib.sha256(raw).hexdigest()] += 1
                 if self.first_at is None:
                     self.first_at = time.monotonic()
@@ -240,6 +250,7 @@ class FaultServer:
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
                 try:
+                    await self._turn(number)
                     if reply.delay:
                         await asyncio.sleep(reply.delay)
                 finally:
@@ -260,6 +271,7 @@ class FaultServer:
                 ]
                 out += [f"{k}: {v}" for k, v in {**limit_headers, **reply.headers}.items()]
                 writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + body)
+                self.answered += 1
                 self.last_at = time.monotonic()
                 await writer.drain()
                 if reply.truncate:
@@ -269,11 +281,34 @@ class FaultServer:
             if not writer.is_closing():
                 writer.close()
 
+    # -- the gate ------------------------------------------------------------------
+    async def _turn(self, number: int) -> None:
+        """Wait until request ``number`` may be answered (at once when not gated)."""
+        if self._gate is None:
+            return
+        async with self._gate:
+            await self._gate.wait_for(lambda: self.allowed is None or number <= self.allowed)
+
+    def allow(self, n: int | None) -> None:
+        """Answer the first ``n`` requests (None: every request, from now on)."""
+
+        async def set_allowed() -> None:
+            assert self._gate is not None
+            async with self._gate:
+                self.allowed = n
+                self._gate.notify_all()
+
+        if self._gate is None:
+            raise RuntimeError("allow() needs a server started with gated=True")
+        asyncio.run_coroutine_threadsafe(set_allowed(), self.loop).result(10)
+
     # -- lifecycle -----------------------------------------------------------------
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
 
         async def start() -> None:
+            if self.allowed is not None:
+                self._gate = asyncio.Condition()
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
             self.port = self._server.sockets[0].getsockname()[1]
             self._ready.set()

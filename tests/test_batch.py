@@ -417,7 +417,7 @@ def test_a_second_process_is_refused_with_a_clear_message(tmp_path: Path, db_pat
         first.send_signal(signal.SIGKILL)
         first.communicate()
     assert second.returncode == 1
-    assert "in use by another process" in stderr and "Traceback" not in stderr
+    assert "another `papertag annotate` run" in stderr and "Traceback" not in stderr
     with Store(db_path) as s:
         assert s.scalar("SELECT count(*) FROM papers") == 10
 

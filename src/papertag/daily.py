@@ -14,7 +14,7 @@ from typing import Any
 
 from .annotate import AnnotateReport, annotate_papers
 from .annotators import DEFAULT_ANNOTATOR
-from .db import Store
+from .db import Store, using
 from .ingest.pull import DEFAULT_BASE_URL, PullReport, pull
 from .review import review_queue
 from .taxonomy import FIELDS
@@ -69,10 +69,13 @@ def run(
     left), with :func:`papertag.annotate_papers`'s ``annotate_options`` (``model``,
     ``limit``, ``max_cost``, callbacks...). ``pull_options`` go to the pull (callbacks,
     pace, the time it sees)."""
-    store = db if isinstance(db, Store) else Store(db)
-    try:
+    with using(db) as store:
         pulled = pull(store, since=since, until=until, base_url=base_url, **(pull_options or {}))
-        done = annotate_papers(store, annotator, **(annotate_options or {}))
+    # Given a path, the annotate run opens the file only to store its batches (others can
+    # read it meanwhile); an open Store stays the caller's.
+    target = db if isinstance(db, Store) else store.path
+    done = annotate_papers(target, annotator, **(annotate_options or {}))
+    with using(target) as store:
         labels = dict.fromkeys(FIELDS, 0) | {
             str(f): int(n)
             for f, n in store.con.execute(
@@ -88,9 +91,4 @@ def run(
             ).fetchall()
         }
         queue = review_queue(store)
-        return RunReport(
-            pulled, done, labels, sum(i.annotation_id in ours for i in queue), len(queue)
-        )
-    finally:
-        if not isinstance(db, Store):
-            store.close()
+    return RunReport(pulled, done, labels, sum(i.annotation_id in ours for i in queue), len(queue))

@@ -58,7 +58,13 @@ class StoreError(PapertagError):
 
 
 class DatabaseBusy(StoreError):
-    """Another process holds the database open for writing."""
+    """Another process has the database open in a way that excludes this one (DuckDB lets
+    one process write a file, or several read it), still after waiting for it a while."""
+
+
+class RunInProgress(DatabaseBusy):
+    """Another ``annotate`` run is going on with the same database: one at a time, so that
+    no paper is paid for twice."""
 
 
 class ConfigError(PapertagError):

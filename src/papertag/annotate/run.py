@@ -6,12 +6,19 @@ changed abstract, prompt or taxonomy gives a new annotation and leaves the old
 one queryable (``current = false`` in the ``labels`` view).
 
 LLM annotators run ``concurrency`` papers at once, each in a thread of a pool;
-results come back to the one thread that writes to DuckDB, which commits at least
-once a second. Every model response is also journaled the moment it arrives
-(:mod:`papertag.annotate.journal`), so after a ``kill -9`` the same command resumes: it
-stores what the journal holds and replays those answers instead of paying for
-them again. Ctrl-C stops starting papers, lets those in flight finish, commits
-and returns a report that says how to resume.
+results come back to the one thread that writes to DuckDB. Every model response is also
+journaled the moment it arrives (:mod:`papertag.annotate.journal`), so after a ``kill -9``
+the same command resumes: it stores what the journal holds and replays those answers
+instead of paying for them again. Ctrl-C stops starting papers, lets those in flight
+finish, commits and returns a report that says how to resume.
+
+A run given a database path (the command's way) opens the file only for the moment it
+stores a batch, every couple of seconds, so other processes can read the database (or
+write to it: ingest, review import) between batches; DuckDB lets one process have the
+file for writing, or several for reading, never both. A batch that finds the file in use
+waits in memory (its answers are in the journal) and is tried again at the next turn.
+One run at a time per database (:mod:`.lock`): a second is refused before it asks for
+anything. A run given an open :class:`Store` holds it, and commits every second.
 """
 
 from __future__ import annotations
@@ -38,14 +45,22 @@ from ..annotators import (
     resolve_annotator,
 )
 from ..annotators.llm.config import price_for
-from ..db import Store
-from ..errors import AnnotationError, ConfigError
+from ..db import Store, default_db_path, using
+from ..db.store import prepare_arrow
+from ..errors import AnnotationError, ConfigError, DatabaseBusy
 from ..schema import Annotation
 from .budget import Budget
 from .journal import Journal
+from .lock import RunLock
 from .pending import Pending, load_texts, paper_input, pending_papers
 from .recovery import paid_answers, recover_journal, save_template
-from .writer import FLUSH_EVERY, Writer
+from .writer import FLUSH_EVERY, TURN_EVERY, Writer
+
+#: Seconds a batch waits for a database in use during a run before it is left for the
+#: next turn (the run's thread does not stall), and at the end of a run before its
+#: results are left to the journal and the next run.
+TURN_WAIT = 0.25
+FINAL_WAIT = 60.0
 
 
 @dataclass
@@ -78,6 +93,10 @@ class AnnotateReport:
     stopped: str | None = None
     #: Papers left for a later run (not started, or cut off by the stop).
     left: int = 0
+    #: Papers whose result is not in the database yet, because another process had it open:
+    #: during a run, what waits for the next turn; at its end, what could not be stored (an
+    #: LLM's answers stay in the journal, for the next run to store without asking again).
+    unstored: int = 0
 
 
 @dataclass
@@ -144,11 +163,14 @@ def annotate_papers(
         raise ConfigError("--limit must be 0 or more")
     if max_cost is not None and max_cost < 0:
         raise ConfigError("--max-cost must be 0 or more")
-    store: Store | None = None
     ann: AnnotatorInfo | None = None
+    path = db.path if isinstance(db, Store) else Path(db) if db is not None else default_db_path()
+    lock = RunLock(path) if str(path) != ":memory:" else None
     try:
-        store = db if isinstance(db, Store) else Store(db)
-        ann = resolve_annotator(annotator, options, client=True, store=store)
+        if lock is not None:
+            lock.acquire()
+        with using(db) as store:
+            ann = resolve_annotator(annotator, options, client=True, store=store)
         if (
             max_cost is not None
             and price_for(ann.model) is None
@@ -158,7 +180,9 @@ def annotate_papers(
                 f"--max-cost needs the price of {ann.model!r}: set PAPERTAG_PRICES="
                 f"'{{\"{ann.model}\": [usd_per_1M_prompt_tokens, usd_per_1M_completion_tokens]}}'"
             )
-        return _Run(store, ann, max_cost, on_start, on_progress).run(
+        return _Run(
+            db if isinstance(db, Store) else path, ann, max_cost, on_start, on_progress
+        ).run(
             limit=limit,
             force=force,
             retry_failed=retry_failed,
@@ -168,8 +192,8 @@ def annotate_papers(
         # Close only what we built (an LLM client's connections); a caller's annotator is theirs.
         if isinstance(annotator, str) and ann is not None:
             getattr(ann, "close", lambda: None)()
-        if store is not None and not isinstance(db, Store):
-            store.close()
+        if lock is not None:
+            lock.release()
 
 
 class _Run:
@@ -177,13 +201,16 @@ class _Run:
 
     def __init__(
         self,
-        store: Store,
+        db: Store | Path,
         ann: AnnotatorInfo,
         max_cost: float | None,
         on_start: Callable[[int], None] | None,
         on_progress: Callable[[AnnotateReport], None] | None,
     ) -> None:
-        self.store, self.ann = store, ann
+        #: An open Store (the caller's, held throughout), or the path of a file opened for
+        #: each step that needs it.
+        self.db, self.ann = db, ann
+        path = db.path if isinstance(db, Store) else db
         self.on_start, self.on_progress = on_start, on_progress
         self.run_id = uuid.uuid4().hex[:12]
         self.report = AnnotateReport(
@@ -191,7 +218,7 @@ class _Run:
         )
         # Known for a priced model, even when no answer carried tokens (none came).
         self.report.cost_known = price_for(ann.model) is not None
-        self.writer = Writer(store, ann, self.run_id)
+        self.writer = Writer(ann, self.run_id, FLUSH_EVERY if isinstance(db, Store) else TURN_EVERY)
         self.budget = Budget(ann, max_cost)
         self.ctrl_c = _CtrlC()
         # An annotator that labels many papers at once runs in batches, reading each batch's
@@ -199,8 +226,8 @@ class _Run:
         self._batches = hasattr(ann, "annotate_many") and int(getattr(ann, "concurrency", 1)) <= 1
         # Only annotators that call a server keep a journal (rules results cost nothing to redo).
         self.journal: Journal | None = None
-        if hasattr(ann, "call_sink") and str(store.path) != ":memory:":
-            self.journal = Journal(store.path)
+        if hasattr(ann, "call_sink") and str(path) != ":memory:":
+            self.journal = Journal(path)
 
     def run(
         self,
@@ -210,12 +237,12 @@ class _Run:
         retry_failed: bool,
         paper_ids: list[str] | None,
     ) -> AnnotateReport:
-        report, ann, store = self.report, self.ann, self.store
+        report, ann = self.report, self.ann
         started = time.perf_counter()
         # A Ctrl-C while the run prepares is noticed once it is ready, before any paper
         # starts: raised in the middle of a query or an import, it can leave a library
         # half-loaded, or be swallowed by DuckDB's own imports.
-        with self.ctrl_c:
+        with self.ctrl_c, using(self.db) as store:
             if self.journal is not None:
                 report.recovered = recover_journal(store, self.journal)
             store.con.execute(
@@ -243,7 +270,7 @@ class _Run:
             transport = getattr(ann, "transport", None)
             workers = getattr(ann, "concurrency", None)
             if todo and workers is None:
-                store.prepare_arrow()
+                prepare_arrow()
             if transport is not None:
                 if not force and todo:
                     transport.replay = paid_answers(store, ann, [p.paper_id for p in todo])
@@ -264,14 +291,10 @@ class _Run:
                 self._inline(todo)
         finally:
             # Whatever happened (Ctrl-C, a fatal error), keep what was finished.
-            self._flush()
-            self._end_calls()
             report.seconds = time.perf_counter() - started
             report.left = report.total - report.done - report.failed
-            store.con.execute(
-                "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
-                [_now(), report.done, report.skipped, report.failed, self.run_id],
-            )
+            self._flush(final=True)
+            self._end_calls()
         return report
 
     def _end_calls(self) -> None:
@@ -308,7 +331,8 @@ class _Run:
         products): a batch at a time, each result settled and written as one paper's."""
         many = self.ann.annotate_many  # type: ignore[attr-defined]
         for start in range(0, len(todo), BATCH_PAPERS):
-            batch = load_texts(self.store, todo[start : start + BATCH_PAPERS])
+            with using(self.db) as store:
+                batch = load_texts(store, todo[start : start + BATCH_PAPERS])
             began = datetime.now(UTC).replace(tzinfo=None)
             t0 = time.perf_counter()
             try:
@@ -361,7 +385,7 @@ class _Run:
                         if running and not arrow_ready:
                             # While the first requests are out: nothing is due to be written
                             # before their answers come back.
-                            self.store.prepare_arrow()
+                            prepare_arrow()
                             arrow_ready = True
                         if not running:
                             return
@@ -450,8 +474,34 @@ class _Run:
         if self.on_progress:
             self.on_progress(report)
 
-    def _flush(self) -> None:
-        uids = self.writer.flush()
+    def _flush(self, *, final: bool = False) -> None:
+        """Store what is queued, with the run's counts (and, at the end, its finish time).
+
+        A file another process has open is waited for briefly; if it stays in use, the batch
+        waits for the next turn (at the end: for the next run, from the journal)."""
+        report, writer = self.report, self.writer
+        if not final and not len(writer):
+            writer.flushed_at = time.monotonic()
+            return
+        try:
+            with using(self.db, wait=FINAL_WAIT if final else TURN_WAIT) as store:
+                uids = writer.flush(store)
+                store.con.execute(
+                    "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? "
+                    "WHERE run_id = ?",
+                    [
+                        _now() if final else None,
+                        report.done,
+                        report.skipped,
+                        report.failed,
+                        self.run_id,
+                    ],
+                )
+        except DatabaseBusy:
+            writer.flushed_at = time.monotonic()
+            report.unstored = writer.results()
+            return
+        report.unstored = 0
         if uids and self.journal is not None:
             self.journal.committed(uids)
 

@@ -1,5 +1,6 @@
 """The one thread that writes a run's results to DuckDB: columnar batches, a transaction
-each, at least once a second.
+each, at least once a second into a database the caller holds open, every few seconds
+into a file the run opens only to store them (so other processes can read it between).
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from .pending import Pending
 
 #: Results per write transaction.
 WRITE_BATCH = 2_000
-#: Longest time results wait in memory before a commit.
+#: Longest time results wait in memory before a commit, into a database held open.
 FLUSH_EVERY = 1.0
+#: ... and into a file opened for each batch: each opening and closing (a checkpoint) costs
+#: a tenth of a second or more as the file grows, and answers are safe in the journal.
+TURN_EVERY = 2.0
 
 
 @functools.cache
@@ -80,8 +84,8 @@ def annotation_id(paper_id: str, content_hash: str, annotator: AnnotatorInfo) ->
 class Writer:
     """Buffers results and writes them in columnar batches, one transaction each."""
 
-    def __init__(self, store: Store, annotator: AnnotatorInfo, run_id: str) -> None:
-        self.store, self.annotator, self.run_id = store, annotator, run_id
+    def __init__(self, annotator: AnnotatorInfo, run_id: str, every: float = FLUSH_EVERY) -> None:
+        self.annotator, self.run_id, self.every = annotator, run_id, every
         self.options = options_json(annotator)
         self.ann_rows: list[dict[str, Any]] = []
         self.label_rows: list[dict[str, Any]] = []
@@ -91,7 +95,7 @@ class Writer:
 
     def due(self) -> bool:
         return len(self) >= WRITE_BATCH or (
-            len(self) > 0 and time.monotonic() - self.flushed_at >= FLUSH_EVERY
+            len(self) > 0 and time.monotonic() - self.flushed_at >= self.every
         )
 
     def calls(self, paper: Pending, annotation: str | None, records: Sequence[Any]) -> None:
@@ -170,12 +174,15 @@ class Writer:
     def __len__(self) -> int:
         return len(self.ann_rows) + len(self.fail_rows) + len(self.call_rows)
 
-    def flush(self) -> list[str]:
+    def results(self) -> int:
+        """Papers whose result (annotation or failure) waits to be written."""
+        return len(self.ann_rows) + len(self.fail_rows)
+
+    def flush(self, store: Store) -> list[str]:
         """Commit what is queued; returns the call_uids now in the database."""
         self.flushed_at = time.monotonic()
         if not len(self):
             return []
-        store = self.store
         with store.transaction() as con:
             if self.ann_rows:
                 anns = pa.Table.from_pylist(self.ann_rows)

@@ -186,8 +186,10 @@ def annotate(
 
         paper_ids = [guard(lambda q=q: find_paper(store, q)) for q in papers]  # type: ignore[misc]
         force = True  # chosen papers are annotated again: that is what naming them asks
+    # The run opens the file only while it stores a batch, so others can read it meanwhile.
+    store.close()
     if dry_run:
-        with store:
+        with open_store() as store:
             est = guard(
                 lambda: estimate_run(
                     store,
@@ -217,7 +219,7 @@ def annotate(
             f"{budget}"
         )
         return
-    with store, progress_bar(f"annotate ({annotator.value})", None) as (progress, task):
+    with progress_bar(f"annotate ({annotator.value})", None) as (progress, task):
 
         def start(total: int) -> None:
             progress.update(task, total=total)
@@ -230,11 +232,13 @@ def annotate(
                     parts.append(f"${r.cost_usd:,.4f}")
             if r.failed:
                 parts.append(f"[red]failed {r.failed}[/]")
+            if r.unstored:
+                parts.append(f"[yellow]{r.unstored} wait for the database (in use)[/]")
             progress.update(task, completed=r.done + r.failed, extra=" · ".join(parts))
 
         report = guard(
             lambda: run_annotate(
-                store,
+                store.path,
                 annotator.value,
                 limit=limit,
                 force=force,
@@ -275,6 +279,17 @@ def annotate(
             usage += f", {report.recovered} journaled calls recovered into llm_calls"
         out.print(f"[dim]{usage}[/]")
     _print_failures(report)
+    if report.unstored:
+        kept = (
+            "their answers are kept in the journal beside it, and the next `papertag annotate` "
+            "stores them without asking again"
+            if report.annotator == "llm"
+            else "run the same command again to redo them (nothing was paid for)"
+        )
+        err.print(
+            f"[yellow]{report.unstored} results not stored[/]: {escape(str(store.path))} was in use "
+            f"by another process until the end of the run; {kept}."
+        )
     if report.stopped == "interrupted":
         err.print(
             f"[yellow]interrupted[/]: {report.left} papers left. Run the same command again to "
@@ -290,8 +305,8 @@ def annotate(
             "you want for the rest (nothing stored is asked again). `papertag calls` shows the "
             "spend so far."
         )
-        raise typer.Exit(0)
-    if report.failed:
+        raise typer.Exit(1 if report.unstored else 0)
+    if report.failed or report.unstored:
         raise typer.Exit(1)
 
 
@@ -410,7 +425,9 @@ def run(
     )
     first, last = day_range(None, since, until)
     store = open_store(create=True)
-    with store, pulling(verbose=False, quiet=quiet) as (start, settled, progress, task):
+    # Each step opens the file for itself: others can read it while the run annotates.
+    store.close()
+    with pulling(verbose=False, quiet=quiet) as (start, settled, progress, task):
 
         def annotating(total: int) -> None:
             progress.reset(task, total=total, description=f"annotate ({annotator.value})")
@@ -420,7 +437,7 @@ def run(
 
         report = guard(
             lambda: run_daily(
-                store,
+                store.path,
                 since=first,
                 until=last,
                 base_url=api_url or DEFAULT_BASE_URL,

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,13 +22,27 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typer.core import TyperGroup
 
 from .. import __version__
 from ..db.store import DB_ENV, DEFAULT_DB, Store, default_db_path
 from ..errors import PapertagError
 
+
+class _Commands(TyperGroup):
+    """The commands, with a Ctrl-C anywhere in one of them as exit 130 and one line (typer
+    alone exits 130 without a word)."""
+
+    def invoke(self, ctx: Any) -> Any:  # click's Context: typer's own is narrower
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+
 app = typer.Typer(
     name="papertag",
+    cls=_Commands,
     help="Turn research-paper digests into a queryable, human-checked label database.\n\n"
     "Typical use: `papertag ingest digests/*.txt`, then `papertag annotate`, then "
     '`papertag sql "SELECT * FROM labels LIMIT 5"`.',

@@ -158,7 +158,7 @@ def review_export(
     and `new_label` for change and add; add a row (paper_id, field, decision add, new_label)
     for a missing label. Then `papertag review import FILE`.
     """
-    store = open_store()
+    store = open_store(read_only=True)
     with store:
         n = guard(
             lambda: export_sheet(

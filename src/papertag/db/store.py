@@ -1,22 +1,39 @@
 """The DuckDB file: opening it (a busy or missing file in one line), migrating it, and
 writing to it in bulk.
+
+DuckDB lets one process write a file, or several processes read it, never both at once;
+a second process that opens it meanwhile is refused at once. An annotate run opens the
+file only for the moment it stores a batch (:mod:`papertag.annotate.run`), so a command
+that finds it in use waits and tries again, for up to :data:`BUSY_WAIT` seconds, before it
+says the database is in use.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from ..errors import DatabaseBusy, StoreError
+from ..errors import ConfigError, DatabaseBusy, StoreError
 from .migrations import MIGRATIONS
 
 DEFAULT_DB = "papertag.duckdb"
 DB_ENV = "PAPERTAG_DB"
+
+#: Seconds a command waits for a database another process has open before it gives up:
+#: long enough for an annotate run to store a batch (a fraction of a second) or a short
+#: command to end; ``$PAPERTAG_BUSY_WAIT`` sets another.
+BUSY_WAIT = 10.0
+BUSY_ENV = "PAPERTAG_BUSY_WAIT"
+#: The first pause between two tries, doubled after each up to the longest.
+FIRST_PAUSE = 0.02
+LONGEST_PAUSE = 0.5
 
 
 def default_db_path() -> Path:
@@ -24,14 +41,39 @@ def default_db_path() -> Path:
     return Path(os.environ.get(DB_ENV) or DEFAULT_DB)
 
 
-def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
+def busy_wait() -> float:
+    """How long to wait for a database in use: ``$PAPERTAG_BUSY_WAIT`` or :data:`BUSY_WAIT`."""
+    raw = os.environ.get(BUSY_ENV, "").strip()
+    if not raw:
+        return BUSY_WAIT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"${BUSY_ENV} must be a number of seconds (0 or more), not {raw!r}")
+    return value
+
+
+def _busy(first: str) -> bool:
+    low = first.lower()
+    # Another process holds the file's lock; or this process has it open in the other mode
+    # (read-only beside read-write), which DuckDB refuses as a "different configuration".
+    return "lock" in low or "different configuration" in low
+
+
+def _translate_open_error(path: Path, exc: duckdb.Error, waited: float) -> StoreError:
     msg = str(exc)
     first = msg.splitlines()[0] if msg else type(exc).__name__
     # The first line: an internal error's stack trace below it names C++ locks.
-    if "lock" in first.lower():
+    if _busy(first):
+        pid = re.search(r"\(PID (\d+)\)", first)
+        who = f" (pid {pid.group(1)})" if pid else ""
+        tried = f", still after {waited:g} s" if waited else ""
         return DatabaseBusy(
-            f"{path}: the database is in use by another process (another papertag run or a DuckDB "
-            "session); wait for it to finish or close it, then try again"
+            f"{path}: the database is in use by another process{who}{tried}: a DuckDB session, "
+            "or a papertag command that writes to it; close it or wait for it to finish, then "
+            f"try again (${BUSY_ENV} sets how long to wait)"
         )
     return StoreError(f"{path}: cannot open database: {first}")
 
@@ -50,27 +92,59 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     )
 
 
-class Store:
-    """An open papertag database. Use as a context manager or call :meth:`close`."""
+def _open(
+    path: Path,
+    read_only: bool,
+    wait: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> duckdb.DuckDBPyConnection:
+    """Connect, trying again while another process has the file, for up to ``wait`` s."""
+    start = clock()
+    pause = FIRST_PAUSE
+    while True:
+        try:
+            return _connect(path, read_only)
+        except duckdb.Error as exc:
+            waited = clock() - start
+            error = _translate_open_error(path, exc, waited)
+            if not isinstance(error, DatabaseBusy) or waited >= wait:
+                raise error from None
+        sleep(min(pause, wait - waited))
+        pause = min(pause * 2, LONGEST_PAUSE)
 
-    def __init__(self, path: str | Path | None = None, *, read_only: bool = False) -> None:
+
+class Store:
+    """An open papertag database. Use as a context manager or call :meth:`close`.
+
+    A file another process has open is tried again for up to ``wait`` seconds (default
+    :func:`busy_wait`), pausing by ``sleep`` and timing by ``clock`` (tests pass fakes).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        read_only: bool = False,
+        wait: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = Path(path) if path is not None else default_db_path()
         if read_only and not self.path.exists():
             raise StoreError(f"{self.path}: no such database; run `papertag ingest` first")
         if not read_only and self.path.parent and not self.path.parent.exists():
             raise StoreError(f"{self.path}: directory {self.path.parent} does not exist")
-        try:
-            self.con = _connect(self.path, read_only)
-        except duckdb.Error as exc:
-            raise _translate_open_error(self.path, exc) from None
+        wait = busy_wait() if wait is None else wait
+        self.con = _open(self.path, read_only, wait, sleep, clock)
         self.read_only = read_only
         if not read_only:
             self.migrate()
         elif self._pending_migrations():
             # A file written by an older papertag: upgrade it once, then reopen read-only.
             self.con.close()
-            Store(self.path).close()
-            self.con = _connect(self.path, True)
+            Store(self.path, wait=wait, sleep=sleep, clock=clock).close()
+            self.con = _open(self.path, True, wait, sleep, clock)
 
     def _pending_migrations(self) -> list[str]:
         try:
@@ -130,14 +204,6 @@ class Store:
         rows = self.con.execute(sql, params or []).fetchall()
         return rows[0][0] if rows else None
 
-    def prepare_arrow(self) -> None:
-        """Pay now for what DuckDB imports on its first Arrow scan (pyarrow.dataset, pandas
-        if installed: a third of a second), which in the middle of a run stalls the writer."""
-        import pyarrow as pa
-
-        _papertag_batch = pa.table({"x": pa.array([], pa.int8())})
-        self.con.execute("SELECT count(*) FROM _papertag_batch").fetchall()
-
     def insert_arrow(self, table: str, data: Any) -> None:
         """Bulk-insert a pyarrow Table (columnar path, never row by row)."""
         cols = ", ".join(data.column_names)
@@ -146,3 +212,28 @@ class Store:
         # file written in many batches grew without bound.
         _papertag_batch = data
         self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _papertag_batch")
+
+
+@contextmanager
+def using(db: Store | str | Path | None, *, wait: float | None = None) -> Iterator[Store]:
+    """``db`` itself if it is an open :class:`Store` (left open), else that file opened
+    read-write for the block and closed after it."""
+    if isinstance(db, Store):
+        yield db
+        return
+    store = Store(db, wait=wait)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def prepare_arrow() -> None:
+    """Pay now for what DuckDB imports on its first Arrow scan (pyarrow.dataset, pandas if
+    installed: a third of a second), which in the middle of a run stalls the writer. The
+    imports are the process's: a scan in memory pays for every connection."""
+    import pyarrow as pa
+
+    _papertag_batch = pa.table({"x": pa.array([], pa.int8())})
+    with duckdb.connect() as con:
+        con.execute("SELECT count(*) FROM _papertag_batch").fetchall()

@@ -30,7 +30,7 @@ import openai
 import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
-from ...errors import AnnotationError, PapertagError, ProviderError, ValidationFailed
+from ...errors import AnnotationError, ConfigError, PapertagError, ProviderError, ValidationFailed
 from ...schema import Annotation, ValidationContext, format_validation_error, paper_text
 from ..base import PaperInput
 from .client import DEFAULT_BASE_URL, CallTransport, http_transport
@@ -79,7 +79,13 @@ class LLMAnnotator(LLMConfig):
         throttle and retries wait by (tests hand in a fake pair), headers to send with
         every request (a gateway's, say), and the API key instead of ``$api_key_env``'s: a
         string, or a function the client asks before each request (a key that expires)."""
-        super().__init__(api_key=api_key, **settings)
+        super().__init__(**settings)
+        # Checked here, not in the settings: a dry run or a score sends nothing, so needs no key.
+        if api_key is None and not os.environ.get(self.api_key_env) and not self.base_url:
+            raise ConfigError(
+                f"no API key: set {self.api_key_env} (or --api-key-env NAME), or point --base-url "
+                "at a local server"
+            )
         base_url = self.base_url or DEFAULT_BASE_URL
         self.throttle = Throttle(
             self.concurrency, rpm=self.rpm, tpm=self.tpm, clock=clock, sleep=sleep
@@ -306,13 +312,32 @@ class LLMAnnotator(LLMConfig):
                 # Nothing was ever reached: a wrong --base-url or a server that is down.
                 # Every other paper would wait out the same retries (a quarter of an hour
                 # for 600 papers), so the run stops here.
-                return ProviderError(f"{message}; check --base-url and that the server is running")
+                return ProviderError(f"{message}; {self._unreachable()}")
             return self._call_failure(message, paper, retryable=True)
         return AnnotationError(
             f"{type(exc).__name__}: {exc}",
             paper_id=paper.paper_id,
             attempts=len(self._calls),
             retryable=True,
+        )
+
+    def _unreachable(self) -> str:
+        """What was tried, where its address came from, and what to do."""
+        if self.base_url_from is None:
+            return (
+                "cannot reach api.openai.com (the default, as neither --base-url nor "
+                "$OPENAI_BASE_URL is set): check the network connection and any proxy "
+                "($HTTPS_PROXY), or give --base-url for a server you can reach, e.g. a local "
+                "one: --base-url http://127.0.0.1:8080/v1"
+            )
+        also = (
+            ", or unset OPENAI_BASE_URL to use OpenAI"
+            if self.base_url_from == "$OPENAI_BASE_URL"
+            else ""
+        )
+        return (
+            f"cannot reach {self.base_url} (from {self.base_url_from}): check the URL and that "
+            f"the server is running{also}"
         )
 
     def _stopped(self, paper: PaperInput) -> AnnotationError:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import string
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -185,7 +184,6 @@ class LLMConfig:
         model: str | None = None,
         base_url: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
-        api_key: str | Callable[[], str] | None = None,
         mode: str | None = None,
         max_reasks: int = 2,
         max_tokens: int = 1024,
@@ -208,6 +206,10 @@ class LLMConfig:
         self.output_schema = constrained_schema(self.taxonomy)
         self._schema_chars = len(json.dumps(self.output_schema))
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        #: Where the endpoint came from, for messages that name it.
+        self.base_url_from = (
+            "--base-url" if base_url else "$OPENAI_BASE_URL" if self.base_url else None
+        )
         if self.base_url is not None:
             url = urlparse(self.base_url)
             if url.scheme not in ("http", "https") or not url.netloc:
@@ -219,10 +221,6 @@ class LLMConfig:
         if self.mode not in MODE_NAMES:
             raise ConfigError(
                 f"unknown --mode {self.mode!r}; choose one of: {', '.join(MODE_NAMES)}"
-            )
-        if api_key is None and not os.environ.get(api_key_env) and not self.base_url:
-            raise ConfigError(
-                f"no API key: set {api_key_env} (or --api-key-env NAME), or point --base-url at a local server"
             )
         self._system = self.prompt.system_text(self.taxonomy) + _schema_in_prompt(
             self.mode, self.output_schema
