@@ -219,6 +219,9 @@ class _Run:
         # Known for a priced model, even when no answer carried tokens (none came).
         self.report.cost_known = price_for(ann.model) is not None
         self.writer = Writer(ann, self.run_id, FLUSH_EVERY if isinstance(db, Store) else TURN_EVERY)
+        #: The thread that stores batches into a file, and the batch it is storing.
+        self._storer = ThreadPoolExecutor(1, thread_name_prefix="papertag-store")
+        self._storing: Future[Writer | None] | None = None
         self.budget = Budget(ann, max_cost)
         self.ctrl_c = _CtrlC()
         # An annotator that labels many papers at once runs in batches, reading each batch's
@@ -293,7 +296,10 @@ class _Run:
             # Whatever happened (Ctrl-C, a fatal error), keep what was finished.
             report.seconds = time.perf_counter() - started
             report.left = report.total - report.done - report.failed
-            self._flush(final=True)
+            try:
+                self._flush(final=True)
+            finally:
+                self._storer.shutdown()
             self._end_calls()
         return report
 
@@ -477,33 +483,52 @@ class _Run:
     def _flush(self, *, final: bool = False) -> None:
         """Store what is queued, with the run's counts (and, at the end, its finish time).
 
-        A file another process has open is waited for briefly; if it stays in use, the batch
-        waits for the next turn (at the end: for the next run, from the journal)."""
-        report, writer = self.report, self.writer
-        if not final and not len(writer):
+        Into a caller's open Store, at once. Into a file, from a thread of its own, so this
+        thread goes on settling answers and starting papers while the file is opened,
+        written and closed (a checkpoint); one batch at a time. A file another process has
+        open is waited for briefly; if it stays in use, the batch goes back to wait for the
+        next turn (at the end: for the next run, from the journal)."""
+        writer = self.writer
+        if isinstance(self.db, Store):
+            self._store(writer, final)
+            return
+        if self._storing is not None:
+            if not final and not self._storing.done():
+                return  # the last batch is still being stored: this one waits its turn
+            self._collect(self._storing.result())
+            self._storing = None
+        if final:
+            self._collect(self._store(writer.take(), final=True))
+            return
+        if not len(writer):
             writer.flushed_at = time.monotonic()
             return
+        self._storing = self._storer.submit(self._store, writer.take(), False)
+
+    def _collect(self, unstored: Writer | None) -> None:
+        if unstored is not None:
+            self.writer.put_back(unstored)
+        self.report.unstored = self.writer.results()
+
+    def _store(self, batch: Writer, final: bool) -> Writer | None:
+        """Write ``batch`` and the run's counts; returns the batch if the file was in use."""
+        report = self.report
+        counts = [report.done, report.skipped, report.failed]
         try:
             with using(self.db, wait=FINAL_WAIT if final else TURN_WAIT) as store:
-                uids = writer.flush(store)
+                uids = batch.flush(store)
                 store.con.execute(
                     "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? "
                     "WHERE run_id = ?",
-                    [
-                        _now() if final else None,
-                        report.done,
-                        report.skipped,
-                        report.failed,
-                        self.run_id,
-                    ],
+                    [_now() if final else None, *counts, self.run_id],
                 )
         except DatabaseBusy:
-            writer.flushed_at = time.monotonic()
-            report.unstored = writer.results()
-            return
-        report.unstored = 0
+            if isinstance(self.db, Store):
+                raise
+            return batch
         if uids and self.journal is not None:
             self.journal.committed(uids)
+        return None
 
 
 class _CtrlC:

@@ -178,6 +178,23 @@ class Writer:
         """Papers whose result (annotation or failure) waits to be written."""
         return len(self.ann_rows) + len(self.fail_rows)
 
+    def take(self) -> Writer:
+        """What is queued, as a writer of its own (for another thread to store); this one
+        starts empty."""
+        batch = Writer(self.annotator, self.run_id, self.every)
+        batch.ann_rows, batch.label_rows = self.ann_rows, self.label_rows
+        batch.fail_rows, batch.call_rows = self.fail_rows, self.call_rows
+        self.ann_rows, self.label_rows, self.fail_rows, self.call_rows = [], [], [], []
+        self.flushed_at = time.monotonic()
+        return batch
+
+    def put_back(self, batch: Writer) -> None:
+        """A batch that could not be stored goes back ahead of what came since."""
+        self.ann_rows = batch.ann_rows + self.ann_rows
+        self.label_rows = batch.label_rows + self.label_rows
+        self.fail_rows = batch.fail_rows + self.fail_rows
+        self.call_rows = batch.call_rows + self.call_rows
+
     def flush(self, store: Store) -> list[str]:
         """Commit what is queued; returns the call_uids now in the database."""
         self.flushed_at = time.monotonic()
