@@ -20,7 +20,8 @@ from typing import NoReturn
 
 def main() -> None:
     pressed: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
+    # None: a handler set outside Python, which cannot be put back; Python's default then.
+    previous = signal.getsignal(signal.SIGINT) or signal.default_int_handler
     # An ignored SIGINT (a background job of a non-interactive shell, nohup) stays ignored.
     holding = previous is not signal.SIG_IGN
     if holding:

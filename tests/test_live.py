@@ -26,7 +26,7 @@ import pytest
 
 from papertag.annotate import AnnotateReport, annotate_papers
 from papertag.db import Store
-from papertag.errors import DatabaseBusy
+from papertag.errors import DatabaseBusy, StoreError
 from papertag.ingest import ingest_digests
 
 from .conftest import FakeTime
@@ -418,3 +418,8 @@ def test_the_command_says_the_database_is_in_use_after_waiting(
         done = _cli(db_path, "stats")
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "in use by another process" in done.stderr
+
+
+def test_a_run_in_a_missing_directory_is_one_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        annotate_papers(tmp_path / "nowhere" / "papers.duckdb", "rules")

@@ -28,6 +28,9 @@ DRIVER = textwrap.dedent(
     import signal, sys
     from importlib.metadata import entry_points
 
+    # As a command started from a terminal: Ctrl-C not ignored (a background job of a
+    # non-interactive shell inherits it ignored, and papertag leaves it so).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     event, name = sys.argv[1], sys.argv[2]
     fired = False
 

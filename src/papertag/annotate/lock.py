@@ -15,7 +15,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import RunInProgress
+from ..errors import RunInProgress, StoreError
 
 
 class RunLock:
@@ -26,8 +26,16 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`RunInProgress` naming the run that holds it."""
+        if not self.path.parent.is_dir():
+            raise StoreError(f"{self.db_path}: directory {self.path.parent} does not exist")
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreError(
+                    f"{self.db_path}: cannot create {self.path.name} beside it (the lock of "
+                    f"an annotate run): {exc.strerror}"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
