@@ -475,6 +475,54 @@ def m014_pulled_days(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m015_llm_batches(con: duckdb.DuckDBPyConnection) -> None:
+    # Batches sent to a server's Batch API (`annotate --batch`). Each step's id is written
+    # before the next step starts (file uploaded, batch created), so a run killed at any
+    # point knows on its next start what the server already has, and never sends a paper
+    # again while a batch holding it is open. A batch is closed (collected_at) in the same
+    # transaction that stores its answers as llm_call_rows.
+    con.execute(
+        """
+        CREATE TABLE llm_batches (
+            batch_uid VARCHAR PRIMARY KEY,     -- ours: in the file's name and the batch's metadata
+            annotator VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            host VARCHAR NOT NULL,
+            prompt_version VARCHAR NOT NULL,
+            taxonomy_version VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            requests INTEGER NOT NULL,
+            papers INTEGER NOT NULL,
+            -- prepared, uploaded, then the server's: validating, in_progress, finalizing,
+            -- cancelling, completed, expired, failed, cancelled
+            status VARCHAR NOT NULL,
+            input_file_id VARCHAR,
+            batch_id VARCHAR,
+            output_file_id VARCHAR,
+            error_file_id VARCHAR,
+            completed INTEGER,
+            failed INTEGER,
+            error VARCHAR,
+            run_id VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL,
+            collected_at TIMESTAMP
+        );
+        -- The papers of each request line (one, or several in a call of --papers-per-call).
+        CREATE TABLE llm_batch_requests (
+            batch_uid VARCHAR NOT NULL,
+            custom_id VARCHAR NOT NULL,
+            paper_id VARCHAR NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            request_hash VARCHAR NOT NULL,
+            -- the llm_call_rows row its answer was stored as, once collected
+            call_uid VARCHAR
+        );
+        """
+    )
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     first = msg.splitlines()[0] if msg else type(exc).__name__
