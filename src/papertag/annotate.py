@@ -83,6 +83,8 @@ class AnnotateReport:
     stopped: str | None = None
     #: Papers left for a later run (not started, or cut off by the stop).
     left: int = 0
+    #: What the Batch API side did (``--batch``, or batches of an earlier run collected).
+    batch: Any = None
 
 
 @dataclass
@@ -218,6 +220,14 @@ def pending_papers(
                 f"NOT EXISTS (SELECT 1 FROM annotation_failures WHERE {key} AND NOT retryable)"
             )
             filter_params += key_params
+    # A paper in a batch still open at the server is not sent again (its answer is paid for).
+    filters.append(
+        "NOT EXISTS (SELECT 1 FROM llm_batch_requests r JOIN llm_batches b USING (batch_uid) "
+        "WHERE r.paper_id = p.paper_id AND r.content_hash = p.content_hash "
+        "AND b.collected_at IS NULL AND b.annotator = ? AND b.model = ? "
+        "AND b.prompt_version = ? AND b.taxonomy_version = ?)"
+    )
+    filter_params += key_params
     text_cols = "p.title, p.abstract" if texts else "'', ''"
     sql = (
         f"SELECT p.paper_id, {text_cols}, p.content_hash FROM ({eligible_sql}) p "
@@ -591,6 +601,11 @@ def annotate(
     max_cost: float | None = None,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[AnnotateReport], None] | None = None,
+    batch: bool = False,
+    wait: bool = False,
+    poll_every: float | None = None,
+    on_batches: Callable[[list[Any]], None] | None = None,
+    batch_hook: Callable[[str], None] | None = None,
     **options: Any,
 ) -> AnnotateReport:
     """Annotate every paper lacking an annotation for the annotator's current key.
@@ -600,6 +615,13 @@ def annotate(
     ``max_cost`` (USD) stops starting papers before the estimated spend would pass
     it. ``on_start(total)`` and ``on_progress(report)`` let a caller draw progress.
     Ctrl-C returns early with ``report.stopped == "interrupted"``; run again to resume.
+
+    ``batch`` (``llm`` only) sends the papers through the server's Batch API instead, and
+    returns once the batch is created unless ``wait``; any run of the same annotator
+    first collects its batches that have ended (:mod:`papertag.llm_batch`). ``wait``
+    polls every ``poll_every`` seconds (by the annotator's ``sleep``), calling
+    ``on_batches`` with the open batches after each poll; ``batch_hook(step)`` is called
+    before each step of sending and collecting (see ``llm_batch.STEPS``).
     """
     if limit is not None and limit < 0:
         raise ConfigError("--limit must be 0 or more")
@@ -619,12 +641,41 @@ def annotate(
                 f"--max-cost needs the price of {ann.model!r}: set PAPERTAG_PRICES="
                 f"'{{\"{ann.model}\": [usd_per_1M_prompt_tokens, usd_per_1M_completion_tokens]}}'"
             )
-        return _Run(store, ann, max_cost, on_start, on_progress).run(
-            limit=limit,
-            force=force,
-            retry_failed=retry_failed,
-            paper_ids=list(paper_ids) if paper_ids is not None else None,
-        )
+        ids = list(paper_ids) if paper_ids is not None else None
+
+        def run(only: list[str] | None = None) -> AnnotateReport:
+            assert store is not None and ann is not None
+            chosen = ids if only is None else [p for p in only if ids is None or p in set(ids)]
+            return _Run(store, ann, max_cost, on_start, on_progress).run(
+                limit=limit, force=force, retry_failed=retry_failed, paper_ids=chosen
+            )
+
+        if (batch or wait) and getattr(ann, "name", None) != "llm":
+            raise ConfigError("--batch and --wait need --annotator llm (or cascade)")
+        if getattr(ann, "name", None) == "llm" and hasattr(ann, "client"):
+            from . import llm_batch
+
+            if batch or wait or llm_batch.has_open(store, ann):
+                report: AnnotateReport = llm_batch.annotate_with_batches(
+                    store,
+                    cast(Any, ann),
+                    run,
+                    submit=batch,
+                    wait=wait,
+                    pending=lambda: pending_papers(
+                        store,
+                        ann,
+                        force=force,
+                        retry_failed=retry_failed,
+                        limit=limit,
+                        paper_ids=ids,
+                    )[0],
+                    hook=batch_hook,
+                    poll_every=poll_every,
+                    on_batches=on_batches,
+                )
+                return report
+        return run()
     finally:
         # Close only what we built (an LLM client's connections); a caller's annotator is theirs.
         if isinstance(annotator, str) and ann is not None:

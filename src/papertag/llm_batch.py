@@ -1,0 +1,618 @@
+"""``annotate --annotator llm --batch``: OpenAI's Batch API (or any server with ``/v1/files``
+and ``/v1/batches``), at half the price of live calls.
+
+A batch is the live run's first requests, byte for byte, one line per request with a
+``custom_id``. Every step is written to the database before the next one starts: the
+batch and its papers (``prepared``), the uploaded file's id (``uploaded``), the batch's
+id (the server's status from then on). A run killed anywhere therefore finds on its
+next start what the server already has: a file whose batch may or may not have been
+created is looked up among the server's batches before one is created, so a batch is
+never created twice; a paper in an open batch is never sent again.
+
+Collecting a finished batch stores each answer as a paid ``llm_calls`` row (at the
+batch price) in the same transaction that closes the batch. The live engine then runs
+over those papers and replays the stored answers instead of sending their requests
+(the same mechanism that resumes a killed live run), so every answer goes through the
+live path: parse, validate, re-ask with the validation error (live), store. Lines in
+the error file, and papers of an expired, failed or cancelled batch that got no
+answer, are sent again: in a follow-up batch with ``--batch``, live otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+import openai
+import pyarrow as pa
+
+from .annotators import PaperInput
+from .annotators.llm import CallTransport, LLMAnnotator, _summarise_response
+from .annotators.llm_config import estimate_cost
+from .errors import ConfigError, ProviderError
+from .journal import CallRecord, call_row
+from .store import Store
+
+#: The Batch API's price, as a share of the live price.
+BATCH_DISCOUNT = 0.5
+#: OpenAI's limits of one batch: 50,000 requests, an input file of 200 MB.
+MAX_REQUESTS = 50_000
+MAX_FILE_BYTES = 190 * 1024 * 1024
+#: The server's statuses of a batch that will change no more.
+TERMINAL = ("completed", "expired", "failed", "cancelled")
+#: A paper that came back without an answer from this many batches is asked live.
+MAX_BATCH_TRIES = 2
+#: Seconds between two polls of a batch with ``--wait``.
+POLL_EVERY = 30.0
+
+#: The steps of sending and collecting a batch, in order, as the hook is told them.
+STEPS = ("upload", "uploaded", "create", "created", "collect", "collected")
+
+
+class BatchError(ProviderError):
+    """The Batch API refused a step (the batch's state is kept for the next run)."""
+
+
+@dataclass
+class BatchInfo:
+    """One batch as ``papertag batches`` lists it."""
+
+    batch_uid: str
+    batch_id: str | None
+    status: str
+    model: str
+    requests: int
+    papers: int
+    completed: int | None
+    failed: int | None
+    created_at: datetime
+    collected_at: datetime | None
+    error: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.collected_at is None
+
+
+@dataclass
+class BatchReport:
+    """What the Batch API side of one run did."""
+
+    submitted: list[BatchInfo] = field(default_factory=list)
+    collected: list[BatchInfo] = field(default_factory=list)
+    #: Batches still at the server (not yet finished or not yet collected).
+    waiting: list[BatchInfo] = field(default_factory=list)
+    #: Answers stored from collected batches, their tokens and cost (at the batch price).
+    answers: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    #: Requests a collected batch gave no answer for (error lines, expired, cancelled).
+    unanswered: int = 0
+
+
+_COLUMNS = (
+    "batch_uid, batch_id, status, model, requests, papers, completed, failed, "
+    "created_at, collected_at, error"
+)
+
+
+def _info(row: Sequence[Any]) -> BatchInfo:
+    return BatchInfo(*row)
+
+
+def list_batches(store: Store, *, open_only: bool = False) -> list[BatchInfo]:
+    """Every batch this database sent, newest first."""
+    where = "WHERE collected_at IS NULL" if open_only else ""
+    rows = store.con.execute(
+        f"SELECT {_COLUMNS} FROM llm_batches {where} ORDER BY created_at DESC, batch_uid"
+    ).fetchall()
+    return [_info(r) for r in rows]
+
+
+def find_batch(store: Store, ident: str) -> BatchInfo:
+    """The batch with this id (ours or the server's); a ConfigError naming it if none."""
+    row = store.con.execute(
+        f"SELECT {_COLUMNS} FROM llm_batches WHERE batch_uid = ? OR batch_id = ?",
+        [ident, ident],
+    ).fetchone()
+    if row is None:
+        raise ConfigError(f"no batch {ident!r} in this database (see `papertag batches`)")
+    return _info(row)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class _Shared(httpx2.BaseTransport):
+    """The annotator's connections, borrowed: closing this leaves them to their owner."""
+
+    def __init__(self, inner: httpx2.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        pass
+
+
+class _Capture(httpx2.BaseTransport):
+    """Keeps the body of each request the client builds, and sends nothing."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.bodies.append(request.read())
+        return httpx2.Response(418, json={"error": {"message": "not sent"}}, request=request)
+
+
+def request_bodies(ann: LLMAnnotator, papers: Sequence[PaperInput]) -> list[bytes]:
+    """The body of each paper's first live request, as the client sends it."""
+    capture = _Capture()
+    dry = ann.client.with_options(http_client=httpx2.Client(transport=capture), max_retries=0)
+    try:
+        for paper in papers:
+            with contextlib.suppress(openai.APIStatusError):
+                dry.chat.completions.create(**ann._request(ann._messages(paper)))
+    finally:
+        dry.close()
+    return capture.bodies
+
+
+class Batches:
+    """The Batch API side of a run of one LLM annotator (its key: model, prompt, taxonomy).
+
+    ``hook(step)`` is called before each step of :data:`STEPS` (tests end the process
+    there, as a kill -9 would); ``sleep`` waits between polls.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        ann: LLMAnnotator,
+        run_id: str,
+        *,
+        hook: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store, self.ann, self.run_id = store, ann, run_id
+        self.hook = hook or (lambda step: None)
+        self.report = BatchReport()
+        transport = ann.transport
+        # Polls and downloads are retried as any request is; a create is not (a retry
+        # after an answer lost on the way could create a second batch): a create that
+        # fails leaves the file uploaded, and the next attempt first looks for its batch.
+        self.client = self._client(
+            CallTransport(
+                _Shared(transport.inner),
+                max_attempts=5,
+                backoff=transport.backoff,
+                sleep=transport.sleep,
+            )
+        )
+        self.once = self._client(CallTransport(_Shared(transport.inner), max_attempts=1))
+        # What OpenAI's batch lines name (servers that take the format, vLLM's batch
+        # runner among them, use the same), wherever the client's base URL points.
+        self.endpoint = "/v1/chat/completions"
+
+    def _client(self, transport: CallTransport) -> openai.OpenAI:
+        return self.ann.client.with_options(http_client=httpx2.Client(transport=transport))
+
+    def close(self) -> None:
+        self.client.close()
+        self.once.close()
+
+    # -- the key ------------------------------------------------------------------------------
+    @property
+    def _key(self) -> list[Any]:
+        a = self.ann
+        return [a.name, a.model, a.host, a.prompt_version, a.taxonomy.version]
+
+    _KEY_SQL = (
+        "annotator = ? AND model = ? AND host = ? AND prompt_version = ? AND taxonomy_version = ?"
+    )
+
+    def _open_rows(self) -> list[tuple[Any, ...]]:
+        return self.store.con.execute(
+            "SELECT batch_uid, status, input_file_id, batch_id FROM llm_batches "
+            f"WHERE collected_at IS NULL AND {self._KEY_SQL} ORDER BY created_at, batch_uid",
+            self._key,
+        ).fetchall()
+
+    def _set(self, uid: str, **values: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in values)
+        self.store.con.execute(
+            f"UPDATE llm_batches SET {cols}, updated_at = ? WHERE batch_uid = ?",
+            [*values.values(), _now(), uid],
+        )
+
+    # -- sending --------------------------------------------------------------------------------
+    def submit(
+        self, papers: Sequence[PaperInput], content_hashes: Sequence[str]
+    ) -> list[BatchInfo]:
+        """Send these papers in as many batches as the server's limits need."""
+        sent: list[BatchInfo] = []
+        bodies = request_bodies(self.ann, papers)
+        start = 0
+        while start < len(papers):
+            end, size = start, 0
+            while end < len(papers) and end - start < MAX_REQUESTS:
+                size += len(bodies[end]) + 100
+                if size > MAX_FILE_BYTES and end > start:
+                    break
+                end += 1
+            sent.append(
+                self._submit_one(papers[start:end], content_hashes[start:end], bodies[start:end])
+            )
+            start = end
+        self.report.submitted += sent
+        return sent
+
+    def _submit_one(
+        self, papers: Sequence[PaperInput], hashes: Sequence[str], bodies: Sequence[bytes]
+    ) -> BatchInfo:
+        uid = "pt-" + uuid.uuid4().hex[:12]
+        lines, rows = [], []
+        for i, (paper, content_hash, body) in enumerate(zip(papers, hashes, bodies, strict=True)):
+            custom_id = str(i)
+            # The body as the client sends it, unparsed and unformatted, inside the line.
+            lines.append(
+                f'{{"custom_id": {json.dumps(custom_id)}, "method": "POST", '
+                f'"url": {json.dumps(self.endpoint)}, "body": {body.decode("utf-8")}}}\n'
+            )
+            rows.append(
+                {
+                    "batch_uid": uid,
+                    "custom_id": custom_id,
+                    "paper_id": paper.paper_id,
+                    "content_hash": content_hash,
+                    "request_hash": hashlib.sha256(body).hexdigest()[:16],
+                    "call_uid": None,
+                }
+            )
+        now = _now()
+        with self.store.transaction() as con:
+            con.execute(
+                "INSERT INTO llm_batches (batch_uid, annotator, model, host, prompt_version, "
+                "taxonomy_version, endpoint, requests, papers, status, run_id, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'prepared', ?, ?, ?)",
+                [uid, *self._key, self.endpoint, len(lines), len(papers), self.run_id, now, now],
+            )
+            self.store.insert_arrow("llm_batch_requests", pa.Table.from_pylist(rows))
+        self.hook("upload")
+        data = "".join(lines).encode("utf-8")
+        try:
+            file = self.once.files.create(
+                file=(f"papertag-{uid}.jsonl", data, "application/jsonl"), purpose="batch"
+            )
+        except openai.APIError as exc:
+            # Nothing is at the server: the papers go back to the queue.
+            self._discard(uid)
+            raise self._error("upload the batch file", exc) from None
+        self.hook("uploaded")
+        self._set(uid, status="uploaded", input_file_id=file.id)
+        self._create(uid, file.id)
+        return find_batch(self.store, uid)
+
+    def _create(self, uid: str, file_id: str) -> None:
+        self.hook("create")
+        try:
+            batch = self.once.batches.create(
+                input_file_id=file_id,
+                endpoint=self.endpoint,  # type: ignore[arg-type]
+                completion_window="24h",
+                metadata={"papertag_batch": uid},
+            )
+        except openai.APIError as exc:
+            raise self._error("create the batch", exc) from None
+        self.hook("created")
+        self._update(uid, batch)
+
+    def _discard(self, uid: str) -> None:
+        with self.store.transaction() as con:
+            con.execute("DELETE FROM llm_batch_requests WHERE batch_uid = ?", [uid])
+            con.execute("DELETE FROM llm_batches WHERE batch_uid = ?", [uid])
+
+    def _error(self, what: str, exc: openai.APIError) -> BatchError:
+        status = getattr(exc, "status_code", None)
+        detail = f"HTTP {status}: {exc.message}" if status else exc.message
+        return BatchError(f"{self.ann.host}: could not {what} ({detail})")
+
+    # -- following up -------------------------------------------------------------------------------
+    def refresh(self) -> list[BatchInfo]:
+        """Finish what a killed run left half done, ask the server how each open batch
+        is doing, and collect those that ended. Returns the batches still open."""
+        for uid, status, file_id, _batch_id in self._open_rows():
+            if status == "prepared":
+                # Killed before the file's id was stored: if it was uploaded, it is an
+                # unused file at the server (never a batch); the papers go back to the queue.
+                self._discard(uid)
+            elif status == "uploaded":
+                found = self._find_created(uid, file_id)
+                if found is not None:
+                    self._update(uid, found)
+                else:
+                    self._create(uid, file_id)
+            if status != "prepared":
+                self._poll(uid)
+        waiting = [b for b in list_batches(self.store, open_only=True) if self._ours(b)]
+        self.report.waiting = waiting
+        return waiting
+
+    def _ours(self, info: BatchInfo) -> bool:
+        return info.model == self.ann.model
+
+    def _find_created(self, uid: str, file_id: str) -> Any:
+        """The batch made from this file, if a killed run created it (newest first)."""
+        try:
+            for batch in self.client.batches.list(limit=100):
+                if (
+                    batch.input_file_id == file_id
+                    or (batch.metadata or {}).get("papertag_batch") == uid
+                ):
+                    return batch
+        except openai.APIError as exc:
+            raise self._error("list the server's batches", exc) from None
+        return None
+
+    def _poll(self, uid: str) -> None:
+        row = self.store.con.execute(
+            "SELECT batch_id FROM llm_batches WHERE batch_uid = ?", [uid]
+        ).fetchone()
+        if row is None or row[0] is None:
+            return
+        try:
+            batch = self.client.batches.retrieve(row[0])
+        except openai.APIError as exc:
+            raise self._error(f"read batch {row[0]}", exc) from None
+        self._update(uid, batch)
+        if batch.status in TERMINAL:
+            self._collect(uid, batch)
+
+    def _update(self, uid: str, batch: Any) -> None:
+        counts = batch.request_counts
+        errors = getattr(batch, "errors", None)
+        messages = [e.message for e in (getattr(errors, "data", None) or []) if e.message]
+        self._set(
+            uid,
+            batch_id=batch.id,
+            status=batch.status,
+            output_file_id=batch.output_file_id,
+            error_file_id=batch.error_file_id,
+            completed=counts.completed if counts else None,
+            failed=counts.failed if counts else None,
+            error="; ".join(messages)[:2000] or None,
+        )
+
+    def _download(self, file_id: str | None) -> list[dict[str, Any]]:
+        if not file_id:
+            return []
+        try:
+            raw = self.client.files.content(file_id).content
+        except openai.APIError as exc:
+            raise self._error(f"download file {file_id}", exc) from None
+        out = []
+        for line in raw.decode("utf-8", errors="replace").splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict) and item.get("custom_id") is not None:
+                out.append(item)
+        return out
+
+    def _collect(self, uid: str, batch: Any) -> None:
+        """Store the answers of an ended batch and close it, in one transaction."""
+        answers = self._download(batch.output_file_id)
+        self.hook("collect")
+        requests = {
+            custom_id: (paper_id, request_hash)
+            for custom_id, paper_id, request_hash in self.store.con.execute(
+                "SELECT custom_id, paper_id, request_hash FROM llm_batch_requests "
+                "WHERE batch_uid = ?",
+                [uid],
+            ).fetchall()
+        }
+        rows, links = [], []
+        report = self.report
+        options = json.dumps(self.ann.options())
+        template = self.ann.transport.template
+        started = datetime.fromtimestamp(batch.created_at, UTC).replace(tzinfo=None)
+        for item in answers:
+            response = item.get("response") or {}
+            custom_id = str(item["custom_id"])
+            if custom_id not in requests or response.get("status_code") != 200:
+                continue
+            paper_id, request_hash = requests[custom_id]
+            record = CallRecord(
+                started_at=started,
+                host=self.ann.host,
+                path=f"/v1/batches/{batch.id}",
+                request_hash=request_hash,
+                request_body="",
+                attempt=1,
+                duration_ms=0.0,
+                status=200,
+            )
+            _summarise_response(record, json.dumps(response.get("body")).encode())
+            if template is not None:
+                record.request_template = template.template_id
+            live = estimate_cost(self.ann.model, record.prompt_tokens, record.completion_tokens)
+            record.cost_usd = None if live is None else live * BATCH_DISCOUNT
+            rows.append(call_row(self.run_id, self.ann, options, paper_id, None, record))
+            links.append({"custom_id": custom_id, "call_uid": record.call_uid})
+            report.answers += 1
+            report.prompt_tokens += record.prompt_tokens or 0
+            report.completion_tokens += record.completion_tokens or 0
+            report.cost_usd += record.cost_usd or 0.0
+        report.unanswered += len(requests) - len(links)
+        from .annotate import _call_schema  # the llm_call_rows columns, one definition
+
+        with self.store.transaction() as con:
+            if rows:
+                self.store.insert_arrow(
+                    "llm_call_rows", pa.Table.from_pylist(rows, schema=_call_schema())
+                )
+                con.register("_links", pa.Table.from_pylist(links))
+                con.execute(
+                    "UPDATE llm_batch_requests r SET call_uid = l.call_uid FROM _links l "
+                    "WHERE r.batch_uid = ? AND r.custom_id = l.custom_id",
+                    [uid],
+                )
+                con.unregister("_links")
+            con.execute(
+                "UPDATE llm_batches SET collected_at = ?, updated_at = ? WHERE batch_uid = ?",
+                [_now(), _now(), uid],
+            )
+        self.hook("collected")
+        report.collected.append(find_batch(self.store, uid))
+
+    # -- cancelling ------------------------------------------------------------------------------
+    def cancel(self, ident: str) -> BatchInfo:
+        info = find_batch(self.store, ident)
+        if not info.open:
+            raise ConfigError(f"batch {ident} is already collected ({info.status})")
+        if info.batch_id is None:
+            # Never created at the server: nothing to cancel there.
+            self._discard(info.batch_uid)
+            return info
+        try:
+            batch = self.once.batches.cancel(info.batch_id)
+        except openai.APIError as exc:
+            raise self._error(f"cancel batch {info.batch_id}", exc) from None
+        self._update(info.batch_uid, batch)
+        return find_batch(self.store, info.batch_uid)
+
+
+def has_open(store: Store, ann: Any) -> bool:
+    """Whether this annotator has batches not yet collected."""
+    return bool(
+        store.scalar(
+            "SELECT count(*) FROM llm_batches WHERE collected_at IS NULL AND annotator = ? "
+            "AND model = ? AND prompt_version = ? AND taxonomy_version = ?",
+            [ann.name, ann.model, ann.prompt_version, ann.taxonomy.version],
+        )
+    )
+
+
+def annotate_with_batches(
+    store: Store,
+    ann: LLMAnnotator,
+    run: Callable[[list[str] | None], Any],
+    *,
+    submit: bool,
+    wait: bool,
+    pending: Callable[[], Sequence[Any]],
+    hook: Callable[[str], None] | None = None,
+    poll_every: float | None = None,
+    on_batches: Callable[[list[BatchInfo]], None] | None = None,
+) -> Any:
+    """One ``annotate`` of an LLM annotator with batches: collect what ended, run the live
+    engine over it (replaying the answers), and with ``submit`` send what is left in a
+    batch; with ``wait``, again until no batch is open.
+
+    ``run(paper_ids)`` is the live engine (None: every pending paper); ``pending()`` the
+    papers it would still do. Returns the live runs' report with ``.batch`` filled in.
+    """
+    every = POLL_EVERY if poll_every is None else poll_every
+    batches = Batches(store, ann, "batch-" + uuid.uuid4().hex[:8], hook=hook)
+    total: Any = None
+    try:
+        while True:
+            waiting = batches.refresh()
+            live = None if not submit else _answered_or_given_up(store, ann)
+            if live is None or live:
+                report = run(live)
+                total = report if total is None else _add(total, report)
+                if report.stopped is not None:
+                    break
+            if submit:
+                todo = [p for p in pending()]
+                if todo:
+                    from .annotate import load_texts
+
+                    papers = load_texts(store, todo)
+                    batches.submit(
+                        [PaperInput(p.paper_id, p.title, p.abstract) for p in papers],
+                        [p.content_hash for p in papers],
+                    )
+                    waiting = batches.refresh()
+            if on_batches is not None:
+                on_batches(waiting)
+            if not wait or not waiting:
+                break
+            ann.throttle.sleep(every)
+    finally:
+        batches.close()
+    if total is None:
+        total = run([])
+    report = batches.report
+    report.waiting = list_batches(store, open_only=True)
+    total.batch = report
+    total.cost_usd += report.cost_usd
+    total.prompt_tokens += report.prompt_tokens
+    total.completion_tokens += report.completion_tokens
+    return total
+
+
+def _add(a: Any, b: Any) -> Any:
+    """Two live runs' reports as one (the first's identity, both runs' counts)."""
+    for name in (
+        "total",
+        "done",
+        "skipped",
+        "failed",
+        "calls",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "replayed",
+        "recovered",
+        "throttled",
+        "seconds",
+    ):
+        setattr(a, name, getattr(a, name) + getattr(b, name))
+    a.failures += b.failures
+    a.stopped, a.left = b.stopped, b.left
+    return a
+
+
+def _answered_or_given_up(store: Store, ann: Any) -> list[str]:
+    """Papers to run live after collecting: those a collected batch answered (their answer
+    is replayed, and re-asked live if it fails validation), and those that came back
+    without an answer from :data:`MAX_BATCH_TRIES` batches."""
+    rows = store.con.execute(
+        "SELECT r.paper_id, bool_or(r.call_uid IS NOT NULL), count(*) FILTER (WHERE r.call_uid IS NULL) "
+        "FROM llm_batch_requests r JOIN llm_batches b USING (batch_uid) "
+        "WHERE b.collected_at IS NOT NULL AND b.annotator = ? AND b.model = ? "
+        "AND b.prompt_version = ? AND b.taxonomy_version = ? "
+        "AND NOT EXISTS (SELECT 1 FROM annotations a JOIN papers p USING (paper_id) "
+        "  WHERE a.paper_id = r.paper_id AND a.content_hash = p.content_hash "
+        "  AND a.annotator = b.annotator AND a.model = b.model "
+        "  AND a.prompt_version = b.prompt_version AND a.taxonomy_version = b.taxonomy_version) "
+        "GROUP BY r.paper_id",
+        [ann.name, ann.model, ann.prompt_version, ann.taxonomy.version],
+    ).fetchall()
+    return [pid for pid, answered, misses in rows if answered or misses >= MAX_BATCH_TRIES]
+
+
+__all__ = [
+    "BATCH_DISCOUNT",
+    "STEPS",
+    "BatchError",
+    "BatchInfo",
+    "BatchReport",
+    "Batches",
+    "find_batch",
+    "list_batches",
+    "request_bodies",
+]

@@ -1,0 +1,256 @@
+"""``annotate --batch``: the Batch API against the test server (tests/batch_server.py).
+
+Batches move on when a test says so (``advance``, ``finish``), never by wall time; the
+kill tests end a real process with SIGKILL at a named step of sending or collecting.
+HTTP goes through the real openai client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from papertag.annotate import AnnotateReport, annotate
+from papertag.ingest import ingest
+from papertag.llm_batch import STEPS, list_batches
+from papertag.store import Store
+
+from .batch_server import BatchServer, batch_server
+from .conftest import FakeTime
+from .fault_server import Reply, completion, paper_of, valid_answer
+
+BASE = (
+    "We propose a 4-bit post-training quantization method for large language models that "
+    "reduces memory by 3x while keeping perplexity close to the full-precision model."
+)
+
+
+def papers(db: Path, tmp_path: Path, n: int) -> list[str]:
+    src = tmp_path / "papers.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"title": f"Paper {i}: tiny quant", "abstract": BASE + f" Variant {i}."})
+            + "\n"
+            for i in range(n)
+        ),
+        encoding="utf-8",
+    )
+    assert ingest([src], db).ok
+    with Store(db) as s:
+        return [r[0] for r in s.con.execute("SELECT paper_id FROM papers ORDER BY ALL").fetchall()]
+
+
+def run(db: Path, srv: BatchServer, fake_time: FakeTime, **kw: Any) -> AnnotateReport:
+    return annotate(
+        db,
+        "llm",
+        model="gpt-4o-mini",
+        base_url=srv.url,
+        backoff=0.0,
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+        **kw,
+    )
+
+
+def annotated(db: Path) -> int:
+    with Store(db) as s:
+        return int(s.scalar("SELECT count(DISTINCT paper_id) FROM annotations"))
+
+
+def calls(db: Path, where: str = "TRUE") -> list[dict[str, Any]]:
+    with Store(db) as s:
+        cur = s.con.execute(f"SELECT * FROM llm_calls WHERE {where} ORDER BY call_id")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def test_batch_is_sent_then_collected_through_the_live_path(
+    tmp_path: Path, db_path: Path, fake_time: FakeTime
+) -> None:
+    papers(db_path, tmp_path, 5)
+    with batch_server() as srv:
+        first = run(db_path, srv, fake_time, batch=True)
+        # Sent, recorded, and nothing asked live.
+        assert srv.count == 0 and len(srv.batches) == 1
+        (info,) = first.batch.submitted
+        assert info.requests == 5 and info.batch_id in srv.batches and info.open
+        assert annotated(db_path) == 0 and first.done == 0
+        # The lines are the live requests, byte for byte (their hash is the live hash).
+        (bid,) = srv.batches
+        lines = srv.lines(bid)
+        assert {line["url"] for line in lines} == {"/v1/chat/completions"}
+        assert all(line["body"]["model"] == "gpt-4o-mini" for line in lines)
+
+        # Not finished yet: a second run sends nothing again and collects nothing.
+        again = run(db_path, srv, fake_time, batch=True)
+        assert len(srv.batches) == 1 and again.batch.submitted == [] and srv.count == 0
+
+        srv.advance()
+        srv.advance()
+        done = run(db_path, srv, fake_time, batch=True)
+    assert srv.count == 0  # every answer valid: nothing re-asked live
+    assert annotated(db_path) == 5 and done.done == 5 and done.replayed == 5
+    assert max(srv.batched.values()) == 1
+    batch_rows = calls(db_path, "path LIKE '/v1/batches/%'")
+    assert len(batch_rows) == 5
+    # Half the live price.
+    for row in batch_rows:
+        live = (row["prompt_tokens"] * 0.15 + row["completion_tokens"] * 0.60) / 1e6
+        assert row["cost_usd"] == pytest.approx(live / 2)
+    assert done.batch.cost_usd == pytest.approx(sum(r["cost_usd"] for r in batch_rows))
+    # Each annotation's call is the replay of its batch answer.
+    replays = calls(db_path, "replay_of IS NOT NULL")
+    assert {r["replay_of"] for r in replays} == {r["call_id"] for r in batch_rows}
+    assert all(r["annotation_id"] for r in replays)
+    with Store(db_path) as s:
+        (b,) = list_batches(s)
+    assert b.status == "completed" and not b.open and b.completed == 5
+
+
+def invalid(request: dict[str, Any]) -> Reply:
+    """An answer that fails validation: a label id the taxonomy does not have."""
+    body = valid_answer(request)
+    content = json.loads(body["choices"][0]["message"]["content"])
+    content["technique"][0]["id"] = "pwned"
+    return Reply(body=completion(json.dumps(content)))
+
+
+def route_faults(request: dict[str, Any], n: int) -> Reply | None:
+    """Paper 1 is an error line the first time; paper 2's first answer fails validation."""
+    title = paper_of(request).get("title", "")
+    if title.startswith("Paper 1:") and n == 1:
+        return Reply(500, {"error": {"message": "server error on this line"}})
+    if title.startswith("Paper 2:") and n == 1:
+        return invalid(request)
+    return None
+
+
+def test_error_lines_go_to_a_follow_up_batch_and_invalid_answers_are_reasked_live(
+    tmp_path: Path, db_path: Path, fake_time: FakeTime
+) -> None:
+    papers(db_path, tmp_path, 4)
+    with batch_server(route=route_faults) as srv:
+        run(db_path, srv, fake_time, batch=True)
+        srv.finish()
+        second = run(db_path, srv, fake_time, batch=True)
+        # Paper 2's answer failed validation: re-asked live once, with the error fed back.
+        assert srv.count == 1
+        reask = srv.requests[0]["messages"]
+        assert len(reask) == 4 and "pwned" in reask[-1]["content"]
+        assert annotated(db_path) == 3 and second.batch.unanswered == 1
+        # Paper 1's line was in the error file: it goes into a follow-up batch.
+        assert len(srv.batches) == 2 and srv.batched["Paper 1: tiny quant"] == 2
+        srv.finish()
+        run(db_path, srv, fake_time, batch=True)
+    assert annotated(db_path) == 4 and srv.count == 1
+    assert max(srv.asked.values()) <= 2 and sum(srv.batched.values()) == 5
+
+
+def test_error_lines_are_asked_live_without_batch(
+    tmp_path: Path, db_path: Path, fake_time: FakeTime
+) -> None:
+    papers(db_path, tmp_path, 4)
+    with batch_server(route=route_faults) as srv:
+        run(db_path, srv, fake_time, batch=True)
+        srv.finish()
+        report = run(db_path, srv, fake_time)  # no --batch: what is left goes live
+    assert annotated(db_path) == 4 and len(srv.batches) == 1
+    assert srv.count == 2 and report.batch.answers == 3
+
+
+@pytest.mark.parametrize("status", ["expired", "cancelled", "failed"])
+def test_ended_batch_keeps_partial_output_and_requeues_the_rest(
+    tmp_path: Path, db_path: Path, fake_time: FakeTime, status: str
+) -> None:
+    papers(db_path, tmp_path, 5)
+    with batch_server() as srv:
+        run(db_path, srv, fake_time, batch=True)
+        (bid,) = srv.batches
+        srv.advance()
+        if status == "failed":
+            srv.fail(bid)
+        else:
+            srv.finish(bid, status, done=2)
+        report = run(db_path, srv, fake_time, batch=True)
+        kept = 0 if status == "failed" else 2
+        assert annotated(db_path) == kept and report.batch.answers == kept
+        assert len(srv.batches) == 2
+        (follow_up,) = [b for b in srv.batches if b != bid]
+        assert len(srv.lines(follow_up)) == 5 - kept
+        with Store(db_path) as s:
+            ended = next(b for b in list_batches(s) if b.batch_id == bid)
+        assert ended.status == status and not ended.open
+        if status == "failed":
+            assert ended.error == "invalid input file"
+        srv.finish(follow_up)
+        run(db_path, srv, fake_time, batch=True)
+    assert annotated(db_path) == 5 and srv.count == 0
+    assert max(srv.asked.values()) == 1 and max(srv.batched.values()) <= 2
+
+
+def test_wait_polls_with_the_injected_sleep_and_shows_progress(
+    tmp_path: Path, db_path: Path, fake_time: FakeTime
+) -> None:
+    papers(db_path, tmp_path, 3)
+    seen: list[list[str]] = []
+    with batch_server(auto=True) as srv:
+        report = run(
+            db_path,
+            srv,
+            fake_time,
+            batch=True,
+            wait=True,
+            poll_every=60,
+            on_batches=lambda infos: seen.append([b.status for b in infos]),
+        )
+    assert annotated(db_path) == 3 and report.done == 3 and srv.count == 0
+    assert report.batch.waiting == []
+    # Each poll moves the test server's batch one step: read once when created (in
+    # progress), then after one wait (completed and collected).
+    assert seen == [["in_progress"], []]
+    assert fake_time.slept == [60]
+
+
+KILL = """
+import os, signal, sys
+from papertag.annotate import annotate
+
+def hook(step):
+    if step == sys.argv[3]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+annotate(sys.argv[1], "llm", model="gpt-4o-mini", base_url=sys.argv[2], batch=True,
+         wait=True, poll_every=0, batch_hook=hook)
+"""
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_kill_at_each_step_loses_nothing_and_pays_nothing_twice(
+    tmp_path: Path, db_path: Path, fake_time: FakeTime, step: str
+) -> None:
+    papers(db_path, tmp_path, 6)
+    with batch_server(auto=True) as srv:
+        proc = subprocess.run(
+            [sys.executable, "-c", KILL, str(db_path), srv.url, step],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+            timeout=120,
+        )
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        report = run(db_path, srv, fake_time, batch=True, wait=True, poll_every=0)
+    assert annotated(db_path) == 6 and report.stopped is None
+    # One batch at the server, each paper in it once, each answered (paid for) once.
+    assert len(srv.batches) == 1 and max(srv.batched.values()) == 1
+    assert max(srv.asked.values()) == 1 and srv.count == 0
+    with Store(db_path) as s:
+        assert [b.open for b in list_batches(s)] == [False]
+        assert s.scalar("SELECT count(*) FROM llm_calls WHERE path LIKE '/v1/batches/%'") == 6
