@@ -213,10 +213,10 @@ def test_wait_polls_with_the_injected_sleep_and_shows_progress(
         )
     assert annotated(db_path) == 3 and report.done == 3 and srv.count == 0
     assert report.batch.waiting == []
-    # Each poll moves the test server's batch one step: read once when created (in
-    # progress), then after one wait (completed and collected).
-    assert seen == [["in_progress"], []]
-    assert fake_time.slept == [60]
+    # Each poll moves the test server's batch one step: created (validating), in
+    # progress, completed and collected.
+    assert seen == [["validating"], ["in_progress"], []]
+    assert fake_time.slept == [60, 60]
 
 
 KILL = """

@@ -331,25 +331,34 @@ class Batches:
     def refresh(self) -> list[BatchInfo]:
         """Finish what a killed run left half done, ask the server how each open batch
         is doing, and collect those that ended. Returns the batches still open."""
-        for uid, status, file_id, _batch_id in self._open_rows():
+        for uid, status, file_id, batch_id in self._open_rows():
             if status == "prepared":
                 # Killed before the file's id was stored: if it was uploaded, it is an
                 # unused file at the server (never a batch); the papers go back to the queue.
                 self._discard(uid)
-            elif status == "uploaded":
-                found = self._find_created(uid, file_id)
-                if found is not None:
-                    self._update(uid, found)
-                else:
+                continue
+            if status == "uploaded":
+                # Killed (or refused) between upload and create: the batch may exist.
+                batch = self._find_created(uid, file_id)
+                if batch is None:
                     self._create(uid, file_id)
-            if status != "prepared":
-                self._poll(uid)
-        waiting = [b for b in list_batches(self.store, open_only=True) if self._ours(b)]
-        self.report.waiting = waiting
-        return waiting
+                    continue
+            else:
+                batch = self._retrieve(batch_id)
+            self._update(uid, batch)
+            if batch.status in TERMINAL:
+                self._collect(uid, batch)
+        return self.waiting()
 
-    def _ours(self, info: BatchInfo) -> bool:
-        return info.model == self.ann.model
+    def waiting(self) -> list[BatchInfo]:
+        """This annotator's batches not yet collected, oldest first."""
+        rows = self.store.con.execute(
+            f"SELECT {_COLUMNS} FROM llm_batches WHERE collected_at IS NULL AND {self._KEY_SQL} "
+            "ORDER BY created_at, batch_uid",
+            self._key,
+        ).fetchall()
+        self.report.waiting = [_info(r) for r in rows]
+        return self.report.waiting
 
     def _find_created(self, uid: str, file_id: str) -> Any:
         """The batch made from this file, if a killed run created it (newest first)."""
@@ -364,19 +373,11 @@ class Batches:
             raise self._error("list the server's batches", exc) from None
         return None
 
-    def _poll(self, uid: str) -> None:
-        row = self.store.con.execute(
-            "SELECT batch_id FROM llm_batches WHERE batch_uid = ?", [uid]
-        ).fetchone()
-        if row is None or row[0] is None:
-            return
+    def _retrieve(self, batch_id: str) -> Any:
         try:
-            batch = self.client.batches.retrieve(row[0])
+            return self.client.batches.retrieve(batch_id)
         except openai.APIError as exc:
-            raise self._error(f"read batch {row[0]}", exc) from None
-        self._update(uid, batch)
-        if batch.status in TERMINAL:
-            self._collect(uid, batch)
+            raise self._error(f"read batch {batch_id}", exc) from None
 
     def _update(self, uid: str, batch: Any) -> None:
         counts = batch.request_counts
@@ -545,7 +546,7 @@ def annotate_with_batches(
                         [PaperInput(p.paper_id, p.title, p.abstract) for p in papers],
                         [p.content_hash for p in papers],
                     )
-                    waiting = batches.refresh()
+                    waiting = batches.waiting()
             if on_batches is not None:
                 on_batches(waiting)
             if not wait or not waiting:
@@ -556,7 +557,6 @@ def annotate_with_batches(
     if total is None:
         total = run([])
     report = batches.report
-    report.waiting = list_batches(store, open_only=True)
     total.batch = report
     total.cost_usd += report.cost_usd
     total.prompt_tokens += report.prompt_tokens
