@@ -41,7 +41,7 @@ from .annotators import (
     PaperInput,
     get_annotator,
 )
-from .annotators.llm_config import LLMConfig, estimate_cost, price_for
+from .annotators.llm_config import BATCH_DISCOUNT, LLMConfig, estimate_cost, price_for
 from .errors import AnnotationError, ConfigError
 from .journal import Journal, RequestTemplate, call_row
 from .schema import Annotation
@@ -85,6 +85,10 @@ class AnnotateReport:
     left: int = 0
     #: What the Batch API side did (``--batch``, or batches of an earlier run collected).
     batch: Any = None
+    #: ``--annotator cascade``: the share sent to the LLM and the cost saved
+    #: (:class:`papertag.cascade.CascadeSummary`), and the learned annotator's run.
+    cascade: Any = None
+    learned: Any = None
 
 
 @dataclass
@@ -466,6 +470,8 @@ class Estimate:
     cost_usd: float | None
     #: With ``max_cost``: about how many of the papers it lets start (None: no limit or price).
     within_budget: int | None = None
+    #: ``--annotator cascade``: the share it would send (:class:`papertag.cascade.CascadeSummary`).
+    cascade: Any = None
 
 
 def _estimate_paper(ann: AnnotatorInfo, paper: _Pending) -> tuple[int, int]:
@@ -501,6 +507,7 @@ def estimate(
     retry_failed: bool = False,
     max_cost: float | None = None,
     paper_ids: Iterable[str] | None = None,
+    batch: bool = False,
     **options: Any,
 ) -> Estimate:
     """How many papers a run would send, and their estimated tokens and cost.
@@ -513,6 +520,32 @@ def estimate(
     # Estimates need the prompt and prices, not a client: no openai import, no connection.
     ann: AnnotatorInfo | None = None
     try:
+        if annotator == "cascade":
+            from . import cascade
+
+            learned = cascade.learned_annotator(store, options)
+            ids = cascade.scope(store, limit, list(paper_ids) if paper_ids is not None else None)
+            sent = cascade.doubtful_predicted(store, learned, ids)
+            _, llm_opts = cascade.split_options(options)
+            est = estimate(
+                store,
+                "llm",
+                paper_ids=sent,
+                force=force,
+                retry_failed=retry_failed,
+                max_cost=max_cost,
+                batch=batch,
+                **llm_opts,
+            )
+            kept = sorted(set(ids) - set(sent))
+            saved = (
+                estimate(store, "llm", paper_ids=kept, force=True, batch=batch, **llm_opts).cost_usd
+                if kept
+                else 0.0
+            )
+            est.annotator = "cascade"
+            est.cascade = cascade.CascadeSummary(len(ids), len(sent), saved)
+            return est
         ann = resolve_annotator(annotator, options, client=False, store=store)
         todo, skipped = pending_papers(
             store,
@@ -534,6 +567,8 @@ def estimate(
                 if room:
                     spent, within = spent + one, within + 1
         cost = 0.0 if not prompt else estimate_cost(ann.model, prompt, completion)
+        if batch and cost is not None:
+            cost *= BATCH_DISCOUNT
         within_budget = within if max_cost is not None and cost is not None else None
         return Estimate(
             ann.name, ann.model, len(todo), skipped, prompt, completion, cost, within_budget
@@ -631,6 +666,47 @@ def annotate(
     ann: AnnotatorInfo | None = None
     try:
         store = db if isinstance(db, Store) else Store(db)
+        if annotator == "cascade":
+            from . import cascade
+
+            cascade_store = store
+
+            def one(name: str, ids: list[str], opts: dict[str, Any]) -> AnnotateReport:
+                llm = name == "llm"
+                return annotate(
+                    cascade_store,
+                    name,
+                    paper_ids=ids,
+                    force=force,
+                    retry_failed=retry_failed,
+                    max_cost=max_cost if llm else None,
+                    on_start=on_start,
+                    on_progress=on_progress,
+                    batch=batch and llm,
+                    wait=wait and llm,
+                    poll_every=poll_every,
+                    on_batches=on_batches,
+                    batch_hook=batch_hook,
+                    **opts,
+                )
+
+            def cost(ids: list[str]) -> float | None:
+                _, llm_opts = cascade.split_options(options)
+                return estimate(
+                    cascade_store, "llm", paper_ids=ids, force=True, batch=batch, **llm_opts
+                ).cost_usd
+
+            return cast(
+                AnnotateReport,
+                cascade.run_cascade(
+                    store,
+                    options,
+                    limit=limit,
+                    paper_ids=list(paper_ids) if paper_ids is not None else None,
+                    run=one,
+                    llm_cost=cost,
+                ),
+            )
         ann = resolve_annotator(annotator, options, client=True, store=store)
         if (
             max_cost is not None

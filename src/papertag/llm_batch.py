@@ -35,13 +35,11 @@ import pyarrow as pa
 
 from .annotators import PaperInput
 from .annotators.llm import CallTransport, LLMAnnotator, _summarise_response
-from .annotators.llm_config import estimate_cost
+from .annotators.llm_config import BATCH_DISCOUNT, estimate_cost
 from .errors import ConfigError, ProviderError
 from .journal import CallRecord, call_row
 from .store import Store
 
-#: The Batch API's price, as a share of the live price.
-BATCH_DISCOUNT = 0.5
 #: OpenAI's limits of one batch: 50,000 requests, an input file of 200 MB.
 MAX_REQUESTS = 50_000
 MAX_FILE_BYTES = 190 * 1024 * 1024
@@ -606,7 +604,6 @@ def _answered_or_given_up(store: Store, ann: Any) -> list[str]:
 
 
 __all__ = [
-    "BATCH_DISCOUNT",
     "STEPS",
     "BatchError",
     "BatchInfo",

@@ -523,6 +523,51 @@ def m015_llm_batches(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m016_final_labels_prefer_llm(con: duckdb.DuckDBPyConnection) -> None:
+    # `--annotator cascade` keeps two annotations of a doubtful paper: the learned model's
+    # and the LLM's it was sent to. final_labels takes the LLM's labels where a current LLM
+    # annotation exists, never a mix of both; a person's verdict still wins over either.
+    # Papers without one keep every current annotation's labels, as before.
+    con.execute(
+        """
+        CREATE OR REPLACE VIEW final_labels AS
+        WITH llm_papers AS (
+            SELECT DISTINCT paper_id FROM annotation_status WHERE current AND annotator = 'llm'
+        ),
+        model_rows AS (
+            SELECT l.paper_id, l.field, l.label, l.confidence, l.evidence,
+                   CAST('model' AS VARCHAR) AS decided_by, CAST(NULL AS VARCHAR) AS reviewer,
+                   CAST(l.created_at AS TIMESTAMP) AS decided_at,
+                   l.annotator, l.model, l.annotation_id, l.note
+            FROM labels l
+            WHERE l.current AND l.confidence >= 0.8
+              AND (l.annotator = 'llm' OR l.paper_id NOT IN (SELECT paper_id FROM llm_papers))
+              AND NOT EXISTS (
+                  SELECT 1 FROM review_verdicts v
+                  WHERE v.paper_id = l.paper_id AND v.field = l.field AND v.label = l.label)
+        ),
+        person_rows AS (
+            SELECT v.paper_id, v.field, v.label, m.confidence, m.evidence,
+                   CAST('person' AS VARCHAR) AS decided_by, v.reviewer,
+                   CAST(v.decided_at AS TIMESTAMP) AS decided_at,
+                   s.annotator, s.model, s.annotation_id,
+                   coalesce(d.note, m.note) AS note
+            FROM review_verdicts v
+            JOIN review_decisions d USING (decision_id)
+            LEFT JOIN annotation_status s ON s.paper_id = v.paper_id AND s.current
+                 AND (s.annotator = 'llm' OR s.paper_id NOT IN (SELECT paper_id FROM llm_papers))
+            LEFT JOIN annotation_labels m
+                   ON m.annotation_id = s.annotation_id AND m.field = v.field AND m.label = v.label
+            WHERE v.included
+        )
+        SELECT * FROM model_rows
+        UNION ALL
+        SELECT * FROM person_rows
+        """
+    )
+
+
 def _translate_open_error(path: Path, exc: duckdb.Error) -> StoreError:
     msg = str(exc)
     first = msg.splitlines()[0] if msg else type(exc).__name__

@@ -41,6 +41,10 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 
+#: The Batch API's price, as a share of the live price (OpenAI's: half).
+BATCH_DISCOUNT = 0.5
+
+
 def price_for(model: str) -> tuple[float, float] | None:
     return _price_for(model, os.environ.get("PAPERTAG_PRICES"))
 
