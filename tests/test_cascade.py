@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from papertag.annotate import annotate, estimate
-from papertag.cascade import needs_llm
+from papertag.annotate import annotate_papers, estimate
+from papertag.annotate.cascade import needs_llm
+from papertag.db import Store
 from papertag.review import QueueItem, decide
-from papertag.store import Store
 
 from .batch_server import batch_server
 from .conftest import FakeTime, snapshot
@@ -50,7 +50,7 @@ def test_dry_run_shows_the_share_and_the_run_sends_exactly_it(
     assert share.papers == LIMIT and 0 < share.sent < LIMIT and est.papers == share.sent
     assert share.saved_usd is not None and share.saved_usd > 0
     with fault_server() as srv:
-        report = annotate(
+        report = annotate_papers(
             demo_db,
             "cascade",
             model="gpt-4o-mini",
@@ -84,7 +84,7 @@ def test_dry_run_shows_the_share_and_the_run_sends_exactly_it(
     assert kept == [("learned",)]
     # Run again: nothing is sent twice.
     with fault_server() as srv:
-        again = annotate(
+        again = annotate_papers(
             demo_db,
             "cascade",
             model="gpt-4o-mini",
@@ -98,7 +98,7 @@ def test_dry_run_shows_the_share_and_the_run_sends_exactly_it(
 
 def test_a_person_decision_wins_over_both(demo_db: Path, fake_time: FakeTime) -> None:
     with fault_server() as srv:
-        annotate(
+        annotate_papers(
             demo_db,
             "cascade",
             model="gpt-4o-mini",
@@ -141,7 +141,7 @@ def test_cascade_with_batch_sends_only_the_doubtful(demo_db: Path, fake_time: Fa
     )
     assert est.cost_usd == pytest.approx(live.cost_usd / 2)
     with batch_server(auto=True) as srv:
-        report = annotate(
+        report = annotate_papers(
             demo_db,
             "cascade",
             model="gpt-4o-mini",

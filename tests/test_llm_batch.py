@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from papertag.annotate import AnnotateReport, annotate
-from papertag.ingest import ingest
-from papertag.llm_batch import STEPS, list_batches
-from papertag.store import Store
+from papertag.annotate import AnnotateReport, annotate_papers
+from papertag.annotate.batch import STEPS, list_batches
+from papertag.db import Store
+from papertag.ingest import ingest_digests
 
 from .batch_server import BatchServer, batch_server
 from .conftest import FakeTime
@@ -42,13 +42,13 @@ def papers(db: Path, tmp_path: Path, n: int) -> list[str]:
         ),
         encoding="utf-8",
     )
-    assert ingest([src], db).ok
+    assert ingest_digests([src], db).ok
     with Store(db) as s:
         return [r[0] for r in s.con.execute("SELECT paper_id FROM papers ORDER BY ALL").fetchall()]
 
 
 def run(db: Path, srv: BatchServer, fake_time: FakeTime, **kw: Any) -> AnnotateReport:
-    return annotate(
+    return annotate_papers(
         db,
         "llm",
         model="gpt-4o-mini",
@@ -221,13 +221,13 @@ def test_wait_polls_with_the_injected_sleep_and_shows_progress(
 
 KILL = """
 import os, signal, sys
-from papertag.annotate import annotate
+from papertag.annotate import annotate_papers
 
 def hook(step):
     if step == sys.argv[3]:
         os.kill(os.getpid(), signal.SIGKILL)
 
-annotate(sys.argv[1], "llm", model="gpt-4o-mini", base_url=sys.argv[2], batch=True,
+annotate_papers(sys.argv[1], "llm", model="gpt-4o-mini", base_url=sys.argv[2], batch=True,
          wait=True, poll_every=0, batch_hook=hook)
 """
 

@@ -17,9 +17,9 @@ import httpx2
 import vcr
 import yaml
 
-from papertag.annotate import annotate
-from papertag.ingest import ingest
-from papertag.store import Store
+from papertag.annotate import annotate_papers
+from papertag.db import Store
+from papertag.ingest import ingest_digests
 
 from .conftest import FakeTime
 from .fault_server import fault_server
@@ -41,7 +41,7 @@ def papers(db: Path, tmp_path: Path, n: int) -> None:
         ),
         encoding="utf-8",
     )
-    assert ingest([src], db).ok
+    assert ingest_digests([src], db).ok
 
 
 def _live_passes(request: Any) -> Any:
@@ -101,7 +101,7 @@ def test_real_upload_and_create_are_recorded_before_anything_else(
         tmp_path=tmp_path,
     )
     with cassette as played:
-        report = annotate(
+        report = annotate_papers(
             db_path, "llm", model="gpt-4o-mini", batch=True, sleep=fake_time.sleep, transport=sent
         )
     assert played.play_count == 2 and played.all_played
@@ -140,7 +140,7 @@ def test_real_full_lifecycle_polls_collects_and_reasks_what_fails_validation(
     )
     seen: list[str] = []
     with fault_server() as srv, cassette:
-        report = annotate(
+        report = annotate_papers(
             db_path,
             "llm",
             model="gpt-5-nano",
@@ -207,7 +207,7 @@ def test_real_batch_list_finds_the_batch_a_killed_run_created(
         CASSETTES / "rubyopenai__batches_list_completed_RUBYVCR.yml", tmp_path=tmp_path
     )
     with cassette as played:
-        report = annotate(
+        report = annotate_papers(
             db_path, "llm", model="gpt-4o-mini", sleep=fake_time.sleep, transport=sent
         )
     # Two pages read (the second through `after`), no batch created, nothing sent live.

@@ -33,12 +33,15 @@ import httpx2
 import openai
 import pyarrow as pa
 
-from .annotators import PaperInput
-from .annotators.llm import CallTransport, LLMAnnotator, _summarise_response
-from .annotators.llm_config import BATCH_DISCOUNT, estimate_cost
-from .errors import ConfigError, ProviderError
-from .journal import CallRecord, call_row
-from .store import Store
+from ..annotators import PaperInput
+from ..annotators.llm.annotator import LLMAnnotator
+from ..annotators.llm.client import CallTransport, _summarise_response
+from ..annotators.llm.config import BATCH_DISCOUNT, estimate_cost
+from ..annotators.llm.records import CallRecord, call_row
+from ..db import Store
+from ..errors import ConfigError, ProviderError
+from .pending import load_texts
+from .writer import call_schema
 
 #: OpenAI's limits of one batch: 50,000 requests, an input file of 200 MB.
 MAX_REQUESTS = 50_000
@@ -454,12 +457,10 @@ class Batches:
             report.completion_tokens += record.completion_tokens or 0
             report.cost_usd += record.cost_usd or 0.0
         report.unanswered += len(requests) - len(links)
-        from .annotate import _call_schema  # the llm_call_rows columns, one definition
-
         with self.store.transaction() as con:
             if rows:
                 self.store.insert_arrow(
-                    "llm_call_rows", pa.Table.from_pylist(rows, schema=_call_schema())
+                    "llm_call_rows", pa.Table.from_pylist(rows, schema=call_schema())
                 )
                 con.register("_links", pa.Table.from_pylist(links))
                 con.execute(
@@ -537,8 +538,6 @@ def annotate_with_batches(
             if submit:
                 todo = [p for p in pending()]
                 if todo:
-                    from .annotate import load_texts
-
                     papers = load_texts(store, todo)
                     batches.submit(
                         [PaperInput(p.paper_id, p.title, p.abstract) for p in papers],

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .annotators import PaperInput, get_annotator
-from .errors import AnnotationError, ConfigError
-from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
-from .store import Store
-from .taxonomy import FIELDS
+from ..annotators import PaperInput, get_annotator
+from ..db import Store
+from ..errors import AnnotationError, ConfigError
+from ..schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
+from ..taxonomy import FIELDS
 
 #: The options that are the learned annotator's in a cascade (the rest are the LLM's).
 LEARNED_OPTIONS = {"learned_model": "model"}
