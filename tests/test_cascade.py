@@ -158,3 +158,21 @@ def test_cascade_with_batch_sends_only_the_doubtful(demo_db: Path, fake_time: Fa
         assert len(srv.lines(bid)) == est.cascade.sent
     assert srv.count == 0 and report.done == est.cascade.sent
     assert len(llm_papers(demo_db)) == est.cascade.sent
+
+
+def test_cli_cascade_dry_run_prints_the_share(demo_db: Path) -> None:
+    from typer.testing import CliRunner
+
+    from papertag.cli import app
+
+    before = snapshot(demo_db)
+    result = CliRunner().invoke(
+        app,
+        ["annotate", "-a", "cascade", "--model", "gpt-4o-mini", "--base-url",
+         "http://127.0.0.1:9/v1", "--limit", str(LIMIT), "--dry-run", "--batch"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    est = estimate(demo_db, "cascade", model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1",
+                   limit=LIMIT)  # fmt: skip
+    assert f"cascade would send {est.cascade.sent} of {LIMIT} papers" in result.stdout
+    assert "at the Batch API price" in result.stdout and snapshot(demo_db) == before

@@ -254,3 +254,44 @@ def test_kill_at_each_step_loses_nothing_and_pays_nothing_twice(
     with Store(db_path) as s:
         assert [b.open for b in list_batches(s)] == [False]
         assert s.scalar("SELECT count(*) FROM llm_calls WHERE path LIKE '/v1/batches/%'") == 6
+
+
+def test_cli_batch_then_wait_then_list_and_cancel(tmp_path: Path, db_path: Path) -> None:
+    """As a user types it: --batch exits at once saying how to collect; --wait collects;
+    `papertag batches` lists; `batches cancel` cancels an open one."""
+    from typer.testing import CliRunner
+
+    from papertag.cli import app
+
+    papers(db_path, tmp_path, 4)
+    runner = CliRunner()
+    with batch_server() as srv:
+        args = ["annotate", "-a", "llm", "--model", "gpt-4o-mini", "--base-url", srv.url]
+        sent = runner.invoke(app, [*args, "--batch"])
+        assert sent.exit_code == 0, sent.stderr
+        assert "sent batch batch-test" in sent.stdout and "4 papers" in sent.stdout
+        assert "run the same command again to collect them (or add --wait)" in sent.stdout
+        listed = runner.invoke(app, ["batches"])
+        assert "validating" in listed.stdout and "open" in listed.stdout
+        srv.auto = True
+        waited = runner.invoke(app, [*args, "--batch", "--wait", "--poll-every", "0"])
+        assert waited.exit_code == 0, waited.stderr
+        assert (
+            "annotated 4" in waited.stdout and "collected 1 batch(es): 4 answers" in waited.stdout
+        )
+        # A new paper in a batch, then cancelled before the server ran it.
+        src = tmp_path / "more.jsonl"
+        src.write_text(json.dumps({"title": "One more", "abstract": BASE}) + "\n")
+        assert ingest_digests([src], db_path).ok
+        srv.auto = False
+        assert runner.invoke(app, [*args, "--batch"]).exit_code == 0
+        (open_id,) = [b for b, v in srv.batches.items() if v["status"] == "validating"]
+        cancelled = runner.invoke(app, ["batches", "cancel", open_id])
+        assert cancelled.exit_code == 0, cancelled.stderr
+        assert f"batch {open_id}: cancelling" in cancelled.stdout
+        assert srv.batches[open_id]["status"] == "cancelling"
+        missing = runner.invoke(app, ["batches", "cancel", "batch-nope"])
+        assert missing.exit_code == 1 and "no batch 'batch-nope'" in missing.stderr
+    assert annotated(db_path) == 4
+    bad = runner.invoke(app, ["annotate", "--batch"])
+    assert bad.exit_code == 2 and "--annotator llm and cascade only" in bad.stderr

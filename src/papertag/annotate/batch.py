@@ -33,7 +33,7 @@ import httpx2
 import openai
 import pyarrow as pa
 
-from ..annotators import PaperInput
+from ..annotators import PaperInput, get_annotator
 from ..annotators.llm.annotator import LLMAnnotator
 from ..annotators.llm.client import CallTransport, _summarise_response
 from ..annotators.llm.config import BATCH_DISCOUNT, estimate_cost
@@ -284,9 +284,20 @@ class Batches:
         with self.store.transaction() as con:
             con.execute(
                 "INSERT INTO llm_batches (batch_uid, annotator, model, host, prompt_version, "
-                "taxonomy_version, endpoint, requests, papers, status, run_id, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'prepared', ?, ?, ?)",
-                [uid, *self._key, self.endpoint, len(lines), len(papers), self.run_id, now, now],
+                "taxonomy_version, base_url, endpoint, requests, papers, status, run_id, "
+                "created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'prepared', ?, ?, ?)",
+                [
+                    uid,
+                    *self._key,
+                    self.ann.base_url,
+                    self.endpoint,
+                    len(lines),
+                    len(papers),
+                    self.run_id,
+                    now,
+                    now,
+                ],
             )
             self.store.insert_arrow("llm_batch_requests", pa.Table.from_pylist(rows))
         self.hook("upload")
@@ -491,6 +502,23 @@ class Batches:
             raise self._error(f"cancel batch {info.batch_id}", exc) from None
         self._update(info.batch_uid, batch)
         return find_batch(self.store, info.batch_uid)
+
+
+def cancel_batch(store: Store, ident: str, **options: Any) -> BatchInfo:
+    """Ask the server to cancel a batch (ours or the server's id). What it finished is
+    collected by the next run; its other papers go back to the queue. ``options`` are the
+    LLM annotator's client options (``api_key_env``, ...); model and server are the batch's."""
+    info = find_batch(store, ident)
+    row = store.con.execute(
+        "SELECT base_url FROM llm_batches WHERE batch_uid = ?", [info.batch_uid]
+    ).fetchone()
+    ann: Any = get_annotator("llm", model=info.model, base_url=row[0] if row else None, **options)
+    batches = Batches(store, ann, "cancel")
+    try:
+        return batches.cancel(ident)
+    finally:
+        batches.close()
+        ann.close()
 
 
 def has_open(store: Store, ann: Any) -> bool:

@@ -467,7 +467,7 @@ def m014_pulled_days(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m015_llm_batches(con: duckdb.DuckDBPyConnection) -> None:
+def m016_llm_batches(con: duckdb.DuckDBPyConnection) -> None:
     # Batches sent to a server's Batch API (`annotate --batch`). Each step's id is written
     # before the next step starts (file uploaded, batch created), so a run killed at any
     # point knows on its next start what the server already has, and never sends a paper
@@ -480,6 +480,7 @@ def m015_llm_batches(con: duckdb.DuckDBPyConnection) -> None:
             annotator VARCHAR NOT NULL,
             model VARCHAR NOT NULL,
             host VARCHAR NOT NULL,
+            base_url VARCHAR,                  -- where to ask about it (NULL: OpenAI's)
             prompt_version VARCHAR NOT NULL,
             taxonomy_version VARCHAR NOT NULL,
             endpoint VARCHAR NOT NULL,
@@ -515,7 +516,7 @@ def m015_llm_batches(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m016_final_labels_prefer_llm(con: duckdb.DuckDBPyConnection) -> None:
+def m017_final_labels_prefer_llm(con: duckdb.DuckDBPyConnection) -> None:
     # `--annotator cascade` keeps two annotations of a doubtful paper: the learned model's
     # and the LLM's it was sent to. final_labels takes the LLM's labels where a current LLM
     # annotation exists, never a mix of both; a person's verdict still wins over either.
