@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.batch_server import BatchServer  # noqa: E402
 from tests.fault_server import FaultServer  # noqa: E402
 
 from papertag.annotate.journal import Journal  # noqa: E402
@@ -239,6 +240,76 @@ def bench_crash(tmp: Path, n: int, kills: int) -> None:
     )
 
 
+def digest_db(path: Path) -> int:
+    """A new database of the shared digests (623 papers), as `papertag ingest` makes it."""
+    path.unlink(missing_ok=True)
+    run([PAPERTAG, "--db", str(path), "ingest", *map(str, DIGESTS)])
+    return count(path, "SELECT count(*) FROM papers")
+
+
+def spend(db: Path) -> tuple[int, float]:
+    """Prompt tokens and dollars of every call paid for (batch answers at the batch price;
+    replays of a paid answer are not paid again)."""
+    with Store(db, read_only=True) as s:
+        tokens, usd = s.con.execute(
+            "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(cost_usd), 0) FROM llm_calls "
+            "WHERE replay_of IS NULL"
+        ).fetchone() or (0, 0.0)
+    return int(tokens), float(usd)
+
+
+def batch_cost_rows(tmp: Path, today_usd: float, per_call: int) -> None:
+    """The Batch API rows of the cost table: --batch, and the cascade with --batch, each
+    with --papers-per-call K, as commands against the batch test server (gpt-4o-mini's
+    prices, batch at half). ``today_usd``: today's request's dollars per 1,000 papers."""
+    k = ["--papers-per-call", str(per_call)] if per_call > 1 else []
+    rows = [
+        (f"K={per_call} with --batch", "llm", 1 / 5),
+        (f"cascade, K={per_call}, --batch", "cascade", 1 / 10),
+    ]
+    for name, annotator, target in rows:
+        db = tmp / f"cost-{annotator}.duckdb"
+        n = digest_db(db)
+        with BatchServer(auto=True, keep_requests=False).start() as srv:
+            cmd = annotate_cmd(db, srv.url, "--batch", "--wait", "--poll-every", "0", *k)
+            cmd[cmd.index("--annotator") + 1] = annotator
+            cmd[cmd.index("--model") + 1] = "gpt-4o-mini"
+            run(cmd)
+            live = srv.count
+        done = count(db, "SELECT count(DISTINCT paper_id) FROM annotations WHERE annotator = 'llm'")
+        tokens, usd = spend(db)
+        per_1000 = usd / n * 1000
+        share = f", sent {done / n:.0%} of papers" if annotator == "cascade" else ""
+        line(
+            f"   {name}",
+            f"{tokens / n:,.0f} tok/paper, ${per_1000:.4f}/1k{share}",
+            f"<= 1/{round(1 / target)} of today",
+            per_1000 <= today_usd * target,
+        )
+        print(
+            f"     ({per_1000 / today_usd:.1%} of today's ${today_usd:.4f}/1k; {done} papers "
+            f"labelled by the LLM, {live} live re-asks)"
+        )
+
+
+def today_cost(tmp: Path) -> float:
+    """Dollars per 1,000 papers of today's request (one paper a call, live)."""
+    db = tmp / "cost-today.duckdb"
+    n = digest_db(db)
+    with FaultServer(keep_requests=False).start() as srv:
+        cmd = annotate_cmd(db, srv.url, "--concurrency", "16")
+        cmd[cmd.index("--model") + 1] = "gpt-4o-mini"
+        run(cmd)
+    tokens, usd = spend(db)
+    line(
+        "   today's request (live, one paper a call)",
+        f"{tokens / n:,.0f} tok/paper, ${usd / n * 1000:.4f}/1k",
+        "(the baseline)",
+        True,
+    )
+    return usd / n * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,6 +330,8 @@ def main() -> None:
         bench_rate_limit(t, 60 if q else 400, headers=True)
         bench_rate_limit(t, 60 if q else 400, headers=False)
         bench_crash(t, 200 if q else 1000, 2 if q else 5)
+        print("5. cost per 1,000 papers, the 623 digest papers, gpt-4o-mini's prices")
+        batch_cost_rows(t, today_cost(t), per_call=1)
 
 
 if __name__ == "__main__":
