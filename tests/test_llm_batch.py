@@ -295,3 +295,19 @@ def test_cli_batch_then_wait_then_list_and_cancel(tmp_path: Path, db_path: Path)
     assert annotated(db_path) == 4
     bad = runner.invoke(app, ["annotate", "--batch"])
     assert bad.exit_code == 2 and "--annotator llm and cascade only" in bad.stderr
+
+
+def test_max_cost_limits_what_a_batch_carries(
+    tmp_path: Path, db_path: Path, fake_time: FakeTime
+) -> None:
+    from papertag.annotate import estimate
+
+    papers(db_path, tmp_path, 5)
+    with batch_server() as srv:
+        est = estimate(db_path, "llm", model="gpt-4o-mini", base_url=srv.url, batch=True)
+        assert est.cost_usd is not None
+        # Room for two papers at the batch price, with the fifth over their estimate.
+        budget = est.cost_usd / 5 * 1.2 * 2.5
+        report = run(db_path, srv, fake_time, batch=True, max_cost=budget)
+        (bid,) = srv.batches
+        assert len(srv.lines(bid)) == 2 and report.batch.held_back == 3

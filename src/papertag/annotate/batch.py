@@ -97,6 +97,8 @@ class BatchReport:
     cost_usd: float = 0.0
     #: Requests a collected batch gave no answer for (error lines, expired, cancelled).
     unanswered: int = 0
+    #: Papers not sent because --max-cost would not cover them.
+    held_back: int = 0
 
 
 _COLUMNS = (
@@ -540,6 +542,7 @@ def annotate_with_batches(
     submit: bool,
     wait: bool,
     pending: Callable[[], Sequence[Any]],
+    admit: Callable[[Sequence[Any]], Sequence[Any]] | None = None,
     hook: Callable[[str], None] | None = None,
     poll_every: float | None = None,
     on_batches: Callable[[list[BatchInfo]], None] | None = None,
@@ -549,7 +552,7 @@ def annotate_with_batches(
     batch; with ``wait``, again until no batch is open.
 
     ``run(paper_ids)`` is the live engine (None: every pending paper); ``pending()`` the
-    papers it would still do. Returns the live runs' report with ``.batch`` filled in.
+    papers it would still do; ``admit(papers)`` those of them a budget lets go. Returns the live runs' report with ``.batch`` filled in.
     """
     every = POLL_EVERY if poll_every is None else poll_every
     batches = Batches(store, ann, "batch-" + uuid.uuid4().hex[:8], hook=hook)
@@ -564,7 +567,11 @@ def annotate_with_batches(
                 if report.stopped is not None:
                     break
             if submit:
-                todo = [p for p in pending()]
+                todo = list(pending())
+                if admit is not None:
+                    allowed = list(admit(todo))
+                    batches.report.held_back = len(todo) - len(allowed)
+                    todo = allowed
                 if todo:
                     papers = load_texts(store, todo)
                     batches.submit(

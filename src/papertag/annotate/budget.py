@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,22 @@ def _estimate_cascade(
 
 #: --max-cost sets aside this much over a paper's likely cost while it is in flight.
 RESERVE_MARGIN = 1.2
+
+
+def batch_within(
+    ann: AnnotatorInfo, papers: Sequence[Pending], max_cost: float | None
+) -> Sequence[Pending]:
+    """The first of these papers whose likely cost at the Batch API's price (a fifth over
+    its estimate, as a live run reserves) fits in ``max_cost``: what one batch may carry."""
+    if max_cost is None:
+        return papers
+    spent = 0.0
+    for i, paper in enumerate(papers):
+        p, c = _estimate_paper(ann, paper)
+        spent += (estimate_cost(ann.model, p, c) or 0.0) * BATCH_DISCOUNT * RESERVE_MARGIN
+        if spent > max_cost:
+            return papers[:i]
+    return papers
 
 
 class Budget:

@@ -41,7 +41,7 @@ from ..annotators.llm.config import price_for
 from ..db import Store
 from ..errors import AnnotationError, ConfigError
 from ..schema import Annotation
-from .budget import Budget
+from .budget import Budget, batch_within
 from .journal import Journal
 from .pending import Pending, load_texts, paper_input, pending_papers
 from .recovery import paid_answers, recover_journal, save_template
@@ -231,6 +231,7 @@ def annotate_papers(
                         limit=limit,
                         paper_ids=ids,
                     )[0],
+                    admit=lambda todo: batch_within(run_ann, todo, max_cost),
                     hook=batch_hook,
                     poll_every=poll_every,
                     on_batches=on_batches,

@@ -391,6 +391,11 @@ def _print_batches(report: Any, *, wait: bool) -> None:
             f"{report.prompt_tokens:,} prompt + {report.completion_tokens:,} completion tokens"
             f"{cost}; {report.unanswered} requests without an answer go again"
         )
+    if report.held_back:
+        err.print(
+            f"[yellow]--max-cost[/]: {report.held_back} papers not sent in a batch this run "
+            "(their estimated cost at the batch price would pass it)"
+        )
     if report.waiting:
         ids = ", ".join(b.batch_id or b.batch_uid for b in report.waiting)
         hint = "" if wait else "; run the same command again to collect them (or add --wait)"
