@@ -10,6 +10,7 @@ were recorded for other prompts, so their answers are not annotations: chat requ
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,9 @@ def replay(*paths: Path, tmp_path: Path) -> Any:
     return vcr.VCR(
         record_mode="none", match_on=["method", "path"], before_record_request=_live_passes
     ).use_cassette(str(joined))
+
+
+PREPARED = datetime(2025, 3, 14, 15, 52, 44)
 
 
 def batches(db: Path) -> list[dict[str, Any]]:
@@ -178,8 +182,8 @@ def test_real_batch_list_finds_the_batch_a_killed_run_created(
     tmp_path: Path, db_path: Path, fake_time: FakeTime, monkeypatch: Any
 ) -> None:
     """A run killed after creating a batch, before storing its id, left the file's id.
-    The next run looks the batch up (the recorded list, across two pages) and takes it
-    over instead of creating a second one."""
+    The next run looks the batch up in the server's list (recorded) and takes it over
+    instead of creating a second one."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-dummy")
     papers(db_path, tmp_path, 2)
     from papertag.annotators import get_annotator
@@ -191,8 +195,9 @@ def test_real_batch_list_finds_the_batch_a_killed_run_created(
             "taxonomy_version, endpoint, requests, papers, status, input_file_id, run_id, "
             "created_at, updated_at) VALUES ('pt-killed', 'llm', 'gpt-4o-mini', "
             "'api.openai.com', ?, ?, '/v1/chat/completions', 2, 2, 'uploaded', "
-            "'file-L1ZdyJH5CCLfxY4F78xMdj', 'r', now(), now())",
-            [ann.prompt_version, ann.taxonomy.version],
+            "'file-3S6FBiPADASQvE2C5Zm299', 'r', ?, ?)",
+            # Prepared when the recorded batch was made (14 March 2025, 15:52:44 UTC).
+            [ann.prompt_version, ann.taxonomy.version, PREPARED, PREPARED],
         )
         for i, (pid, content_hash) in enumerate(
             s.con.execute("SELECT paper_id, content_hash FROM papers").fetchall()
@@ -210,10 +215,9 @@ def test_real_batch_list_finds_the_batch_a_killed_run_created(
         report = annotate_papers(
             db_path, "llm", model="gpt-4o-mini", sleep=fake_time.sleep, transport=sent
         )
-    # Two pages read (the second through `after`), no batch created, nothing sent live.
-    assert [r.method for r in sent.requests] == ["GET", "GET"] and played.play_count == 2
-    assert "after=" in str(sent.requests[1].url)
+    # The list read once, no batch created, nothing sent live.
+    assert [r.method for r in sent.requests] == ["GET"] and played.play_count == 1
     (row,) = batches(db_path)
-    assert row["batch_id"] == "batch_67d450cd97488190af087942d89c28e3"
+    assert row["batch_id"] == "batch_67d450cbeeac8190916d5fa0885ee931"
     assert row["status"] == "validating" and row["collected_at"] is None
     assert report.total == 0 and report.skipped == 2

@@ -226,7 +226,7 @@ class Batches:
 
     def _open_rows(self) -> list[tuple[Any, ...]]:
         return self.store.con.execute(
-            "SELECT batch_uid, status, input_file_id, batch_id FROM llm_batches "
+            "SELECT batch_uid, status, input_file_id, batch_id, created_at FROM llm_batches "
             f"WHERE collected_at IS NULL AND {self._KEY_SQL} ORDER BY created_at, batch_uid",
             self._key,
         ).fetchall()
@@ -345,7 +345,7 @@ class Batches:
     def refresh(self) -> list[BatchInfo]:
         """Finish what a killed run left half done, ask the server how each open batch
         is doing, and collect those that ended. Returns the batches still open."""
-        for uid, status, file_id, batch_id in self._open_rows():
+        for uid, status, file_id, batch_id, created_at in self._open_rows():
             if status == "prepared":
                 # Killed before the file's id was stored: if it was uploaded, it is an
                 # unused file at the server (never a batch); the papers go back to the queue.
@@ -353,7 +353,7 @@ class Batches:
                 continue
             if status == "uploaded":
                 # Killed (or refused) between upload and create: the batch may exist.
-                batch = self._find_created(uid, file_id)
+                batch = self._find_created(uid, file_id, created_at)
                 if batch is None:
                     self._create(uid, file_id)
                     continue
@@ -374,8 +374,11 @@ class Batches:
         self.report.waiting = [_info(r) for r in rows]
         return self.report.waiting
 
-    def _find_created(self, uid: str, file_id: str) -> Any:
-        """The batch made from this file, if a killed run created it (newest first)."""
+    def _find_created(self, uid: str, file_id: str, since: datetime) -> Any:
+        """The batch made from this file, if a killed run created it. The server lists
+        newest first: the search ends at batches made a day before this one was prepared
+        (a margin for the two clocks far wider than they differ)."""
+        oldest = since.replace(tzinfo=UTC).timestamp() - 86_400
         try:
             for batch in self.client.batches.list(limit=100):
                 if (
@@ -383,6 +386,8 @@ class Batches:
                     or (batch.metadata or {}).get("papertag_batch") == uid
                 ):
                     return batch
+                if batch.created_at < oldest:
+                    break
         except openai.APIError as exc:
             raise self._error("list the server's batches", exc) from None
         return None
@@ -440,7 +445,6 @@ class Batches:
         rows, links = [], []
         report = self.report
         options = json.dumps(self.ann.options())
-        template = self.ann.transport.template
         started = datetime.fromtimestamp(batch.created_at, UTC).replace(tzinfo=None)
         for item in answers:
             response = item.get("response") or {}
@@ -459,11 +463,13 @@ class Batches:
                 status=200,
             )
             _summarise_response(record, json.dumps(response.get("body")).encode())
-            if template is not None:
-                record.request_template = template.template_id
             live = estimate_cost(self.ann.model, record.prompt_tokens, record.completion_tokens)
             record.cost_usd = None if live is None else live * BATCH_DISCOUNT
-            rows.append(call_row(self.run_id, self.ann, options, paper_id, None, record))
+            row = call_row(self.run_id, self.ann, options, paper_id, None, record)
+            # The request is in the batch's input file and in the replay that uses this
+            # answer (which the live path logs with its body).
+            row["request_body"] = None
+            rows.append(row)
             links.append({"custom_id": custom_id, "call_uid": record.call_uid})
             report.answers += 1
             report.prompt_tokens += record.prompt_tokens or 0
