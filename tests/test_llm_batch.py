@@ -89,9 +89,12 @@ def test_batch_is_sent_then_collected_through_the_live_path(
         assert {line["url"] for line in lines} == {"/v1/chat/completions"}
         assert all(line["body"]["model"] == "gpt-4o-mini" for line in lines)
 
-        # Not finished yet: a second run sends nothing again and collects nothing.
+        # Not finished yet: a second run sends nothing again and collects nothing, and a
+        # live run leaves the papers of the open batch alone.
         again = run(db_path, srv, fake_time, batch=True)
         assert len(srv.batches) == 1 and again.batch.submitted == [] and srv.count == 0
+        live = run(db_path, srv, fake_time)
+        assert srv.count == 0 and live.total == 0 and live.batch.waiting
 
         srv.advance()
         srv.advance()
