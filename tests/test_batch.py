@@ -42,7 +42,7 @@ def answer(request: dict[str, Any], **changes: Any) -> Reply:
     body = valid_answer(request)
     content = json.loads(body["choices"][0]["message"]["content"])
     for field, label in changes.items():
-        content[field][0].update(label)
+        content["papers"][0][field][0].update(label)
     return Reply(body=completion(json.dumps(content)))
 
 
@@ -476,7 +476,7 @@ def test_max_cost_with_papers_in_flight_waits_for_room_instead_of_stopping(
 ) -> None:
     """What is set aside for papers in flight is released as they settle at their real cost:
     a refusal then means "not yet", and the run stops only when a paper alone would not fit."""
-    monkeypatch.setenv("PAPERTAG_PRICES", json.dumps({"fake-model": [10.0, 20.0]}))
+    monkeypatch.setenv("PAPERTAG_PRICES", json.dumps({"fake-model": [1.0, 2.0]}))
     done = {}
     for concurrency in (1, 16):
         db = tmp_path / f"c{concurrency}.duckdb"
@@ -484,9 +484,9 @@ def test_max_cost_with_papers_in_flight_waits_for_room_instead_of_stopping(
         with fault_server() as srv:
             report = annotate_papers(
                 db, "llm", model="fake-model", base_url=srv.url, concurrency=concurrency,
-                max_cost=0.08,
+                max_cost=0.04,
             )  # fmt: skip
-        assert report.stopped == "max-cost" and report.cost_usd <= 0.08
+        assert report.stopped == "max-cost" and report.cost_usd <= 0.04
         done[concurrency] = report.done
     # Stopping at the first paper that did not fit beside those in flight did 1 of 30 at
     # --concurrency 16 (20 at 1).
@@ -494,7 +494,7 @@ def test_max_cost_with_papers_in_flight_waits_for_room_instead_of_stopping(
 
 
 def test_a_price_covers_dated_snapshots_not_other_names() -> None:
-    from papertag.annotators.llm.config import price_for
+    from papertag.annotators.llm.prices import price_for
 
     assert price_for("gpt-4o-2024-08-06") == price_for("gpt-4o") is not None
     assert price_for("gpt-4o-mini-2024-07-18") == price_for("gpt-4o-mini") != price_for("gpt-4o")
