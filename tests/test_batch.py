@@ -310,13 +310,16 @@ def _wait_for(cond: Callable[[], bool], timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("per_call", [1, 4])
 def test_kill_9_then_resume_annotates_once_without_paying_twice(
-    tmp_path: Path, db_path: Path
+    tmp_path: Path, db_path: Path, per_call: int
 ) -> None:
+    """With several papers a call too: a kill repeats at most the calls in flight."""
     _papers(db_path, tmp_path, 30)
     with fault_server(latency=0.3) as srv:
-        proc = _spawn(db_path, srv.url, "--concurrency", "4")
-        _wait_for(lambda: srv.count >= 14)
+        proc = _spawn(db_path, srv.url, "--concurrency", "4", "--papers-per-call", str(per_call))
+        # About half the calls answered (30 papers: 30 calls of one, 8 of four).
+        _wait_for(lambda: srv.count >= (14 if per_call == 1 else 4))
         in_flight = srv.in_flight
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
@@ -325,7 +328,12 @@ def test_kill_9_then_resume_annotates_once_without_paying_twice(
         in_flight = max(in_flight, srv.in_flight)
         answered = asked_before - srv.in_flight
         report = annotate_papers(
-            db_path, "llm", model="fake-model", base_url=srv.url, concurrency=4
+            db_path,
+            "llm",
+            model="fake-model",
+            base_url=srv.url,
+            concurrency=4,
+            papers_per_call=per_call,
         )
         repeated = sum(c - 1 for c in srv.bodies.values())
     # Every answer the killed run received is in llm_calls: committed by it, or journaled
