@@ -22,7 +22,7 @@ from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .fault_server import FaultServer, Reply, paper_of
+from .fault_server import FaultServer, Reply, papers_of
 
 TERMINAL = ("completed", "expired", "failed", "cancelled")
 
@@ -275,8 +275,7 @@ def _public(b: dict[str, Any]) -> dict[str, Any]:
 
 def _titles(body: dict[str, Any]) -> list[str]:
     """The titles of the papers a request asks about (one, or several in one call)."""
-    title = paper_of(body).get("title")
-    return [title] if title else []
+    return [p["title"] for p in papers_of(body) if p.get("title")]
 
 
 def _multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, bytes]]:

@@ -24,7 +24,7 @@ from papertag.ingest import ingest_digests
 
 from .batch_server import BatchServer, batch_server
 from .conftest import FakeTime
-from .fault_server import Reply, completion, paper_of, valid_answer
+from .fault_server import Reply, paper_of, papers_of, valid_answer
 
 BASE = (
     "We propose a 4-bit post-training quantization method for large language models that "
@@ -100,19 +100,21 @@ def test_batch_is_sent_then_collected_through_the_live_path(
         srv.advance()
         done = run(db_path, srv, fake_time, batch=True)
     assert srv.count == 0  # every answer valid: nothing re-asked live
-    assert annotated(db_path) == 5 and done.done == 5 and done.replayed == 5
+    assert annotated(db_path) == 5 and done.done == 5 and done.replayed == 0
     assert max(srv.batched.values()) == 1
     batch_rows = calls(db_path, "path LIKE '/v1/batches/%'")
     assert len(batch_rows) == 5
-    # Half the live price.
+    # Half the live price (prompt tokens served from the provider's cache at its price).
     for row in batch_rows:
-        live = (row["prompt_tokens"] * 0.15 + row["completion_tokens"] * 0.60) / 1e6
+        cached = row["cached_tokens"] or 0
+        fresh = row["prompt_tokens"] - cached
+        live = (fresh * 0.15 + cached * 0.075 + row["completion_tokens"] * 0.60) / 1e6
         assert row["cost_usd"] == pytest.approx(live / 2)
     assert done.batch.cost_usd == pytest.approx(sum(r["cost_usd"] for r in batch_rows))
-    # Each annotation's call is the replay of its batch answer.
-    replays = calls(db_path, "replay_of IS NOT NULL")
-    assert {r["replay_of"] for r in replays} == {r["call_id"] for r in batch_rows}
-    assert all(r["annotation_id"] for r in replays)
+    # Each annotation names the batch answer it was validated from.
+    with Store(db_path) as s:
+        made_by = {r[0] for r in s.con.execute("SELECT call_uid FROM annotations").fetchall()}
+    assert made_by == {r["call_uid"] for r in batch_rows}
     with Store(db_path) as s:
         (b,) = list_batches(s)
     assert b.status == "completed" and not b.open and b.completed == 5
@@ -121,9 +123,17 @@ def test_batch_is_sent_then_collected_through_the_live_path(
 def invalid(request: dict[str, Any]) -> Reply:
     """An answer that fails validation: a label id the taxonomy does not have."""
     body = valid_answer(request)
-    content = json.loads(body["choices"][0]["message"]["content"])
-    content["technique"][0]["id"] = "pwned"
-    return Reply(body=completion(json.dumps(content)))
+    message = body["choices"][0]["message"]
+    calls = message.get("tool_calls")
+    content = json.loads(calls[0]["function"]["arguments"] if calls else message["content"])
+    entry = content["papers"][0] if "papers" in content else content
+    entry["technique"][0]["id"] = "pwned"
+    text = json.dumps(content)
+    if calls:
+        calls[0]["function"]["arguments"] = text
+    else:
+        message["content"] = text
+    return Reply(body=body)
 
 
 def route_faults(request: dict[str, Any], n: int) -> Reply | None:
@@ -231,32 +241,38 @@ def hook(step):
         os.kill(os.getpid(), signal.SIGKILL)
 
 annotate_papers(sys.argv[1], "llm", model="gpt-4o-mini", base_url=sys.argv[2], batch=True,
-         wait=True, poll_every=0, batch_hook=hook)
+         wait=True, poll_every=0, batch_hook=hook, papers_per_call=int(sys.argv[4]))
 """
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize(
+    ("step", "per_call"), [*((s, 1) for s in STEPS), ("created", 4), ("collect", 4)]
+)
 def test_kill_at_each_step_loses_nothing_and_pays_nothing_twice(
-    tmp_path: Path, db_path: Path, fake_time: FakeTime, step: str
+    tmp_path: Path, db_path: Path, fake_time: FakeTime, step: str, per_call: int
 ) -> None:
     papers(db_path, tmp_path, 6)
     with batch_server(auto=True) as srv:
         proc = subprocess.run(
-            [sys.executable, "-c", KILL, str(db_path), srv.url, step],
+            [sys.executable, "-c", KILL, str(db_path), srv.url, step, str(per_call)],
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
             timeout=120,
         )
         assert proc.returncode == -signal.SIGKILL, proc.stderr
-        report = run(db_path, srv, fake_time, batch=True, wait=True, poll_every=0)
+        report = run(
+            db_path, srv, fake_time, batch=True, wait=True, poll_every=0, papers_per_call=per_call
+        )
     assert annotated(db_path) == 6 and report.stopped is None
     # One batch at the server, each paper in it once, each answered (paid for) once.
     assert len(srv.batches) == 1 and max(srv.batched.values()) == 1
     assert max(srv.asked.values()) == 1 and srv.count == 0
     with Store(db_path) as s:
         assert [b.open for b in list_batches(s)] == [False]
-        assert s.scalar("SELECT count(*) FROM llm_calls WHERE path LIKE '/v1/batches/%'") == 6
+        assert s.scalar("SELECT count(*) FROM llm_calls WHERE path LIKE '/v1/batches/%'") == (
+            6 if per_call == 1 else 2
+        )
 
 
 def test_cli_batch_then_wait_then_list_and_cancel(tmp_path: Path, db_path: Path) -> None:
@@ -314,3 +330,34 @@ def test_max_cost_limits_what_a_batch_carries(
         report = run(db_path, srv, fake_time, batch=True, max_cost=budget)
         (bid,) = srv.batches
         assert len(srv.lines(bid)) == 2 and report.batch.held_back == 3
+
+
+def test_several_papers_a_request_each_validated_on_its_own(
+    tmp_path: Path, db_path: Path, fake_time: FakeTime
+) -> None:
+    """--papers-per-call 4: one line per four papers; a paper whose entry fails is asked
+    again alone, live; the others keep their batch answer."""
+
+    def route(request: dict[str, Any], n: int) -> Reply | None:
+        titles = [p.get("title", "") for p in papers_of(request)]
+        if len(titles) > 1 and titles[0].startswith("Paper 0:"):
+            return invalid(request)  # the first entry of the first request fails
+        return None
+
+    papers(db_path, tmp_path, 6)
+    with batch_server(route=route) as srv:
+        run(db_path, srv, fake_time, batch=True, papers_per_call=4)
+        (bid,) = srv.batches
+        assert [len(papers_of(line["body"])) for line in srv.lines(bid)] == [4, 2]
+        srv.finish()
+        report = run(db_path, srv, fake_time, batch=True, papers_per_call=4)
+    assert annotated(db_path) == 6 and report.done == 6 and report.batch.answers == 2
+    # One live re-ask: paper 0 alone, its entry and the validation error fed back.
+    assert srv.count == 1 and len(papers_of(srv.requests[0])) == 1
+    assert papers_of(srv.requests[0])[0]["title"].startswith("Paper 0:")
+    rows = calls(db_path, "path LIKE '/v1/batches/%'")
+    assert sorted(r["papers"] for r in rows) == [2, 4]
+    with Store(db_path) as s:
+        made_by = dict(s.con.execute("SELECT paper_id, call_uid FROM annotations").fetchall())
+    from_batch = {r["call_uid"] for r in rows}
+    assert sum(uid in from_batch for uid in made_by.values()) == 5

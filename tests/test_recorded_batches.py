@@ -174,8 +174,8 @@ def test_real_full_lifecycle_polls_collects_and_reasks_what_fails_validation(
             "SELECT count(*) FROM annotations WHERE annotator = 'llm'"
         ).fetchone()
     assert len(stored) == 2 and all('"object": "response"' in b for (b,) in stored)
-    # Each recorded answer was replayed, held no choice, and the paper was asked live once.
-    assert srv.count == 2 and answers == (2,) and report.done == 2 and report.replayed == 2
+    # Each recorded answer held no chat choice: the paper was asked again, live, once.
+    assert srv.count == 2 and answers == (2,) and report.done == 2 and report.batch.reasks == 2
 
 
 def test_real_batch_list_finds_the_batch_a_killed_run_created(
@@ -203,7 +203,7 @@ def test_real_batch_list_finds_the_batch_a_killed_run_created(
             s.con.execute("SELECT paper_id, content_hash FROM papers").fetchall()
         ):
             s.con.execute(
-                "INSERT INTO llm_batch_requests VALUES ('pt-killed', ?, ?, ?, 'h', NULL)",
+                "INSERT INTO llm_batch_requests VALUES ('pt-killed', ?, 0, ?, ?, 'h', NULL, NULL)",
                 [str(i), pid, content_hash],
             )
     ann.close()

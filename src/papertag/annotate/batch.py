@@ -36,12 +36,13 @@ import pyarrow as pa
 from ..annotators import PaperInput, get_annotator
 from ..annotators.llm.annotator import LLMAnnotator
 from ..annotators.llm.client import CallTransport, _summarise_response
-from ..annotators.llm.config import BATCH_DISCOUNT, estimate_cost
+from ..annotators.llm.prices import BATCH_DISCOUNT, estimate_cost
 from ..annotators.llm.records import CallRecord, call_row
 from ..db import Store
-from ..errors import ConfigError, ProviderError
-from .pending import load_texts
-from .writer import call_schema
+from ..errors import AnnotationError, ConfigError, ProviderError, ValidationFailed
+from ..schema import Annotation
+from .pending import Pending, paper_input, pending_papers
+from .writer import Writer, call_schema
 
 #: OpenAI's limits of one batch: 50,000 requests, an input file of 200 MB.
 MAX_REQUESTS = 50_000
@@ -99,6 +100,13 @@ class BatchReport:
     unanswered: int = 0
     #: Papers not sent because --max-cost would not cover them.
     held_back: int = 0
+    cached_tokens: int = 0
+    #: What settling the answers gave: papers annotated and failed, and the live re-asks
+    #: of answers that failed validation (their tokens and cost are counted above).
+    annotated: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    reasks: int = 0
 
 
 _COLUMNS = (
@@ -135,6 +143,20 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+_REQUEST_SCHEMA = pa.schema(
+    [
+        ("batch_uid", pa.string()),
+        ("custom_id", pa.string()),
+        ("position", pa.int32()),
+        ("paper_id", pa.string()),
+        ("content_hash", pa.string()),
+        ("request_hash", pa.string()),
+        ("call_uid", pa.string()),
+        ("settled_at", pa.timestamp("us")),
+    ]
+)
+
+
 class _Shared(httpx2.BaseTransport):
     """The annotator's connections, borrowed: closing this leaves them to their owner."""
 
@@ -159,14 +181,15 @@ class _Capture(httpx2.BaseTransport):
         return httpx2.Response(418, json={"error": {"message": "not sent"}}, request=request)
 
 
-def request_bodies(ann: LLMAnnotator, papers: Sequence[PaperInput]) -> list[bytes]:
-    """The body of each paper's first live request, as the client sends it."""
+def request_bodies(ann: LLMAnnotator, calls: Sequence[Sequence[PaperInput]]) -> list[bytes]:
+    """The body of each call's first live request (``build_request``), as the client
+    sends it: the same bytes, so the same request hash as a live call of those papers."""
     capture = _Capture()
     dry = ann.client.with_options(http_client=httpx2.Client(transport=capture), max_retries=0)
     try:
-        for paper in papers:
+        for papers in calls:
             with contextlib.suppress(openai.APIStatusError):
-                dry.chat.completions.create(**ann._request(ann._messages(paper)))
+                dry.chat.completions.create(**ann.build_request(papers))
     finally:
         dry.close()
     return capture.bodies
@@ -239,49 +262,51 @@ class Batches:
         )
 
     # -- sending --------------------------------------------------------------------------------
-    def submit(
-        self, papers: Sequence[PaperInput], content_hashes: Sequence[str]
-    ) -> list[BatchInfo]:
-        """Send these papers in as many batches as the server's limits need."""
+    def submit(self, papers: Sequence[Pending]) -> list[BatchInfo]:
+        """Send these papers, in calls of ``papers_per_call`` (in order, as a live run groups
+        them), in as many batches as the server's limits need."""
+        size = max(1, int(getattr(self.ann, "papers_per_call", 1)))
+        calls = [list(papers[i : i + size]) for i in range(0, len(papers), size)]
+        bodies = request_bodies(self.ann, [[paper_input(p) for p in c] for c in calls])
         sent: list[BatchInfo] = []
-        bodies = request_bodies(self.ann, papers)
         start = 0
-        while start < len(papers):
-            end, size = start, 0
-            while end < len(papers) and end - start < MAX_REQUESTS:
-                size += len(bodies[end]) + 100
-                if size > MAX_FILE_BYTES and end > start:
+        while start < len(calls):
+            end, total = start, 0
+            while end < len(calls) and end - start < MAX_REQUESTS:
+                total += len(bodies[end]) + 100
+                if total > MAX_FILE_BYTES and end > start:
                     break
                 end += 1
-            sent.append(
-                self._submit_one(papers[start:end], content_hashes[start:end], bodies[start:end])
-            )
+            sent.append(self._submit_one(calls[start:end], bodies[start:end]))
             start = end
         self.report.submitted += sent
         return sent
 
-    def _submit_one(
-        self, papers: Sequence[PaperInput], hashes: Sequence[str], bodies: Sequence[bytes]
-    ) -> BatchInfo:
+    def _submit_one(self, calls: Sequence[Sequence[Pending]], bodies: Sequence[bytes]) -> BatchInfo:
         uid = "pt-" + uuid.uuid4().hex[:12]
         lines, rows = [], []
-        for i, (paper, content_hash, body) in enumerate(zip(papers, hashes, bodies, strict=True)):
+        for i, (call, body) in enumerate(zip(calls, bodies, strict=True)):
             custom_id = str(i)
             # The body as the client sends it, unparsed and unformatted, inside the line.
             lines.append(
                 f'{{"custom_id": {json.dumps(custom_id)}, "method": "POST", '
                 f'"url": {json.dumps(self.endpoint)}, "body": {body.decode("utf-8")}}}\n'
             )
-            rows.append(
+            request_hash = hashlib.sha256(body).hexdigest()[:16]
+            rows += [
                 {
                     "batch_uid": uid,
                     "custom_id": custom_id,
+                    "position": position,
                     "paper_id": paper.paper_id,
-                    "content_hash": content_hash,
-                    "request_hash": hashlib.sha256(body).hexdigest()[:16],
+                    "content_hash": paper.content_hash,
+                    "request_hash": request_hash,
                     "call_uid": None,
+                    "settled_at": None,
                 }
-            )
+                for position, paper in enumerate(call)
+            ]
+        papers = [p for call in calls for p in call]
         now = _now()
         with self.store.transaction() as con:
             con.execute(
@@ -301,7 +326,9 @@ class Batches:
                     now,
                 ],
             )
-            self.store.insert_arrow("llm_batch_requests", pa.Table.from_pylist(rows))
+            self.store.insert_arrow(
+                "llm_batch_requests", pa.Table.from_pylist(rows, schema=_REQUEST_SCHEMA)
+            )
         self.hook("upload")
         data = "".join(lines).encode("utf-8")
         try:
@@ -431,17 +458,17 @@ class Batches:
         return out
 
     def _collect(self, uid: str, batch: Any) -> None:
-        """Store the answers of an ended batch and close it, in one transaction."""
+        """Store the answers of an ended batch as paid calls and close it, in one
+        transaction; :meth:`settle` then validates and stores what they say."""
         answers = self._download(batch.output_file_id)
         self.hook("collect")
-        requests = {
-            custom_id: (paper_id, request_hash)
-            for custom_id, paper_id, request_hash in self.store.con.execute(
-                "SELECT custom_id, paper_id, request_hash FROM llm_batch_requests "
-                "WHERE batch_uid = ?",
-                [uid],
-            ).fetchall()
-        }
+        requests: dict[str, tuple[list[str], str]] = {}
+        for custom_id, paper_id, request_hash in self.store.con.execute(
+            "SELECT custom_id, paper_id, request_hash FROM llm_batch_requests "
+            "WHERE batch_uid = ? ORDER BY custom_id, position",
+            [uid],
+        ).fetchall():
+            requests.setdefault(custom_id, ([], request_hash))[0].append(paper_id)
         rows, links = [], []
         report = self.report
         options = json.dumps(self.ann.options())
@@ -451,7 +478,7 @@ class Batches:
             custom_id = str(item["custom_id"])
             if custom_id not in requests or response.get("status_code") != 200:
                 continue
-            paper_id, request_hash = requests[custom_id]
+            paper_ids, request_hash = requests[custom_id]
             record = CallRecord(
                 started_at=started,
                 host=self.ann.host,
@@ -461,19 +488,23 @@ class Batches:
                 attempt=1,
                 duration_ms=0.0,
                 status=200,
+                paper_ids=paper_ids,
             )
             _summarise_response(record, json.dumps(response.get("body")).encode())
-            live = estimate_cost(self.ann.model, record.prompt_tokens, record.completion_tokens)
+            live = estimate_cost(
+                self.ann.model, record.prompt_tokens, record.completion_tokens, record.cached_tokens
+            )
             record.cost_usd = None if live is None else live * BATCH_DISCOUNT
-            row = call_row(self.run_id, self.ann, options, paper_id, None, record)
-            # The request is in the batch's input file and in the replay that uses this
-            # answer (which the live path logs with its body).
+            one = paper_ids[0] if len(paper_ids) == 1 else None
+            row = call_row(self.run_id, self.ann, options, one, None, record)
+            # The request is the batch input file's line (the same body as a live call's).
             row["request_body"] = None
             rows.append(row)
             links.append({"custom_id": custom_id, "call_uid": record.call_uid})
             report.answers += 1
             report.prompt_tokens += record.prompt_tokens or 0
             report.completion_tokens += record.completion_tokens or 0
+            report.cached_tokens += record.cached_tokens or 0
             report.cost_usd += record.cost_usd or 0.0
         report.unanswered += len(requests) - len(links)
         with self.store.transaction() as con:
@@ -488,12 +519,139 @@ class Batches:
                     [uid],
                 )
                 con.unregister("_links")
+            # A request without an answer is settled: its papers are pending again.
+            con.execute(
+                "UPDATE llm_batch_requests SET settled_at = ? WHERE batch_uid = ? "
+                "AND call_uid IS NULL",
+                [_now(), uid],
+            )
             con.execute(
                 "UPDATE llm_batches SET collected_at = ?, updated_at = ? WHERE batch_uid = ?",
                 [_now(), _now(), uid],
             )
         self.hook("collected")
         report.collected.append(find_batch(self.store, uid))
+
+    # -- settling -------------------------------------------------------------------------------
+    def settle(self) -> None:
+        """Validate and store the answers of collected batches, as a live call's answers
+        are: each paper's entry on its own (``parse_answers``), one that fails re-asked
+        alone and live (``reask``), the results written by the live run's Writer. A
+        request is marked settled once its papers' results are committed, so a run killed
+        here parses the stored answers again next time (paying only for re-asks in flight)."""
+        lines = self.store.con.execute(
+            "SELECT r.batch_uid, r.custom_id, r.call_uid, "
+            "list(r.paper_id ORDER BY r.position), list(r.content_hash ORDER BY r.position) "
+            "FROM llm_batch_requests r JOIN llm_batches b USING (batch_uid) "
+            f"WHERE r.call_uid IS NOT NULL AND r.settled_at IS NULL AND {self._KEY_SQL} "
+            "GROUP BY ALL ORDER BY r.batch_uid, r.custom_id",
+            self._key,
+        ).fetchall()
+        if not lines:
+            return
+        run_id = self.run_id
+        self.store.con.execute(
+            "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, "
+            "taxonomy_version, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [run_id, self.ann.name, self.ann.model, self.ann.prompt_version,
+             self.ann.taxonomy.version, _now()],
+        )  # fmt: skip
+        writer = Writer(self.store, self.ann, run_id)
+        done: list[tuple[str, str]] = []
+        report = self.report
+        for batch_uid, custom_id, call_uid, paper_ids, hashes in lines:
+            body = self.store.scalar(
+                "SELECT response_body FROM llm_call_rows WHERE call_uid = ?", [call_uid]
+            )
+            group = self._still_pending(paper_ids, hashes)
+            if group:
+                self._settle_call(writer, group, paper_ids, body, call_uid)
+            done.append((batch_uid, custom_id))
+            if writer.due():
+                self._flush(writer, done)
+        self._flush(writer, done)
+        self.store.con.execute(
+            "UPDATE annotation_runs SET finished_at = ?, done = ?, failed = ? WHERE run_id = ?",
+            [_now(), report.annotated, report.failed, run_id],
+        )
+
+    def _still_pending(self, paper_ids: list[str], hashes: list[str]) -> list[Pending]:
+        """The papers of a request that still lack a result for this key, with their text
+        (a paper whose text changed since is left to be asked again)."""
+        pending, _ = pending_papers(self.store, self.ann, paper_ids=paper_ids)
+        by_id = {p.paper_id: p for p in pending}
+        return [
+            by_id[pid]
+            for pid, content_hash in zip(paper_ids, hashes, strict=True)
+            if pid in by_id and by_id[pid].content_hash == content_hash
+        ]
+
+    def _settle_call(
+        self,
+        writer: Writer,
+        group: list[Pending],
+        paper_ids: list[str],
+        body: str,
+        call_uid: str,
+    ) -> None:
+        report = self.report
+        # The answer numbers the papers as the request did: parse it against all of them.
+        wanted = {p.paper_id for p in group}
+        everyone = {p.paper_id: p for p in group}
+        inputs = [
+            paper_input(everyone[pid]) if pid in everyone else PaperInput(pid, "", "")
+            for pid in paper_ids
+        ]
+        now = _now()
+        for answer in self.ann.parse_answers(inputs, body):
+            pid = answer.paper.paper_id
+            if pid not in wanted:
+                continue
+            paper = everyone[pid]
+            made_by = call_uid
+            calls: list[Any] = []
+            result: Annotation | AnnotationError | None = answer.annotation
+            error = answer.error
+            if result is None and (
+                len(paper_ids) > 1
+                or isinstance(error, ValidationFailed)
+                or (error is not None and error.retryable)
+            ):
+                # As a live call does: the paper alone, its entry and the error fed back.
+                try:
+                    result = self.ann.reask(answer)
+                except AnnotationError as exc:
+                    result = exc
+                calls = self.ann.drain_calls()
+                made_by = calls[-1].call_uid if calls else call_uid
+                for c in calls:
+                    report.reasks += 1
+                    report.prompt_tokens += c.prompt_tokens or 0
+                    report.completion_tokens += c.completion_tokens or 0
+                    report.cost_usd += c.cost_usd or 0.0
+            elif result is None:
+                result = error  # final: a refusal, an answer cut off
+            annotations: dict[str, str] = {}
+            if isinstance(result, Annotation):
+                annotations[pid] = writer.add(paper, result, 0.0, now, made_by)
+                report.annotated += 1
+            elif isinstance(result, AnnotationError):
+                result.paper_id = pid
+                writer.fail(paper, result, now)
+                report.failed += 1
+                report.failures.append((pid, result.reason))
+            writer.calls([paper], annotations, calls)
+
+    def _flush(self, writer: Writer, done: list[tuple[str, str]]) -> None:
+        writer.flush()
+        if done:
+            self.store.con.execute(
+                "UPDATE llm_batch_requests r SET settled_at = $1 FROM (SELECT "
+                "unnest($2::VARCHAR[]) AS b, unnest($3::VARCHAR[]) AS c) d "
+                "WHERE r.batch_uid = d.b AND r.custom_id = d.c",
+                [_now(), [b for b, _ in done], [c for _, c in done]],
+            )
+            done.clear()
 
     # -- cancelling ------------------------------------------------------------------------------
     def cancel(self, ident: str) -> BatchInfo:
@@ -547,26 +705,26 @@ def annotate_with_batches(
     *,
     submit: bool,
     wait: bool,
-    pending: Callable[[], Sequence[Any]],
-    admit: Callable[[Sequence[Any]], Sequence[Any]] | None = None,
+    pending: Callable[[], Sequence[Pending]],
+    admit: Callable[[Sequence[Pending]], Sequence[Pending]] | None = None,
     hook: Callable[[str], None] | None = None,
     poll_every: float | None = None,
     on_batches: Callable[[list[BatchInfo]], None] | None = None,
 ) -> Any:
-    """One ``annotate`` of an LLM annotator with batches: collect what ended, run the live
-    engine over it (replaying the answers), and with ``submit`` send what is left in a
-    batch; with ``wait``, again until no batch is open.
-
-    ``run(paper_ids)`` is the live engine (None: every pending paper); ``pending()`` the
-    papers it would still do; ``admit(papers)`` those of them a budget lets go. Returns the live runs' report with ``.batch`` filled in.
-    """
+    """One ``annotate`` of an LLM annotator with batches: collect the batches that ended
+    and settle their answers; run the live engine (``run(paper_ids)``; None: every
+    pending paper) over what is left, or with ``submit`` only over papers that came back
+    unanswered from :data:`MAX_BATCH_TRIES` batches, sending the rest (``pending()``,
+    cut by ``admit``) in a batch; with ``wait``, again until no batch is open. Returns the
+    live runs' report, the batches' answers counted in, with ``.batch`` filled in."""
     every = POLL_EVERY if poll_every is None else poll_every
     batches = Batches(store, ann, "batch-" + uuid.uuid4().hex[:8], hook=hook)
     total: Any = None
     try:
         while True:
             waiting = batches.refresh()
-            live = None if not submit else _answered_or_given_up(store, ann)
+            batches.settle()
+            live = None if not submit else _given_up(store, ann)
             if live is None or live:
                 report = run(live)
                 total = report if total is None else _add(total, report)
@@ -579,11 +737,7 @@ def annotate_with_batches(
                     batches.report.held_back = len(todo) - len(allowed)
                     todo = allowed
                 if todo:
-                    papers = load_texts(store, todo)
-                    batches.submit(
-                        [PaperInput(p.paper_id, p.title, p.abstract) for p in papers],
-                        [p.content_hash for p in papers],
-                    )
+                    batches.submit(todo)
                     waiting = batches.waiting()
             if on_batches is not None:
                 on_batches(waiting)
@@ -596,9 +750,14 @@ def annotate_with_batches(
         total = run([])
     report = batches.report
     total.batch = report
+    total.done += report.annotated
+    total.failed += report.failed
+    total.failures += report.failures
+    total.calls += report.reasks
     total.cost_usd += report.cost_usd
     total.prompt_tokens += report.prompt_tokens
     total.completion_tokens += report.completion_tokens
+    total.cached_tokens += report.cached_tokens
     return total
 
 
@@ -624,23 +783,21 @@ def _add(a: Any, b: Any) -> Any:
     return a
 
 
-def _answered_or_given_up(store: Store, ann: Any) -> list[str]:
-    """Papers to run live after collecting: those a collected batch answered (their answer
-    is replayed, and re-asked live if it fails validation), and those that came back
-    without an answer from :data:`MAX_BATCH_TRIES` batches."""
+def _given_up(store: Store, ann: Any) -> list[str]:
+    """Papers that came back without an answer from :data:`MAX_BATCH_TRIES` batches and
+    still lack an annotation: asked live even with ``--batch``."""
     rows = store.con.execute(
-        "SELECT r.paper_id, bool_or(r.call_uid IS NOT NULL), count(*) FILTER (WHERE r.call_uid IS NULL) "
-        "FROM llm_batch_requests r JOIN llm_batches b USING (batch_uid) "
-        "WHERE b.collected_at IS NOT NULL AND b.annotator = ? AND b.model = ? "
-        "AND b.prompt_version = ? AND b.taxonomy_version = ? "
+        "SELECT r.paper_id FROM llm_batch_requests r JOIN llm_batches b USING (batch_uid) "
+        "WHERE b.collected_at IS NOT NULL AND r.call_uid IS NULL AND b.annotator = ? "
+        "AND b.model = ? AND b.prompt_version = ? AND b.taxonomy_version = ? "
         "AND NOT EXISTS (SELECT 1 FROM annotations a JOIN papers p USING (paper_id) "
         "  WHERE a.paper_id = r.paper_id AND a.content_hash = p.content_hash "
         "  AND a.annotator = b.annotator AND a.model = b.model "
         "  AND a.prompt_version = b.prompt_version AND a.taxonomy_version = b.taxonomy_version) "
-        "GROUP BY r.paper_id",
-        [ann.name, ann.model, ann.prompt_version, ann.taxonomy.version],
+        "GROUP BY r.paper_id HAVING count(*) >= ?",
+        [ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, MAX_BATCH_TRIES],
     ).fetchall()
-    return [pid for pid, answered, misses in rows if answered or misses >= MAX_BATCH_TRIES]
+    return [r[0] for r in rows]
 
 
 __all__ = [
