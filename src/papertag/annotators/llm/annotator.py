@@ -1,12 +1,13 @@
 """``--annotator llm``: a structured-output prompt on OpenAI or any OpenAI-compatible server.
 
-Each paper is one loop of ours: ask through the official ``openai`` client
-(``chat.completions.create``, its public API only), validate the answer with
-:class:`papertag.schema.Annotation`, and re-ask with the validation error a bounded
-number of times. The request's structured-output part (a function tool, a
-``response_format``, or the schema written into the prompt) is built here from the
-pydantic model's JSON schema, so the abstract is sent exactly as written (no
-templating of messages).
+Each call is one loop of ours: the request for its papers
+(:meth:`LLMConfig.build_request`: the system message and the structured-output part,
+the same for every call, then the papers) goes through the official ``openai``
+client's public ``post``; instructor reads the answer out of the completion
+(:mod:`papertag.annotators.llm.answers`), and each paper's entry is validated on its own
+with :class:`papertag.schema.Annotation` against that paper's text. A paper whose entry
+fails is asked again alone, with the validation error, a bounded number of times. The
+abstract is sent exactly as written (no templating of messages, no ``context=``).
 
 Throttle, transport retries (tenacity) and the record of every HTTP exchange for the
 ``llm_calls`` table live in one httpx transport, :class:`CallTransport`, that wraps the
@@ -40,6 +41,12 @@ from .throttle import Cancelled, Throttle
 
 # --------------------------------------------------------------------------- annotator
 
+
+#: Where a request goes, under the client's base URL. The body goes through the client's
+#: public ``post`` as built (:meth:`LLMConfig.build_request`, the body a batch file holds
+#: too): ``chat.completions.create`` would walk the tool or response-format schema node by
+#: node on every call, and its first use imports every resource of the API (half a second).
+CHAT_PATH = "/chat/completions"
 
 #: Stands for a paper's user message in the request cut into a template (plain letters:
 #: a JSON encoder leaves them as they are).
@@ -153,7 +160,7 @@ class LLMAnnotator(LLMConfig):
             {"role": "user", "content": _USER_SLOT},
         ]
         try:
-            dry.chat.completions.create(**self.request(messages, 1))
+            dry.post(CHAT_PATH, body=self.request(messages, 1), cast_to=httpx2.Response)
         except openai.APIError:
             pass
         finally:
@@ -171,7 +178,7 @@ class LLMAnnotator(LLMConfig):
         """
         self._local.papers = [p.paper_id for p in papers]
         try:
-            raw = self.client.chat.completions.with_raw_response.create(**body)
+            raw = self.client.post(CHAT_PATH, body=body, cast_to=httpx2.Response)
         except Cancelled:
             # Ctrl-C: the throttle refused the request (newer clients pass the error on as
             # it is, older ones as the cause of an APIConnectionError).
@@ -180,7 +187,7 @@ class LLMAnnotator(LLMConfig):
             if isinstance(exc.__cause__, Cancelled):
                 raise self._stopped() from None
             raise self._api_failure(exc) from None
-        return as_completion(raw.http_response.content)
+        return as_completion(raw.content)
 
     # -- the loop -------------------------------------------------------------------------
     def annotate(self, paper: PaperInput) -> Annotation:

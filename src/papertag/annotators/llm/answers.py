@@ -34,13 +34,11 @@ from ..base import PaperInput
 #: The function (tools mode) or schema (json_schema mode) the model answers with.
 SCHEMA_NAME = "Annotations"
 
-#: How instructor reads each of papertag's modes. Plain JSON answers are read as
-#: instructor's MD_JSON does (the last JSON object of the text, fenced or not): local
-#: models often wrap the object in a sentence.
+#: How instructor reads each of papertag's modes.
 INSTRUCTOR_MODES = {
     "tools": instructor.Mode.TOOLS,
     "json_schema": instructor.Mode.JSON_SCHEMA,
-    "json": instructor.Mode.MD_JSON,
+    "json": instructor.Mode.JSON,
     "md_json": instructor.Mode.MD_JSON,
 }
 
@@ -215,7 +213,14 @@ def parse_answers(
         return _whole(papers, AnnotationError(reason))
     model = answers_model(taxonomy)
     try:
-        envelope = model.from_response(parsed, mode=INSTRUCTOR_MODES[mode])
+        try:
+            envelope = model.from_response(parsed, mode=INSTRUCTOR_MODES[mode])
+        except pydantic.ValidationError:
+            if mode != "json":
+                raise
+            # Local models often wrap the object in a sentence or a fenced block: read the
+            # text's last JSON object, as instructor's MD_JSON mode does.
+            envelope = model.from_response(parsed, mode=instructor.Mode.MD_JSON)
     except Exception as exc:
         # pydantic's (not JSON, not a list of objects) or instructor's own (no tool call).
         what = (
