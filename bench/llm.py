@@ -336,18 +336,19 @@ def bench_cost(tmp: Path, mode: str) -> dict[str, Usage]:
         "<= 25%",
         share <= 0.25,
     )
-    line(
-        "   ... 8 a call with --batch: $ per 1,000 papers",
-        f"{batch.cost / today.cost:.0%} of today's",
-        "<= 20%",
-        batch.cost <= today.cost / 5,
-    )
-    line(
-        f"   ... cascade, 8 a call, --batch (sent {sent} of {cascade.papers})",
-        f"{cascade.cost / today.cost:.1%} of today's",
-        "<= 10%",
-        cascade.cost <= today.cost / 10,
-    )
+    # Today's request is cached by the provider too (its static part is long): the targets
+    # are checked against that; the share of today's cost without any cache (the issue's
+    # $0.89 per 1,000 figure assumed none) is printed beside it.
+    for name, usage, target in (
+        ("8 a call with --batch: $ per 1,000 papers", batch, 0.2),
+        (f"cascade (sent {sent} of {cascade.papers}), 8, --batch: $", cascade, 0.1),
+    ):
+        line(
+            f"   ... {name}",
+            f"{usage.cost / today.cost:.1%} ({usage.cost / today.uncached_cost:.1%} uncached)",
+            f"<= {target:.0%} of today's",
+            usage.cost <= today.cost * target,
+        )
     return rows
 
 
