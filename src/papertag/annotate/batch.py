@@ -25,6 +25,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,8 @@ MAX_FILE_BYTES = 190 * 1024 * 1024
 TERMINAL = ("completed", "expired", "failed", "cancelled")
 #: A paper that came back without an answer from this many batches is asked live.
 MAX_BATCH_TRIES = 2
+#: Requests settled (parsed, re-asked, written) per commit.
+SETTLE_LINES = 256
 #: Seconds between two polls of a batch with ``--wait``.
 POLL_EVERY = 30.0
 
@@ -536,110 +539,120 @@ class Batches:
     def settle(self) -> None:
         """Validate and store the answers of collected batches, as a live call's answers
         are: each paper's entry on its own (``parse_answers``), one that fails re-asked
-        alone and live (``reask``), the results written by the live run's Writer. A
-        request is marked settled once its papers' results are committed, so a run killed
-        here parses the stored answers again next time (paying only for re-asks in flight)."""
+        alone and live (``reask``, ``concurrency`` at a time), the results written by the
+        live run's Writer. A request is marked settled once its papers' results are
+        committed, so a run killed here parses the stored answers again next time (paying
+        only for the re-asks in flight)."""
         lines = self.store.con.execute(
-            "SELECT r.batch_uid, r.custom_id, r.call_uid, "
+            "SELECT r.batch_uid, r.custom_id, c.call_uid, c.response_body, "
             "list(r.paper_id ORDER BY r.position), list(r.content_hash ORDER BY r.position) "
             "FROM llm_batch_requests r JOIN llm_batches b USING (batch_uid) "
-            f"WHERE r.call_uid IS NOT NULL AND r.settled_at IS NULL AND {self._KEY_SQL} "
+            "JOIN llm_call_rows c ON c.call_uid = r.call_uid "
+            "WHERE r.settled_at IS NULL AND b.annotator = ? AND b.model = ? AND b.host = ? "
+            "AND b.prompt_version = ? AND b.taxonomy_version = ? "
             "GROUP BY ALL ORDER BY r.batch_uid, r.custom_id",
             self._key,
         ).fetchall()
         if not lines:
             return
-        run_id = self.run_id
         self.store.con.execute(
             "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, "
             "taxonomy_version, started_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [run_id, self.ann.name, self.ann.model, self.ann.prompt_version,
+            [self.run_id, self.ann.name, self.ann.model, self.ann.prompt_version,
              self.ann.taxonomy.version, _now()],
         )  # fmt: skip
-        writer = Writer(self.store, self.ann, run_id)
-        done: list[tuple[str, str]] = []
+        writer = Writer(self.store, self.ann, self.run_id)
+        workers = max(1, int(getattr(self.ann, "concurrency", 1)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="papertag-reask") as pool:
+            for start in range(0, len(lines), SETTLE_LINES):
+                chunk = lines[start : start + SETTLE_LINES]
+                self._settle_lines(writer, pool, chunk)
+                self._flush(writer, [(b, c) for b, c, *_ in chunk])
         report = self.report
-        for batch_uid, custom_id, call_uid, paper_ids, hashes in lines:
-            body = self.store.scalar(
-                "SELECT response_body FROM llm_call_rows WHERE call_uid = ?", [call_uid]
-            )
-            group = self._still_pending(paper_ids, hashes)
-            if group:
-                self._settle_call(writer, group, paper_ids, body, call_uid)
-            done.append((batch_uid, custom_id))
-            if writer.due():
-                self._flush(writer, done)
-        self._flush(writer, done)
         self.store.con.execute(
             "UPDATE annotation_runs SET finished_at = ?, done = ?, failed = ? WHERE run_id = ?",
-            [_now(), report.annotated, report.failed, run_id],
+            [_now(), report.annotated, report.failed, self.run_id],
         )
 
-    def _still_pending(self, paper_ids: list[str], hashes: list[str]) -> list[Pending]:
-        """The papers of a request that still lack a result for this key, with their text
-        (a paper whose text changed since is left to be asked again)."""
-        pending, _ = pending_papers(self.store, self.ann, paper_ids=paper_ids)
-        by_id = {p.paper_id: p for p in pending}
-        return [
-            by_id[pid]
-            for pid, content_hash in zip(paper_ids, hashes, strict=True)
-            if pid in by_id and by_id[pid].content_hash == content_hash
-        ]
+    def _settle_lines(
+        self, writer: Writer, pool: ThreadPoolExecutor, lines: Sequence[Sequence[Any]]
+    ) -> None:
+        ids = [pid for line in lines for pid in line[4]]
+        # The papers that still lack a result for this key (a paper whose text changed
+        # since it was sent is left to be asked again).
+        pending = {p.paper_id: p for p in pending_papers(self.store, self.ann, paper_ids=ids)[0]}
+        now = _now()
+        reasks: list[tuple[Pending, Any, str]] = []
+        for _batch_uid, _custom_id, call_uid, body, paper_ids, hashes in lines:
+            group = {
+                pid: pending[pid]
+                for pid, content_hash in zip(paper_ids, hashes, strict=True)
+                if pid in pending and pending[pid].content_hash == content_hash
+            }
+            if not group:
+                continue
+            # The answer numbers the papers as the request did: parse it against all of them.
+            inputs = [
+                paper_input(group[pid]) if pid in group else PaperInput(pid, "", "")
+                for pid in paper_ids
+            ]
+            for answer in self.ann.parse_answers(inputs, body):
+                paper = group.get(answer.paper.paper_id)
+                if paper is None:
+                    continue
+                error = answer.error
+                if answer.annotation is not None:
+                    self._result(writer, paper, answer.annotation, call_uid, [], now)
+                elif (
+                    len(paper_ids) > 1
+                    or isinstance(error, ValidationFailed)
+                    or (error is not None and error.retryable)
+                ):
+                    reasks.append((paper, answer, call_uid))
+                elif error is not None:
+                    self._result(writer, paper, error, call_uid, [], now)  # refused, cut off
+        # As a live call does: each failing paper alone, its entry and the error fed back.
+        for (paper, _, call_uid), (result, calls) in zip(
+            reasks, pool.map(self._reask, [answer for _, answer, _ in reasks]), strict=True
+        ):
+            self._result(writer, paper, result, call_uid, calls, now)
 
-    def _settle_call(
+    def _reask(self, answer: Any) -> tuple[Annotation | AnnotationError, list[Any]]:
+        """One paper re-asked live, in a thread of the pool (its calls are the thread's)."""
+        try:
+            result: Annotation | AnnotationError = self.ann.reask(answer)
+        except AnnotationError as exc:
+            result = exc
+        return result, self.ann.drain_calls()
+
+    def _result(
         self,
         writer: Writer,
-        group: list[Pending],
-        paper_ids: list[str],
-        body: str,
+        paper: Pending,
+        result: Annotation | AnnotationError,
         call_uid: str,
+        calls: list[Any],
+        now: datetime,
     ) -> None:
+        """Queue one paper's result, and the live re-asks that gave it (if any)."""
         report = self.report
-        # The answer numbers the papers as the request did: parse it against all of them.
-        wanted = {p.paper_id for p in group}
-        everyone = {p.paper_id: p for p in group}
-        inputs = [
-            paper_input(everyone[pid]) if pid in everyone else PaperInput(pid, "", "")
-            for pid in paper_ids
-        ]
-        now = _now()
-        for answer in self.ann.parse_answers(inputs, body):
-            pid = answer.paper.paper_id
-            if pid not in wanted:
-                continue
-            paper = everyone[pid]
-            made_by = call_uid
-            calls: list[Any] = []
-            result: Annotation | AnnotationError | None = answer.annotation
-            error = answer.error
-            if result is None and (
-                len(paper_ids) > 1
-                or isinstance(error, ValidationFailed)
-                or (error is not None and error.retryable)
-            ):
-                # As a live call does: the paper alone, its entry and the error fed back.
-                try:
-                    result = self.ann.reask(answer)
-                except AnnotationError as exc:
-                    result = exc
-                calls = self.ann.drain_calls()
-                made_by = calls[-1].call_uid if calls else call_uid
-                for c in calls:
-                    report.reasks += 1
-                    report.prompt_tokens += c.prompt_tokens or 0
-                    report.completion_tokens += c.completion_tokens or 0
-                    report.cost_usd += c.cost_usd or 0.0
-            elif result is None:
-                result = error  # final: a refusal, an answer cut off
-            annotations: dict[str, str] = {}
-            if isinstance(result, Annotation):
-                annotations[pid] = writer.add(paper, result, 0.0, now, made_by)
-                report.annotated += 1
-            elif isinstance(result, AnnotationError):
-                result.paper_id = pid
-                writer.fail(paper, result, now)
-                report.failed += 1
-                report.failures.append((pid, result.reason))
+        for c in calls:
+            report.reasks += 1
+            report.prompt_tokens += c.prompt_tokens or 0
+            report.completion_tokens += c.completion_tokens or 0
+            report.cost_usd += c.cost_usd or 0.0
+        annotations: dict[str, str] = {}
+        if isinstance(result, Annotation):
+            # Named after the answer it was validated from: the last re-ask's, else the batch's.
+            made_by = calls[-1].call_uid if calls else call_uid
+            annotations[paper.paper_id] = writer.add(paper, result, 0.0, now, made_by)
+            report.annotated += 1
+        else:
+            result.paper_id = paper.paper_id
+            writer.fail(paper, result, now)
+            report.failed += 1
+            report.failures.append((paper.paper_id, result.reason))
+        if calls:
             writer.calls([paper], annotations, calls)
 
     def _flush(self, writer: Writer, done: list[tuple[str, str]]) -> None:
