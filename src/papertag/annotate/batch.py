@@ -58,7 +58,7 @@ SETTLE_LINES = 256
 POLL_EVERY = 30.0
 
 #: The steps of sending and collecting a batch, in order, as the hook is told them.
-STEPS = ("upload", "uploaded", "create", "created", "collect", "collected")
+STEPS = ("upload", "uploaded", "create", "created", "collect", "collected", "settle")
 
 
 class BatchError(ProviderError):
@@ -567,6 +567,7 @@ class Batches:
             for start in range(0, len(lines), SETTLE_LINES):
                 chunk = lines[start : start + SETTLE_LINES]
                 self._settle_lines(writer, pool, chunk)
+                self.hook("settle")
                 self._flush(writer, [(b, c) for b, c, *_ in chunk])
         report = self.report
         self.store.con.execute(
