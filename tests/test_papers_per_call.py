@@ -103,9 +103,21 @@ def test_k_papers_a_call_each_annotated_and_tied_to_its_call(papers: Path) -> No
     # take max_tokens for each.
     assert [[p["id"] for p in papers_of(r)] for r in sent] == [["1", "2", "3"]] * 2 + [["1"]]
     assert [r["max_tokens"] for r in sent] == [3 * 1024, 3 * 1024, 1024]
-    # The static part is byte-identical in every call; only the user message differs.
+    # The static part comes first and is byte-identical in every call; the papers come
+    # last, in the last message.
     assert len({json.dumps(r["messages"][0]) for r in sent}) == 1
     assert len({json.dumps(r["response_format"]) for r in sent}) == 1
+    assert all(list(r)[-1] == "messages" and r["messages"][-1]["role"] == "user" for r in sent)
+    # A full call's row keeps only its papers' part; the view puts the body back together.
+    stored = rows(
+        papers,
+        "SELECT c.papers, r.request_template IS NOT NULL, c.request_body FROM llm_calls c "
+        "JOIN llm_call_rows r USING (call_id)",
+    )
+    assert sorted((n, kept) for n, kept, _ in stored) == [(1, False), (3, True), (3, True)]
+    assert sorted(json.loads(body)["messages"][1]["content"] for *_, body in stored) == sorted(
+        r["messages"][1]["content"] for r in sent
+    )
     ids = paper_ids(papers)
     calls = rows(
         papers,
