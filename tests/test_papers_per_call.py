@@ -323,3 +323,36 @@ def test_max_cost_holds_with_several_papers_a_call(
     assert report.cost_usd <= 0.02 and report.left == 40 - report.done
     # Whole calls started: the papers done are a multiple of four.
     assert report.done % 4 == 0
+
+
+def test_dry_run_counts_each_paper_its_share_of_a_call(papers: Path) -> None:
+    """--dry-run and --max-cost estimate each paper with its share of what a call of K
+    papers sends once: eight a call, a paper's prompt is a fraction of one alone."""
+    from papertag.annotate import estimate
+
+    url = "http://127.0.0.1:9/v1"
+    one, eight = (
+        estimate(papers, "llm", model="gpt-4o-mini", base_url=url, papers_per_call=k)
+        for k in (1, 8)
+    )
+    assert one.papers == eight.papers == 7
+    assert eight.prompt_tokens < one.prompt_tokens / 2
+    assert eight.cost_usd is not None and one.cost_usd is not None
+    assert eight.cost_usd < one.cost_usd
+
+
+@pytest.mark.parametrize("value", ["0", "33"])
+def test_papers_per_call_out_of_range_is_refused(papers: Path, value: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["--db", str(papers), "annotate", "-a", "llm", "--model", "m", "--papers-per-call", value],
+    )
+    assert result.exit_code == 2 and "--papers-per-call" in result.output
+
+
+def test_papers_per_call_is_for_the_llm_annotator_only(papers: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["--db", str(papers), "annotate", "-a", "rules", "--papers-per-call", "4"]
+    )
+    assert result.exit_code == 2 and "--papers-per-call" in result.stderr
+    assert rows(papers, "SELECT count(*) FROM annotations") == [(0,)]
