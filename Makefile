@@ -7,7 +7,6 @@ STAMP := $(VENV)/.installed
 DIGESTS ?= ../shared/digests
 DEMO_DB ?= papertag.duckdb
 SILVER ?= ../shared/train/silver.jsonl
-DEV_GOLD ?= ../shared/gold/dev.jsonl
 SHIPPED_MODEL := src/papertag/annotators/learned/default.npz
 
 RECORD_PORT ?= 8765
@@ -33,10 +32,11 @@ demo: venv
 	@echo 'Example query: the top labels of each field'
 	$(BIN)/papertag --db $(DEMO_DB) sql "$(DEMO_SQL)"
 
-# Rebuild the learned annotator's shipped model from the shared silver and dev labels
+# Rebuild the learned annotator's shipped model from the shared silver labels alone: dev is
+# kept for reporting, so `papertag eval` on it scores papers the model never saw
 # (deterministic: the same files give the same bytes; the file records their hashes).
 model: venv
-	$(BIN)/papertag train --no-reviews --from $(SILVER) --from $(DEV_GOLD) --out $(SHIPPED_MODEL) --force
+	$(BIN)/papertag train --no-reviews --from $(SILVER) --out $(SHIPPED_MODEL) --force
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
