@@ -5,9 +5,10 @@ version): re-running the same annotator on the same text does nothing, while a
 changed abstract, prompt or taxonomy gives a new annotation and leaves the old
 one queryable (``current = false`` in the ``labels`` view).
 
-LLM annotators run ``concurrency`` papers at once, each in a thread of a pool;
-results come back to the one thread that writes to DuckDB, which commits at least
-once a second. Every model response is also journaled the moment it arrives
+LLM annotators run ``concurrency`` calls at once, each in a thread of a pool, each
+call carrying ``papers_per_call`` papers (in order); a call's results come back
+together to the one thread that writes to DuckDB, which commits at least once a
+second. Every model response is also journaled the moment it arrives
 (:mod:`papertag.annotate.journal`), so after a ``kill -9`` the same command resumes: it
 stores what the journal holds and replays those answers instead of paying for
 them again. Ctrl-C stops starting papers, lets those in flight finish, commits
