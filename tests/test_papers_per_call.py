@@ -356,3 +356,32 @@ def test_papers_per_call_is_for_the_llm_annotator_only(papers: Path) -> None:
     )
     assert result.exit_code == 2 and "--papers-per-call" in result.stderr
     assert rows(papers, "SELECT count(*) FROM annotations") == [(0,)]
+
+
+def test_a_call_paid_before_a_kill_is_made_again_as_it_was(papers: Path) -> None:
+    """Calls settle whole, but a paper can be left to do beside them (a failure worth
+    retrying): the papers still to do then no longer fall into the same calls. A call a
+    killed run paid for is made again with its own papers, and its answer replayed."""
+    ids = paper_ids(papers)
+    with fault_server() as srv:
+        first = run(papers, srv.url, 3, concurrency=1, limit=6)
+        assert (first.done, srv.calls) == (6, 2)
+        # As if the run had died before storing the second call's papers (its answer was
+        # journaled), and the first paper had ended in a failure worth retrying.
+        with Store(papers) as s:
+            gone = ids[3:6] + ids[:1]
+            s.con.execute(
+                "DELETE FROM annotation_labels WHERE annotation_id IN (SELECT annotation_id "
+                "FROM annotations WHERE paper_id IN (SELECT unnest(?::VARCHAR[])))",
+                [gone],
+            )
+            s.con.execute(
+                "DELETE FROM annotations WHERE paper_id IN (SELECT unnest(?::VARCHAR[]))", [gone]
+            )
+        again = run(papers, srv.url, 3, concurrency=1, limit=6)
+        asked = [[p["title"] for p in papers_of(r)] for r in srv.requests[2:]]
+    # The first paper alone is asked; the second call's three papers come from its answer.
+    assert (again.done, again.replayed, again.calls) == (4, 1, 1)
+    assert asked == [[titles(papers)[0]]]
+    with Store(papers) as s:
+        assert s.scalar("SELECT count(DISTINCT paper_id) FROM annotations") == 6
