@@ -2,11 +2,14 @@
 
 The server (tests/fault_server.py, an asyncio HTTP server) runs in this process;
 papertag runs as the command a user types, in its own process, and each figure
-times the whole command. Four figures, each printed with its target:
+times the whole command. Five figures, each printed with its target:
 
-1. own overhead: zero latency, end to end (annotate -> validate -> store); no target
-   here (one paper a call through the plain client: the 500 papers/s goal belongs to
-   calls that carry several papers);
+5. cost (printed first): prompt tokens a paper, cached share and dollars per 1,000 papers
+   at gpt-4o-mini's prices, for today's request (recorded, bench/data/today_request.json)
+   and for this papertag's at 1, 4 and 8 papers a call, in tools and json mode (target: 8
+   a call sends at most a quarter of today's prompt tokens a paper);
+1. own overhead: zero latency, end to end (annotate -> validate -> store), 8 papers a
+   call (target 500 papers/s), and one paper a call (no target);
 2. concurrency: 0.2 s latency, --concurrency 32, 2,000 papers, vs 32 / 0.2 = 160/s
    (target: 80% of it, in one process);
    (1 and 2: the median of three runs, each run's figures printed too)

@@ -103,9 +103,21 @@ def test_k_papers_a_call_each_annotated_and_tied_to_its_call(papers: Path) -> No
     # take max_tokens for each.
     assert [[p["id"] for p in papers_of(r)] for r in sent] == [["1", "2", "3"]] * 2 + [["1"]]
     assert [r["max_tokens"] for r in sent] == [3 * 1024, 3 * 1024, 1024]
-    # The static part is byte-identical in every call; only the user message differs.
+    # The static part comes first and is byte-identical in every call; the papers come
+    # last, in the last message.
     assert len({json.dumps(r["messages"][0]) for r in sent}) == 1
     assert len({json.dumps(r["response_format"]) for r in sent}) == 1
+    assert all(list(r)[-1] == "messages" and r["messages"][-1]["role"] == "user" for r in sent)
+    # A full call's row keeps only its papers' part; the view puts the body back together.
+    stored = rows(
+        papers,
+        "SELECT c.papers, r.request_template IS NOT NULL, c.request_body FROM llm_calls c "
+        "JOIN llm_call_rows r USING (call_id)",
+    )
+    assert sorted((n, kept) for n, kept, _ in stored) == [(1, False), (3, True), (3, True)]
+    assert sorted(json.loads(body)["messages"][1]["content"] for *_, body in stored) == sorted(
+        r["messages"][1]["content"] for r in sent
+    )
     ids = paper_ids(papers)
     calls = rows(
         papers,
@@ -311,3 +323,65 @@ def test_max_cost_holds_with_several_papers_a_call(
     assert report.cost_usd <= 0.02 and report.left == 40 - report.done
     # Whole calls started: the papers done are a multiple of four.
     assert report.done % 4 == 0
+
+
+def test_dry_run_counts_each_paper_its_share_of_a_call(papers: Path) -> None:
+    """--dry-run and --max-cost estimate each paper with its share of what a call of K
+    papers sends once: eight a call, a paper's prompt is a fraction of one alone."""
+    from papertag.annotate import estimate
+
+    url = "http://127.0.0.1:9/v1"
+    one, eight = (
+        estimate(papers, "llm", model="gpt-4o-mini", base_url=url, papers_per_call=k)
+        for k in (1, 8)
+    )
+    assert one.papers == eight.papers == 7
+    assert eight.prompt_tokens < one.prompt_tokens / 2
+    assert eight.cost_usd is not None and one.cost_usd is not None
+    assert eight.cost_usd < one.cost_usd
+
+
+@pytest.mark.parametrize("value", ["0", "33"])
+def test_papers_per_call_out_of_range_is_refused(papers: Path, value: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["--db", str(papers), "annotate", "-a", "llm", "--model", "m", "--papers-per-call", value],
+    )
+    assert result.exit_code == 2 and "--papers-per-call" in result.output
+
+
+def test_papers_per_call_is_for_the_llm_annotator_only(papers: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["--db", str(papers), "annotate", "-a", "rules", "--papers-per-call", "4"]
+    )
+    assert result.exit_code == 2 and "--papers-per-call" in result.stderr
+    assert rows(papers, "SELECT count(*) FROM annotations") == [(0,)]
+
+
+def test_a_call_paid_before_a_kill_is_made_again_as_it_was(papers: Path) -> None:
+    """Calls settle whole, but a paper can be left to do beside them (a failure worth
+    retrying): the papers still to do then no longer fall into the same calls. A call a
+    killed run paid for is made again with its own papers, and its answer replayed."""
+    ids = paper_ids(papers)
+    with fault_server() as srv:
+        first = run(papers, srv.url, 3, concurrency=1, limit=6)
+        assert (first.done, srv.calls) == (6, 2)
+        # As if the run had died before storing the second call's papers (its answer was
+        # journaled), and the first paper had ended in a failure worth retrying.
+        with Store(papers) as s:
+            gone = ids[3:6] + ids[:1]
+            s.con.execute(
+                "DELETE FROM annotation_labels WHERE annotation_id IN (SELECT annotation_id "
+                "FROM annotations WHERE paper_id IN (SELECT unnest(?::VARCHAR[])))",
+                [gone],
+            )
+            s.con.execute(
+                "DELETE FROM annotations WHERE paper_id IN (SELECT unnest(?::VARCHAR[]))", [gone]
+            )
+        again = run(papers, srv.url, 3, concurrency=1, limit=6)
+        asked = [[p["title"] for p in papers_of(r)] for r in srv.requests[2:]]
+    # The first paper alone is asked; the second call's three papers come from its answer.
+    assert (again.done, again.replayed, again.calls) == (4, 1, 1)
+    assert asked == [[titles(papers)[0]]]
+    with Store(papers) as s:
+        assert s.scalar("SELECT count(DISTINCT paper_id) FROM annotations") == 6

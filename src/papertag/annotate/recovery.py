@@ -4,6 +4,7 @@ already paid for, to replay instead of asking again."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -44,10 +45,34 @@ def recover_journal(store: Store, journal: Journal) -> int:
     return added if rows else 0
 
 
+@dataclass(frozen=True)
+class PaidCall:
+    """An answer paid for but never stored as a result."""
+
+    request_hash: str
+    call_id: int
+    response_body: str
+    #: The papers the call carried, in the order of their numbers in it.
+    paper_ids: list[str]
+
+
 def paid_answers(
     store: Store, annotator: AnnotatorInfo, paper_ids: Sequence[str]
 ) -> dict[str, list[tuple[int, str]]]:
-    """Answers already paid for but never stored as a result, by request hash.
+    """Answers already paid for but never stored as a result, by request hash (what the
+    transport replays instead of asking again)."""
+    return replay_index(paid_calls(store, annotator, paper_ids))
+
+
+def replay_index(calls: Sequence[PaidCall]) -> dict[str, list[tuple[int, str]]]:
+    answers: dict[str, list[tuple[int, str]]] = {}
+    for c in calls:
+        answers.setdefault(c.request_hash, []).append((c.call_id, c.response_body))
+    return answers
+
+
+def paid_calls(store: Store, annotator: AnnotatorInfo, paper_ids: Sequence[str]) -> list[PaidCall]:
+    """The calls whose answers were paid for but never stored as a result.
 
     These are 200s logged for a call whose run died before the results of its papers
     were committed (its run stored no annotation or failure for any paper it carried:
@@ -83,10 +108,13 @@ def paid_answers(
             UNION SELECT replay_of FROM llm_call_rows
             WHERE replay_of IS NOT NULL AND annotation_id IS NOT NULL
         )
-        SELECT DISTINCT request_hash, call_id, response_body FROM calls
-        WHERE paper_id IN (SELECT unnest(?::VARCHAR[]))
-          AND call_id NOT IN (SELECT call_id FROM used)
-        ORDER BY call_id
+        SELECT c.request_hash, c.call_id, c.response_body,
+               coalesce(r.paper_ids, [r.paper_id]) AS paper_ids
+        FROM (SELECT DISTINCT request_hash, call_id, response_body FROM calls
+              WHERE paper_id IN (SELECT unnest(?::VARCHAR[]))
+                AND call_id NOT IN (SELECT call_id FROM used)) c
+        JOIN llm_call_rows r USING (call_id)
+        ORDER BY c.call_id
         """,
         [
             annotator.name,
@@ -97,7 +125,4 @@ def paid_answers(
             list(paper_ids),
         ],
     ).fetchall()
-    answers: dict[str, list[tuple[int, str]]] = {}
-    for request_hash, call_id, body in rows:
-        answers.setdefault(request_hash, []).append((call_id, body))
-    return answers
+    return [PaidCall(h, int(i), body, list(ids)) for h, i, body, ids in rows]

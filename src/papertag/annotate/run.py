@@ -5,9 +5,10 @@ version): re-running the same annotator on the same text does nothing, while a
 changed abstract, prompt or taxonomy gives a new annotation and leaves the old
 one queryable (``current = false`` in the ``labels`` view).
 
-LLM annotators run ``concurrency`` papers at once, each in a thread of a pool;
-results come back to the one thread that writes to DuckDB, which commits at least
-once a second. Every model response is also journaled the moment it arrives
+LLM annotators run ``concurrency`` calls at once, each in a thread of a pool, each
+call carrying ``papers_per_call`` papers (in order); a call's results come back
+together to the one thread that writes to DuckDB, which commits at least once a
+second. Every model response is also journaled the moment it arrives
 (:mod:`papertag.annotate.journal`), so after a ``kill -9`` the same command resumes: it
 stores what the journal holds and replays those answers instead of paying for
 them again. Ctrl-C stops starting papers, lets those in flight finish, commits
@@ -44,7 +45,7 @@ from ..schema import Annotation
 from .budget import Budget, batch_within
 from .journal import Journal
 from .pending import Pending, load_texts, paper_input, pending_papers
-from .recovery import paid_answers, recover_journal, save_template
+from .recovery import paid_calls, recover_journal, replay_index, save_template
 from .writer import FLUSH_EVERY, Writer
 
 
@@ -143,11 +144,22 @@ def _one(ann: Annotator, paper: PaperInput) -> Annotation | AnnotationError:
         return exc
 
 
-def calls_of(papers: Sequence[Pending], size: int) -> list[list[Pending]]:
-    """The papers in calls of ``size``, in order. A run killed and run again groups what is
-    left the same way: calls settle whole, so the papers of finished calls drop out by
-    whole calls and the answers paid for before the kill are asked for again as they were."""
-    return [list(papers[i : i + size]) for i in range(0, len(papers), size)]
+def calls_of(
+    papers: Sequence[Pending], size: int, kept: Sequence[Sequence[str]] = ()
+) -> list[list[Pending]]:
+    """The papers in calls of ``size``, in order. The groups of ``kept`` (the papers of
+    calls a killed run paid for) come as they were, where all their papers are still to
+    do: the same request again, whose answer is replayed instead of paid twice."""
+    index = {p.paper_id: i for i, p in enumerate(papers)}
+    taken: set[str] = set()
+    groups: list[list[Pending]] = []
+    for ids in kept:
+        if len(ids) > 1 and all(i in index and i not in taken for i in ids):
+            groups.append([papers[index[i]] for i in ids])
+            taken.update(ids)
+    rest = [p for p in papers if p.paper_id not in taken]
+    groups += [rest[i : i + size] for i in range(0, len(rest), size)]
+    return sorted(groups, key=lambda g: index[g[0].paper_id])
 
 
 #: Threads (and papers started) per request the annotator may have in flight: behind each
@@ -330,6 +342,8 @@ class _Run:
         self.writer = Writer(store, ann, self.run_id)
         #: Papers a call carries (--papers-per-call).
         self.per_call = int(getattr(ann, "papers_per_call", 1))
+        #: The papers of calls paid for by a killed run, kept together in this one.
+        self.kept: list[list[str]] = []
         self.budget = Budget(ann, max_cost)
         self.ctrl_c = _CtrlC()
         # An annotator that labels many papers at once runs in batches, reading each batch's
@@ -384,7 +398,11 @@ class _Run:
                 store.prepare_arrow()
             if transport is not None:
                 if not force and todo:
-                    transport.replay = paid_answers(store, ann, [p.paper_id for p in todo])
+                    paid = paid_calls(store, ann, [p.paper_id for p in todo])
+                    transport.replay = replay_index(paid)
+                    # Calls paid for before a kill are made again as they were (their
+                    # answers replayed), whichever of their neighbours are done since.
+                    self.kept = [c.paper_ids for c in paid]
                 # Stored before any call that refers to it (journaled calls included).
                 save_template(store, getattr(transport, "template", None))
             if self.journal is not None:
@@ -425,7 +443,7 @@ class _Run:
         if self._batches:
             self._batched(todo)
             return
-        for group in calls_of(todo, self.per_call):
+        for group in calls_of(todo, self.per_call, self.kept):
             # Nothing is in flight here, so papers the budget refuses will never fit.
             if self._admit(group) is not True:
                 return
@@ -468,7 +486,7 @@ class _Run:
     def _concurrent(self, todo: list[Pending], workers: int) -> None:
         """Up to ``workers`` requests in flight at once, each call (its papers) in a thread
         of a pool; this thread settles and writes their outcomes as they come."""
-        pending = iter(calls_of(todo, self.per_call))
+        pending = iter(calls_of(todo, self.per_call, self.kept))
         held: list[Pending] | None = None  # next up, waiting for room in the budget
         running: dict[Future[Work], list[Pending]] = {}
         # Futures land here as they finish: one queue to wait on, however many are running.

@@ -147,7 +147,8 @@ class LLMAnnotator(LLMConfig):
 
     # -- requests -------------------------------------------------------------------------
     def _request_template(self) -> RequestTemplate | None:
-        """The body every first ask of one paper shares, cut where the paper's message goes.
+        """The body every first ask of a full call shares (``papers_per_call`` papers), cut
+        where the papers' message goes.
 
         The client builds a request around a placeholder, sent nowhere; each call then
         stores only its own part (``llm_request_templates``). None when the placeholder
@@ -160,7 +161,8 @@ class LLMAnnotator(LLMConfig):
             {"role": "user", "content": _USER_SLOT},
         ]
         try:
-            dry.post(CHAT_PATH, body=self.request(messages, 1), cast_to=httpx2.Response)
+            body = self.request(messages, self.papers_per_call)
+            dry.post(CHAT_PATH, body=body, cast_to=httpx2.Response)
         except openai.APIError:
             pass
         finally:

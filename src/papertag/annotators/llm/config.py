@@ -237,17 +237,16 @@ class LLMConfig:
     # -- requests -------------------------------------------------------------------------
     def request(self, messages: list[dict[str, Any]], papers: int) -> dict[str, Any]:
         """The JSON body of a chat completion with these messages, for this many papers
-        (the answer may take ``max_tokens`` for each)."""
+        (the answer may take ``max_tokens`` for each). What is the same for every call
+        comes first, the messages last (the papers last in them)."""
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens * papers,
-            **self.output_options(),
         }
         if self.seed is not None:
             body["seed"] = self.seed
-        return body
+        return {**body, **self.output_options(), "messages": messages}
 
     def messages(self, papers: Sequence[PaperInput]) -> list[dict[str, Any]]:
         """A first ask's messages: the system message (the same for every call of a run,
