@@ -7,7 +7,10 @@ times the whole command. Five figures, each printed with its target:
 5. cost (printed first): prompt tokens a paper, cached share and dollars per 1,000 papers
    at gpt-4o-mini's prices, for today's request (recorded, bench/data/today_request.json)
    and for this papertag's at 1, 4 and 8 papers a call, in tools and json mode (target: 8
-   a call sends at most a quarter of today's prompt tokens a paper);
+   a call sends at most a quarter of today's prompt tokens a paper); then 8 a call with
+   --batch --wait, and the cascade (learned first, the doubtful papers to the LLM) with 8
+   a call and --batch, against the batch test server (tests/batch_server.py; targets: a
+   fifth and a tenth of today's dollars, the cascade's share of papers sent beside it);
 1. own overhead: zero latency, end to end (annotate -> validate -> store), 8 papers a
    call (target 500 papers/s), and one paper a call (no target);
 2. concurrency: 0.2 s latency, --concurrency 32, 2,000 papers, vs 32 / 0.2 = 160/s
