@@ -361,3 +361,24 @@ def test_several_papers_a_request_each_validated_on_its_own(
         made_by = dict(s.con.execute("SELECT paper_id, call_uid FROM annotations").fetchall())
     from_batch = {r["call_uid"] for r in rows}
     assert sum(uid in from_batch for uid in made_by.values()) == 5
+
+
+@pytest.mark.parametrize("per_call", [1, 4])
+def test_a_batch_line_is_the_live_request_byte_for_byte(
+    tmp_path: Path, fake_time: FakeTime, per_call: int
+) -> None:
+    batch_db, live_db = tmp_path / "batch.duckdb", tmp_path / "live.duckdb"
+    papers(batch_db, tmp_path, 4)
+    papers(live_db, tmp_path, 4)
+    with batch_server() as srv:
+        run(batch_db, srv, fake_time, batch=True, papers_per_call=per_call)
+        run(live_db, srv, fake_time, papers_per_call=per_call)
+        (bid,) = srv.batches
+        assert [line["body"] for line in srv.lines(bid)] == srv.requests
+    with Store(batch_db) as s:
+        sent = {
+            r[0] for r in s.con.execute("SELECT request_hash FROM llm_batch_requests").fetchall()
+        }
+    with Store(live_db) as s:
+        live = {r[0] for r in s.con.execute("SELECT request_hash FROM llm_calls").fetchall()}
+    assert sent == live and len(sent) == 4 // per_call

@@ -35,7 +35,7 @@ import openai
 import pyarrow as pa
 
 from ..annotators import PaperInput, get_annotator
-from ..annotators.llm.annotator import LLMAnnotator
+from ..annotators.llm.annotator import CHAT_PATH, LLMAnnotator
 from ..annotators.llm.client import CallTransport, _summarise_response
 from ..annotators.llm.prices import BATCH_DISCOUNT, estimate_cost
 from ..annotators.llm.records import CallRecord, call_row
@@ -94,18 +94,18 @@ class BatchReport:
     collected: list[BatchInfo] = field(default_factory=list)
     #: Batches still at the server (not yet finished or not yet collected).
     waiting: list[BatchInfo] = field(default_factory=list)
-    #: Answers stored from collected batches, their tokens and cost (at the batch price).
+    #: Answers stored from collected batches; their tokens and cost (at the batch price)
+    #: and those of the live re-asks of papers whose entry failed validation.
     answers: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     cost_usd: float = 0.0
     #: Requests a collected batch gave no answer for (error lines, expired, cancelled).
     unanswered: int = 0
     #: Papers not sent because --max-cost would not cover them.
     held_back: int = 0
-    cached_tokens: int = 0
-    #: What settling the answers gave: papers annotated and failed, and the live re-asks
-    #: of answers that failed validation (their tokens and cost are counted above).
+    #: What settling the answers gave: papers annotated and failed, and live re-asks.
     annotated: int = 0
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -185,14 +185,15 @@ class _Capture(httpx2.BaseTransport):
 
 
 def request_bodies(ann: LLMAnnotator, calls: Sequence[Sequence[PaperInput]]) -> list[bytes]:
-    """The body of each call's first live request (``build_request``), as the client
-    sends it: the same bytes, so the same request hash as a live call of those papers."""
+    """The body of each call's first live request (``build_request``), sent through the
+    client as a live call sends it (and captured, not sent): the same bytes, so the same
+    request hash as a live call of those papers."""
     capture = _Capture()
     dry = ann.client.with_options(http_client=httpx2.Client(transport=capture), max_retries=0)
     try:
         for papers in calls:
             with contextlib.suppress(openai.APIStatusError):
-                dry.chat.completions.create(**ann.build_request(papers))
+                dry.post(CHAT_PATH, body=ann.build_request(papers), cast_to=httpx2.Response)
     finally:
         dry.close()
     return capture.bodies
