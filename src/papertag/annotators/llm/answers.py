@@ -6,10 +6,10 @@ with one entry per paper, tied to its paper by the number. Each entry is validat
 on its own, as an :class:`papertag.schema.Annotation` checked against that paper's
 text, so one bad entry fails one paper, never the call.
 
-The wire model goes through instructor's public API: ``instructor.openai_schema``
-gives the function (or response-format) schema a request sends, and
-``OpenAISchema.from_response`` reads the answer out of a completion in the mode the
-request used. Instructor validates only the envelope (a list of objects); the
+The wire model is an instructor ``OpenAISchema`` (its public API only): its
+``openai_schema`` is the function (or response-format) schema a request sends, and
+``from_response`` reads the answer out of a completion in the mode the request used
+(``instructor.Mode``; no ``validation_context``). Instructor validates only the envelope (a list of objects); the
 entries' own rules need each paper's text as context, which one validation of the
 whole list cannot give per entry, so those run here, one entry at a time.
 """
