@@ -46,7 +46,7 @@ test: venv
 test-latest:
 	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade -e '.[dev]'
-	$(LATEST_VENV)/bin/pip freeze --exclude-editable | grep -iE '^(duckdb|openai|httpx2|httpcore2|pydantic|pyarrow|tenacity|typer|rich|textual|numpy|scipy|scikit-learn)=='
+	$(LATEST_VENV)/bin/pip freeze --exclude-editable | grep -iE '^(duckdb|openai|instructor|httpx2|httpcore2|pydantic|pyarrow|tenacity|typer|rich|textual|numpy|scipy|scikit-learn)=='
 	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 lint: venv

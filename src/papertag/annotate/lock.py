@@ -6,16 +6,22 @@ and share one crash journal. A run therefore holds an exclusive lock (``flock``)
 file beside the database, ``<db>.annotating``, for as long as it goes on; a second run
 finds it held and is refused at once, naming the first. The kernel drops the lock when
 the process ends, however it ends (``kill -9`` included), so a stale file never blocks.
+A run that starts another inside it (the cascade's learned and LLM runs) shares its lock.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import RunInProgress, StoreError
+
+#: Lock files this process holds: a run inside a run (the cascade's) shares its lock.
+_held: set[str] = set()
+_held_lock = threading.Lock()
 
 
 class RunLock:
@@ -23,9 +29,17 @@ class RunLock:
         self.db_path = db_path
         self.path = db_path.with_name(db_path.name + ".annotating")
         self._fd: int | None = None
+        self._key = os.path.abspath(self.path)
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`RunInProgress` naming the run that holds it."""
+        with _held_lock:
+            if self._key in _held:
+                return  # this process's own run, with a run inside it
+            self._take()
+            _held.add(self._key)
+
+    def _take(self) -> None:
         if not self.path.parent.is_dir():
             raise StoreError(f"{self.db_path}: directory {self.path.parent} does not exist")
         while True:
@@ -59,10 +73,12 @@ class RunLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        # Removed while still held, so no other run can lock a file about to go.
-        self.path.unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = None
+        with _held_lock:
+            _held.discard(self._key)
+            # Removed while still held, so no other run can lock a file about to go.
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
 
     def _message(self, holder: list[str]) -> str:
         who = f"pid {holder[0]}, started {holder[1]} UTC" if len(holder) >= 2 else "pid unknown"

@@ -119,6 +119,9 @@ def _summarise_response(record: CallRecord, body: bytes) -> None:
     if isinstance(usage, dict):
         record.prompt_tokens = usage.get("prompt_tokens")
         record.completion_tokens = usage.get("completion_tokens")
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            record.cached_tokens = details.get("cached_tokens")
     choices = data.get("choices") or []
     if choices and isinstance(choices[0], dict):
         record.finish_reason = choices[0].get("finish_reason")
