@@ -58,8 +58,9 @@ def busy_wait() -> float:
 def _busy(first: str) -> bool:
     low = first.lower()
     # Another process holds the file's lock; or this process has it open in the other mode
-    # (read-only beside read-write), which DuckDB refuses as a "different configuration".
-    return "lock" in low or "different configuration" in low
+    # (read-only beside read-write), which DuckDB refuses as a "different configuration";
+    # or another thread of this process is opening or closing it that very moment.
+    return "lock" in low or "different configuration" in low or "unique file handle conflict" in low
 
 
 def _translate_open_error(path: Path, exc: duckdb.Error, waited: float) -> StoreError:
