@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from papertag.annotate import annotate
+from papertag.annotate import annotate_papers
 from papertag.annotators import get_annotator
+from papertag.db import Store
 from papertag.ingest import Entry, FileReport, parse_file, write_entries
-from papertag.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
@@ -38,10 +38,10 @@ def main() -> None:
         annotator = get_annotator("rules")  # compiles the taxonomy's patterns once per process
         startup = time.perf_counter() - t0
         t0 = time.perf_counter()
-        report = annotate(store, annotator)
+        report = annotate_papers(store, annotator)
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        again = annotate(store, "rules")
+        again = annotate_papers(store, "rules")
         second = time.perf_counter() - t0
         labels = store.scalar("SELECT count(*) FROM annotation_labels")
     print(

@@ -223,8 +223,8 @@ def child(path: str, db: str, trace: bool, memory_limit: str | None) -> dict[str
 
     import duckdb
 
-    from papertag.ingest import ingest
-    from papertag.store import Store
+    from papertag.db import Store
+    from papertag.ingest import ingest_digests
 
     # DuckDB imports pandas, where it is installed (the dev venv, not a user's), on the first
     # query with parameters: a third of a second that is not ingest's. Paid here, untimed.
@@ -238,7 +238,7 @@ def child(path: str, db: str, trace: bool, memory_limit: str | None) -> dict[str
     with Store(db) as store:
         if memory_limit:
             store.con.execute("SET memory_limit = ?", [memory_limit])
-        report = ingest([path], store)
+        report = ingest_digests([path], store)
     seconds = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     heap = tracemalloc.get_traced_memory()[1] / 2**20 if trace else None

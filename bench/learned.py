@@ -65,8 +65,8 @@ def _peak_rss_mb() -> float:
 def build_db(path: Path, n: int) -> int:
     """A database of ``n`` papers: the digests' abstracts repeated under distinct titles.
     Returns the number of distinct abstracts."""
+    from papertag.db import Store
     from papertag.ingest import Entry, FileReport, parse_file, write_entries
-    from papertag.store import Store
 
     base = [e for p in DIGESTS for e in parse_file(p).entries]
     entries = [
@@ -83,9 +83,9 @@ def child(db: str) -> dict[str, Any]:
     """Runs in its own process: load the shipped model, annotate every paper of ``db``."""
     import duckdb
 
-    from papertag.annotate import annotate
+    from papertag.annotate import annotate_papers
     from papertag.annotators import get_annotator
-    from papertag.store import Store
+    from papertag.db import Store
 
     # DuckDB's import of pandas where it is installed (the dev venv): paid here, untimed.
     duckdb.connect().execute("SELECT ?", [1]).fetchall()
@@ -100,7 +100,7 @@ def child(db: str) -> dict[str, Any]:
             marks["started"] = _status_mb("VmRSS") or float("nan")
 
         t0 = time.perf_counter()
-        report = annotate(store, annotator, on_start=on_start)
+        report = annotate_papers(store, annotator, on_start=on_start)
         seconds = time.perf_counter() - t0
         labels = store.scalar("SELECT count(*) FROM annotation_labels")
     return {

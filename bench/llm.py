@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fault_server import FaultServer  # noqa: E402
 
+from papertag.annotate.journal import Journal  # noqa: E402
+from papertag.db import Store  # noqa: E402
 from papertag.ingest import Entry, FileReport, parse_file, write_entries  # noqa: E402
-from papertag.journal import Journal  # noqa: E402
-from papertag.store import Store  # noqa: E402
 
 DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
 PAPERTAG = str(Path(sys.executable).with_name("papertag"))

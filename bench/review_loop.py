@@ -4,7 +4,7 @@ The silver set is split with a fixed seed into a training half (default 1,120 pa
 written to a temporary JSONL file), a pool (560 papers, ingested into a database and
 annotated by the model) and a held-out test set (560 papers, never in the database).
 Round 0 trains a model (``pipeline.train`` from the training half, reviews included,
-3 folds), annotates the pool with it (``annotate(store, "learned", model=...)``) and
+3 folds), annotates the pool with it (``annotate_papers(store, "learned", model=...)``) and
 scores the test set (annotated in memory with ``LearnedAnnotator.annotate_many``,
 scored with ``evaluate.score``). Then two arms, each on its own copy of that database:
 
@@ -36,17 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from papertag.annotate import annotate
+from papertag.annotate import annotate_papers
 from papertag.annotators import PaperInput
 from papertag.annotators.learned.annotator import LearnedAnnotator
 from papertag.annotators.learned.model import LearnedModel
 from papertag.annotators.learned.pipeline import train
 from papertag.annotators.learned.sources import examples_from_reviews
+from papertag.db import Store
 from papertag.errors import AnnotationError
-from papertag.evaluate import GoldPaper, Item, score
 from papertag.ingest import Entry, FileReport, clean_text, title_key, write_entries
 from papertag.review import decide, review_queue
-from papertag.store import Store
+from papertag.scoring import GoldPaper, Item, score
 from papertag.taxonomy import FIELDS, Taxonomy, load_taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def retrain_and_annotate(
     )
     trained = time.perf_counter() - t0
     t0 = time.perf_counter()
-    report = annotate(store, "learned", model=MODEL_NAME)
+    report = annotate_papers(store, "learned", model=MODEL_NAME)
     if report.failed:
         raise SystemExit(f"annotate: {report.failed} papers failed: {report.failures[:3]}")
     return result.model, trained, time.perf_counter() - t0

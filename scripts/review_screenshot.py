@@ -12,11 +12,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from papertag.annotate import annotate
-from papertag.ingest import ingest
+from papertag.annotate import annotate_papers
+from papertag.db import Store
+from papertag.ingest import ingest_digests
 from papertag.review import review_queue
-from papertag.review_app import ReviewApp
-from papertag.store import Store
+from papertag.review.app import ReviewApp
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGEST = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))[-1]
@@ -36,8 +36,8 @@ async def shoot(db: Path, out: Path) -> None:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "shot.duckdb"
-        ingest([DIGEST], db)
-        annotate(db, limit=20)
+        ingest_digests([DIGEST], db)
+        annotate_papers(db, limit=20)
         OUT.parent.mkdir(exist_ok=True)
         asyncio.run(shoot(db, OUT))
     print(f"wrote {OUT.relative_to(ROOT)}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from papertag.store import Store
+from papertag.db import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -219,23 +219,23 @@ DEMO_PAPERS = 623
 
 
 def _build_demo(path: Path) -> None:
-    from papertag.annotate import annotate
-    from papertag.ingest import ingest
+    from papertag.annotate import annotate_papers
+    from papertag.ingest import ingest_digests
 
-    report = ingest(DIGESTS, path)
+    report = ingest_digests(DIGESTS, path)
     assert report.ok, [f.error for f in report.files if f.error]
-    annotate(path)
+    annotate_papers(path)
 
 
 def _build_example(path: Path) -> None:
     import vcr
 
-    from papertag.annotate import annotate
-    from papertag.ingest import ingest, parse_file, title_key
+    from papertag.annotate import annotate_papers
+    from papertag.ingest import ingest_digests, parse_file, title_key
 
-    report = ingest(HF_API_FILES, path)
+    report = ingest_digests(HF_API_FILES, path)
     assert report.ok, [f.error for f in report.files if f.error]
-    annotate(path)
+    annotate_papers(path)
     titles = [title_key(e.title) for e in parse_file(DIGESTS[2]).entries[:3]]
     with Store(path) as s:
         ids = [s.scalar("SELECT paper_id FROM papers WHERE title_key = ?", [t]) for t in titles]
@@ -245,7 +245,7 @@ def _build_example(path: Path) -> None:
         # A local model has no list price: give it one so cost figures are not all NULL.
         mp.setenv("PAPERTAG_PRICES", '{"smollm2": [0.1, 0.2]}')
         mp.delenv("OPENAI_API_KEY", raising=False)
-        annotate(
+        annotate_papers(
             path,
             "llm",
             model="smollm2",

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from papertag.annotate import annotate
+from papertag.annotate import annotate_papers
 from papertag.annotators import PaperInput, get_annotator
 from papertag.cli import app
+from papertag.db import Store
 from papertag.errors import ConfigError
-from papertag.evaluate import evaluate
-from papertag.ingest import ingest
+from papertag.ingest import ingest_digests
+from papertag.query.evaluate import evaluate
 from papertag.schema import Annotation, validate_annotation
-from papertag.store import Store
 from papertag.taxonomy import Taxonomy, load_taxonomy, prompts_dir
 
 from .conftest import DIGESTS, SHARED, snapshot
@@ -45,7 +45,7 @@ def two_papers(tmp_path: Path, db_path: Path) -> Path:
             },
         ],
     )
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     return src
 
 
@@ -57,16 +57,16 @@ def current_annotations(db: Path) -> list[tuple[str, str, bool]]:
 
 
 def test_second_run_makes_no_new_annotation(two_papers: Path, db_path: Path) -> None:
-    first = annotate(db_path)
+    first = annotate_papers(db_path)
     assert (first.done, first.skipped, first.failed) == (2, 0, 0)
-    second = annotate(db_path)
+    second = annotate_papers(db_path)
     assert (second.done, second.skipped) == (0, 2)
     rows = current_annotations(db_path)
     assert len(rows) == 2 and all(cur for _, _, cur in rows)
 
 
 def test_labels_view_has_the_documented_columns(two_papers: Path, db_path: Path) -> None:
-    annotate(db_path)
+    annotate_papers(db_path)
     with Store(db_path) as s:
         cols = [r[0] for r in s.con.execute("DESCRIBE labels").fetchall()]
         for c in (
@@ -93,19 +93,19 @@ def test_labels_view_has_the_documented_columns(two_papers: Path, db_path: Path)
 def test_changed_abstract_makes_the_old_annotation_stale(
     two_papers: Path, tmp_path: Path, db_path: Path
 ) -> None:
-    annotate(db_path)
+    annotate_papers(db_path)
     edited = write_jsonl(
         tmp_path / "d2.jsonl",
         [{"title": "Tiny Quant", "abstract": ABSTRACT + " Code is released."}],
     )
-    report = ingest([edited], db_path)
+    report = ingest_digests([edited], db_path)
     assert report.files[0].updated_papers == 1
     with Store(db_path) as s:
         stale = s.con.execute(
             "SELECT count(*) FROM labels l JOIN papers p USING (paper_id) WHERE p.title = 'Tiny Quant' AND NOT current"
         ).fetchone()
     assert stale is not None and stale[0] >= 3
-    again = annotate(db_path)
+    again = annotate_papers(db_path)
     assert (again.done, again.skipped) == (1, 1)
     rows = current_annotations(db_path)
     assert sum(cur for _, _, cur in rows) == 2 and len(rows) == 3
@@ -114,30 +114,30 @@ def test_changed_abstract_makes_the_old_annotation_stale(
 def test_changed_taxonomy_gives_new_annotations(
     two_papers: Path, tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    annotate(db_path)
+    annotate_papers(db_path)
     prompts = tmp_path / "prompts"
     shutil.copytree(prompts_dir(), prompts)
     with (prompts / "taxonomy.yaml").open("a") as fh:
         fh.write("\n# a reviewed definition\n")
     monkeypatch.setenv("PAPERTAG_PROMPTS", str(prompts))
-    report = annotate(db_path)
+    report = annotate_papers(db_path)
     assert report.done == 2
     rows = current_annotations(db_path)
     assert len(rows) == 4 and sum(cur for _, _, cur in rows) == 2
 
 
 def test_force_replaces_under_the_same_key(two_papers: Path, db_path: Path) -> None:
-    annotate(db_path)
-    report = annotate(db_path, force=True)
+    annotate_papers(db_path)
+    report = annotate_papers(db_path, force=True)
     assert report.done == 2
     assert len(current_annotations(db_path)) == 2
 
 
 def test_limit_means_the_first_n_papers(two_papers: Path, db_path: Path) -> None:
-    assert annotate(db_path, limit=1).done == 1
-    again = annotate(db_path, limit=1)  # the same command again has nothing to do
+    assert annotate_papers(db_path, limit=1).done == 1
+    again = annotate_papers(db_path, limit=1)  # the same command again has nothing to do
     assert (again.done, again.skipped) == (0, 1)
-    assert annotate(db_path).done == 1
+    assert annotate_papers(db_path).done == 1
 
 
 @dataclass
@@ -158,16 +158,18 @@ class WrongIdAnnotator:
 
 
 def test_invalid_answer_gives_a_failure_row_not_a_label(two_papers: Path, db_path: Path) -> None:
-    report = annotate(db_path, WrongIdAnnotator(load_taxonomy()))
+    report = annotate_papers(db_path, WrongIdAnnotator(load_taxonomy()))
     assert (report.done, report.failed) == (0, 2)
     with Store(db_path) as s:
         assert s.scalar("SELECT count(*) FROM annotations WHERE annotator = 'broken'") == 0
         reasons = [r[0] for r in s.con.execute("SELECT reason FROM annotation_failures").fetchall()]
     assert len(reasons) == 2 and all("'quantisation' is not a technique id" in r for r in reasons)
     # Asking again would repeat the same invalid answer: only --retry-failed does.
-    again = annotate(db_path, WrongIdAnnotator(load_taxonomy()))
+    again = annotate_papers(db_path, WrongIdAnnotator(load_taxonomy()))
     assert (again.failed, again.skipped) == (0, 2)
-    assert annotate(db_path, WrongIdAnnotator(load_taxonomy()), retry_failed=True).failed == 2
+    assert (
+        annotate_papers(db_path, WrongIdAnnotator(load_taxonomy()), retry_failed=True).failed == 2
+    )
 
 
 def test_unknown_annotator_is_a_config_error() -> None:
@@ -191,8 +193,8 @@ def test_eval_only_reads_the_database(tmp_path: Path, db_path: Path) -> None:
             },  # type: ignore[dict-item]
         ],
     )
-    assert ingest([DIGESTS[0]], db_path).ok
-    assert annotate(db_path, "rules", limit=3).done == 3
+    assert ingest_digests([DIGESTS[0]], db_path).ok
+    assert annotate_papers(db_path, "rules", limit=3).done == 3
     before = snapshot(db_path)
     result = evaluate(db_path, gold, annotator="rules")
     assert (result.missing, result.annotated, result.n_papers) == (1, 0, 0)
@@ -244,8 +246,8 @@ def test_eval_scores_only_the_named_annotator_version(tmp_path: Path, db_path: P
     """Labels made by another version of the annotator (an older model, an edited prompt)
     are not this version's: they are counted as missing, not scored."""
     gold = SHARED / "gold" / "dev.jsonl"
-    assert ingest(DIGESTS, db_path).ok
-    assert annotate(db_path, "rules").done == 623
+    assert ingest_digests(DIGESTS, db_path).ok
+    assert annotate_papers(db_path, "rules").done == 623
     assert evaluate(db_path, gold, annotator="rules").n_papers == 100
     with Store(db_path) as s:
         s.con.execute("UPDATE annotations SET prompt_version = 'older' WHERE annotator = 'rules'")

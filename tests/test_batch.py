@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from papertag.annotate import annotate, estimate
-from papertag.annotators.llm_config import MAX_ABSTRACT_CHARS
-from papertag.ingest import ingest
-from papertag.store import Store
+from papertag.annotate import annotate_papers, estimate
+from papertag.annotators.llm.config import MAX_ABSTRACT_CHARS
+from papertag.db import Store
+from papertag.ingest import ingest_digests
 
 from .conftest import FakeTime
 from .fault_server import Reply, completion, fault_server, paper_of, valid_answer
@@ -166,9 +166,9 @@ def test_fault_table(
     tmp_path: Path, db_path: Path, fault_table: list[tuple[str, str, str]], fake_time: FakeTime
 ) -> None:
     src = write_papers(tmp_path / "faults.jsonl", [(name, c[0]) for name, c in CASES.items()])
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     with fault_server(route=route) as srv:
-        report = annotate(
+        report = annotate_papers(
             db_path,
             "llm",
             model="fake-model",
@@ -241,13 +241,15 @@ def test_fault_table(
 
 def _papers(db: Path, tmp_path: Path, n: int) -> None:
     papers = [(f"Paper {i}: tiny quant", BASE + f" Variant {i}.") for i in range(n)]
-    assert ingest([write_papers(tmp_path / "papers.jsonl", papers)], db).ok
+    assert ingest_digests([write_papers(tmp_path / "papers.jsonl", papers)], db).ok
 
 
 def test_concurrent_calls_and_one_annotation_per_paper(tmp_path: Path, db_path: Path) -> None:
     _papers(db_path, tmp_path, 40)
     with fault_server(latency=0.3) as srv:
-        report = annotate(db_path, "llm", model="fake-model", base_url=srv.url, concurrency=8)
+        report = annotate_papers(
+            db_path, "llm", model="fake-model", base_url=srv.url, concurrency=8
+        )
         peak = srv.max_in_flight
     assert report.done == 40 and report.calls == 40
     # 8 calls at a time at the server, never more.
@@ -269,7 +271,9 @@ def test_rate_limit_settles_under_the_server_limit(
     with fault_server(
         latency=0.1, rpm=600, rate_headers=headers, retry_after_header=headers
     ) as srv:
-        report = annotate(db_path, "llm", model="fake-model", base_url=srv.url, concurrency=16)
+        report = annotate_papers(
+            db_path, "llm", model="fake-model", base_url=srv.url, concurrency=16
+        )
         throttled = srv.statuses[429]
     assert report.done == 45 and report.failed == 0 and throttled == report.throttled
     with Store(db_path) as s:
@@ -320,7 +324,9 @@ def test_kill_9_then_resume_annotates_once_without_paying_twice(
         # Requests sent between the read above and the kill still sleep in the server.
         in_flight = max(in_flight, srv.in_flight)
         answered = asked_before - srv.in_flight
-        report = annotate(db_path, "llm", model="fake-model", base_url=srv.url, concurrency=4)
+        report = annotate_papers(
+            db_path, "llm", model="fake-model", base_url=srv.url, concurrency=4
+        )
         repeated = sum(c - 1 for c in srv.bodies.values())
     # Every answer the killed run received is in llm_calls: committed by it, or journaled
     # and recovered now (up to the 4 answers that may still have been on the wire).
@@ -359,7 +365,9 @@ def test_ctrl_c_commits_what_finished_and_says_how_to_resume(tmp_path: Path, db_
             stored = s.scalar("SELECT count(*) FROM annotations")
         assert 0 < stored < 30
         asked = srv.count
-        report = annotate(db_path, "llm", model="fake-model", base_url=srv.url, concurrency=4)
+        report = annotate_papers(
+            db_path, "llm", model="fake-model", base_url=srv.url, concurrency=4
+        )
         # What was in flight at Ctrl-C finished and was stored: nothing is asked twice.
         assert sum(c - 1 for c in srv.bodies.values()) == 0
     assert report.done == 30 - stored and srv.count == asked + report.calls
@@ -370,7 +378,7 @@ def test_ctrl_c_before_the_first_paper_starts_nothing(tmp_path: Path, db_path: P
     before any paper starts."""
     _papers(db_path, tmp_path, 20)
     with fault_server() as srv:
-        report = annotate(
+        report = annotate_papers(
             db_path,
             "llm",
             model="fake-model",
@@ -454,7 +462,7 @@ def test_max_cost_stops_before_the_limit(
     # The server reports 100 prompt + 50 completion tokens a call: $0.002 a paper.
     monkeypatch.setenv("PAPERTAG_PRICES", json.dumps({"fake-model": [10.0, 20.0]}))
     with fault_server() as srv:
-        report = annotate(
+        report = annotate_papers(
             db_path, "llm", model="fake-model", base_url=srv.url, concurrency=2, max_cost=0.08
         )
     # A paper is admitted while what was spent plus its likely cost (about $0.04, estimated
@@ -474,7 +482,7 @@ def test_max_cost_with_papers_in_flight_waits_for_room_instead_of_stopping(
         db = tmp_path / f"c{concurrency}.duckdb"
         _papers(db, tmp_path, 30)
         with fault_server() as srv:
-            report = annotate(
+            report = annotate_papers(
                 db, "llm", model="fake-model", base_url=srv.url, concurrency=concurrency,
                 max_cost=0.08,
             )  # fmt: skip
@@ -486,7 +494,7 @@ def test_max_cost_with_papers_in_flight_waits_for_room_instead_of_stopping(
 
 
 def test_a_price_covers_dated_snapshots_not_other_names() -> None:
-    from papertag.annotators.llm_config import price_for
+    from papertag.annotators.llm.config import price_for
 
     assert price_for("gpt-4o-2024-08-06") == price_for("gpt-4o") is not None
     assert price_for("gpt-4o-mini-2024-07-18") == price_for("gpt-4o-mini") != price_for("gpt-4o")
@@ -499,7 +507,7 @@ def test_max_cost_needs_a_price(tmp_path: Path, db_path: Path) -> None:
     from papertag.errors import ConfigError
 
     with pytest.raises(ConfigError, match="PAPERTAG_PRICES"):
-        annotate(
+        annotate_papers(
             db_path, "llm", model="no-such-model", base_url="http://127.0.0.1:9/v1", max_cost=1
         )
 
@@ -507,8 +515,8 @@ def test_max_cost_needs_a_price(tmp_path: Path, db_path: Path) -> None:
 def test_an_answer_replayed_by_a_killed_run_is_offered_again(tmp_path: Path, db_path: Path) -> None:
     """Two kills in a row: run 1 paid for an answer and died; run 2 replayed it and died
     before committing. Run 3 must replay it again, not ask the server (and pay) twice."""
-    from papertag.annotate import paid_answers
-    from papertag.annotators.llm_config import LLMConfig
+    from papertag.annotate.recovery import paid_answers
+    from papertag.annotators.llm.config import LLMConfig
 
     _papers(db_path, tmp_path, 1)
     ann = LLMConfig(model="fake-model", base_url="http://127.0.0.1:9/v1")
@@ -548,7 +556,9 @@ def test_connections_are_kept_alive_one_per_request_in_flight(
 ) -> None:
     _papers(db_path, tmp_path, 40)
     with fault_server(latency=0.05) as srv:
-        report = annotate(db_path, "llm", model="fake-model", base_url=srv.url, concurrency=4)
+        report = annotate_papers(
+            db_path, "llm", model="fake-model", base_url=srv.url, concurrency=4
+        )
         connections = srv.connections
     assert report.done == 40 and srv.count == 40
     assert 1 <= connections <= 4
@@ -559,9 +569,10 @@ def test_a_journal_is_recovered_once_into_llm_calls(db_path: Path) -> None:
     DuckDB 1.x and 2.x: 2.x refuses a registered table while a result is unfinished)."""
     from datetime import datetime
 
-    from papertag.annotate import recover_journal
-    from papertag.annotators.llm_config import LLMConfig
-    from papertag.journal import CallRecord, Journal
+    from papertag.annotate.journal import Journal
+    from papertag.annotate.recovery import recover_journal
+    from papertag.annotators.llm.config import LLMConfig
+    from papertag.annotators.llm.records import CallRecord
 
     ann = LLMConfig(model="fake-model", base_url="http://127.0.0.1:9/v1")
     record = CallRecord(datetime(2026, 11, 23, 10), "127.0.0.1:9", "/v1/chat/completions", "h1", "{}", 1, 5.0, status=200, response_body="{}")  # fmt: skip

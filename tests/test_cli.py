@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from papertag.annotate import estimate
 from papertag.cli import app
-from papertag.store import Store
+from papertag.db import Store
 
 from .fault_server import fault_server
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from papertag.errors import InputError
-from papertag.evaluate import GoldPaper, Item, expected_calibration_error, load_gold, score
+from papertag.scoring import GoldPaper, Item, expected_calibration_error, load_gold, score
 
 
 def gold(

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from papertag.cli import app
+from papertag.db import Store
 from papertag.errors import ConfigError
-from papertag.export import export, export_sql
-from papertag.store import Store
+from papertag.query.export import export, export_sql
 
 from .conftest import DEMO_PAPERS
 

@@ -22,11 +22,11 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from papertag import store as store_mod
 from papertag.cli import app
+from papertag.db import Store, migrations
 from papertag.errors import InputError, StoreError
-from papertag.ingest import ingest, ingest_file, parse_file
-from papertag.store import Store
+from papertag.ingest import ingest_digests, ingest_file, parse_file
+from papertag.ingest import write as ingest_write
 
 from .conftest import DIGESTS, SHARED, snapshot
 
@@ -120,7 +120,7 @@ def titles(db: Path) -> set[str]:
 
 # ------------------------------------------------------------- the five real digests
 def test_real_digests_give_623_papers_and_692_links(db_path: Path) -> None:
-    report = ingest(DIGESTS, db_path)
+    report = ingest_digests(DIGESTS, db_path)
     assert report.ok, [f.error for f in report.failed]
     assert [f.format for f in report.files] == ["page-text"] * 5
     assert [f.entries for f in report.files] == [211, 219, 80, 116, 66]
@@ -145,9 +145,9 @@ def test_real_digests_give_623_papers_and_692_links(db_path: Path) -> None:
 
 
 def test_second_ingest_of_the_digests_adds_nothing(db_path: Path) -> None:
-    assert ingest(DIGESTS, db_path).ok
+    assert ingest_digests(DIGESTS, db_path).ok
     before = snapshot(db_path)
-    again = ingest(DIGESTS, db_path)
+    again = ingest_digests(DIGESTS, db_path)
     assert again.ok
     assert again.total("new_papers") == 0
     assert again.total("new_links") == 0
@@ -158,7 +158,7 @@ def test_second_ingest_of_the_digests_adds_nothing(db_path: Path) -> None:
 
 
 def test_page_chrome_is_removed(db_path: Path) -> None:
-    assert ingest(DIGESTS, db_path).ok
+    assert ingest_digests(DIGESTS, db_path).ok
     papers = rows(db_path, "SELECT title, abstract FROM papers")
     assert len(papers) == 623
     for title, abstract in papers:
@@ -176,7 +176,7 @@ def test_page_chrome_is_removed(db_path: Path) -> None:
 def test_titles_and_abstracts_match_the_gold_file(db_path: Path) -> None:
     gold = [json.loads(line) for line in GOLD.read_text(encoding="utf-8").splitlines() if line]
     assert len(gold) == 100
-    assert ingest(DIGESTS, db_path).ok
+    assert ingest_digests(DIGESTS, db_path).ok
     stored = dict(rows(db_path, "SELECT title, abstract FROM papers"))
     missing = [g["title"] for g in gold if g["title"] not in stored]
     assert missing == []
@@ -231,7 +231,7 @@ def test_hf_api_json_keeps_id_upvotes_keywords_and_listing_date(path: Path, db_p
         assert " ".join(paper["title"].split()) == e.title
         assert " ".join(paper["summary"].split()) == e.abstract
 
-    report = ingest([path], db_path)
+    report = ingest_digests([path], db_path)
     assert report.ok and report.files[0].new_papers == len(raw)
     stored = {
         r[0]: r[1:]
@@ -250,14 +250,14 @@ def test_hf_api_json_keeps_id_upvotes_keywords_and_listing_date(path: Path, db_p
         assert listed_on == _date_in_name(path)
     assert rows(db_path, "SELECT digest_date FROM digests") == [(_date_in_name(path),)]
     before = snapshot(db_path)
-    again = ingest([path], db_path)
+    again = ingest_digests([path], db_path)
     assert again.total("new_papers") == again.total("new_links") == 0
     assert again.total("unchanged") == len(raw)
     assert snapshot(db_path) == before
 
 
 def test_all_api_generations_together(db_path: Path) -> None:
-    report = ingest(API_FILES, db_path)
+    report = ingest_digests(API_FILES, db_path)
     assert report.ok
     n = sum(len(json.loads(p.read_text(encoding="utf-8"))) for p in API_FILES)
     assert count(db_path, "papers") == n == count(db_path, "digest_papers")
@@ -297,7 +297,7 @@ def test_jsonl_with_summary_and_mixed_case_keys(tmp_path: Path, db_path: Path) -
         ),
         ("No Id Paper", "A plain abstract. Nothing else is known.", None, None, None),
     ]
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     assert count(db_path, "papers") == 3
     assert rows(db_path, "SELECT listed_on FROM digest_papers ORDER BY position") == [
         (date(2024, 1, 22),),
@@ -339,7 +339,7 @@ def test_csv_with_summary_column_and_optional_columns(tmp_path: Path, db_path: P
     ]
     # Rows are named by the line they start on (the header is row 1).
     assert [e.where for e in parsed.entries] == [2, 3]
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     assert count(db_path, "papers") == 2
 
 
@@ -379,7 +379,7 @@ def test_format_is_detected_from_content_not_extension(
     parsed = parse_file(path)
     assert parsed.format == fmt
     assert [(e.title, e.abstract) for e in parsed.entries] == pairs
-    report = ingest([path], db_path)
+    report = ingest_digests([path], db_path)
     assert report.ok and report.files[0].format == fmt
     assert titles(db_path) == {"Tiny Quant", "Fast Video Diffusion"}
 
@@ -423,7 +423,7 @@ def test_spreadsheet_csv_with_semicolons_bom_and_a_link_column(
         ("Tiny Quant; 4 bits", ABSTRACT, "2401.12345", "https://arxiv.org/abs/2401.12345v2", 2),
         ("Fast Video Diffusion", OTHER_ABSTRACT, None, "https://example.org/fvd", 3),
     ]
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     assert rows(db_path, "SELECT arxiv_id FROM papers ORDER BY title") == [(None,), ("2401.12345",)]
     # A record's "Link" is read the same way in JSONL.
     jsonl = write_jsonl(
@@ -552,7 +552,7 @@ def test_arxiv_api_atom_feed_is_a_digest(tmp_path: Path, db_path: Path) -> None:
         ("cs/0112017", date(2001, 12, 12)),
     ]
     assert not any(t.startswith("<") for t in titles(db_path))
-    assert ingest([src], db_path).total("unchanged") == 2
+    assert ingest_digests([src], db_path).total("unchanged") == 2
 
 
 def test_arxiv_rss_feed_is_a_dated_digest(tmp_path: Path, db_path: Path) -> None:
@@ -577,7 +577,7 @@ def test_arxiv_rss_feed_is_a_dated_digest(tmp_path: Path, db_path: Path) -> None
             date(2024, 1, 8),
         ),
     ]
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     assert rows(db_path, "SELECT format, digest_date, entries FROM digests") == [
         ("rss", date(2024, 1, 8), 2)
     ]
@@ -658,7 +658,7 @@ def test_same_arxiv_id_with_different_title_formatting_is_one_paper(
         tmp_path / "c.jsonl",
         [{"title": "Tiny Quant (renamed in v2)", "abstract": ABSTRACT, "arxiv_id": "2401.12345"}],
     )
-    report = ingest([a, b, c], db_path)
+    report = ingest_digests([a, b, c], db_path)
     assert report.ok
     assert [f.new_papers for f in report.files] == [1, 0, 0]
     assert [f.new_links for f in report.files] == [1, 1, 1]
@@ -678,7 +678,7 @@ def test_different_arxiv_ids_with_the_same_title_are_two_papers(
             {"title": "A Survey", "abstract": OTHER_ABSTRACT, "id": "2402.00002"},
         ],
     )
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     assert sorted(rows(db_path, "SELECT arxiv_id FROM papers")) == [
         ("2401.00001",),
         ("2402.00002",),
@@ -687,7 +687,7 @@ def test_different_arxiv_ids_with_the_same_title_are_two_papers(
 
 def test_paper_seen_without_then_with_arxiv_id_is_one_paper(tmp_path: Path, db_path: Path) -> None:
     # First seen on a real digest page (no arXiv id there) ...
-    assert ingest(DIGESTS[:1], db_path).ok
+    assert ingest_digests(DIGESTS[:1], db_path).ok
     (fireflow_abstract,) = [
         a for (a,) in rows(db_path, "SELECT abstract FROM papers WHERE title = ?", [FIREFLOW])
     ]
@@ -706,7 +706,7 @@ def test_paper_seen_without_then_with_arxiv_id_is_one_paper(tmp_path: Path, db_p
         ),
         encoding="utf-8",
     )
-    report = ingest([record], db_path)
+    report = ingest_digests([record], db_path)
     assert report.ok
     fr = report.files[0]
     assert (fr.new_papers, fr.new_links) == (0, 1)
@@ -718,7 +718,7 @@ def test_paper_seen_without_then_with_arxiv_id_is_one_paper(tmp_path: Path, db_p
     )
     assert row == ("2412.07517", 1)
     # And it is still the one paper when the page is ingested again, in any order.
-    assert ingest(DIGESTS[:1], db_path).total("new_papers") == 0
+    assert ingest_digests(DIGESTS[:1], db_path).total("new_papers") == 0
     assert count(db_path, "papers") == before
 
 
@@ -734,7 +734,7 @@ def test_arxiv_id_learned_within_one_file_is_kept(tmp_path: Path, db_path: Path)
         ),
         encoding="utf-8",
     )
-    report = ingest([src], db_path)
+    report = ingest_digests([src], db_path)
     assert report.ok and report.files[0].new_papers == 1
     assert rows(db_path, "SELECT arxiv_id FROM papers") == [("2401.12345",)]
 
@@ -743,7 +743,9 @@ def test_arxiv_id_learned_by_title_then_seen_under_a_new_title(
     tmp_path: Path, db_path: Path
 ) -> None:
     """Known by title only; a file then gives its arXiv id twice, under two titles: one paper."""
-    assert ingest([page_text(tmp_path / "page.txt", [("Tiny Quant", ABSTRACT)])], db_path).ok
+    assert ingest_digests(
+        [page_text(tmp_path / "page.txt", [("Tiny Quant", ABSTRACT)])], db_path
+    ).ok
     src = write_jsonl(
         tmp_path / "later.jsonl",
         [
@@ -751,7 +753,7 @@ def test_arxiv_id_learned_by_title_then_seen_under_a_new_title(
             {"title": "Tiny Quant v2: Even Tinier", "abstract": ABSTRACT, "id": "2401.12345"},
         ],
     )
-    report = ingest([src], db_path)
+    report = ingest_digests([src], db_path)
     assert report.ok
     assert report.files[0].new_papers == 0
     assert rows(db_path, "SELECT arxiv_id, title FROM papers") == [
@@ -763,11 +765,11 @@ def test_changed_abstract_updates_text_and_hash_and_keeps_old_version(
     tmp_path: Path, db_path: Path
 ) -> None:
     first = write_jsonl(tmp_path / "a.jsonl", [{"title": "Tiny Quant", "abstract": ABSTRACT}])
-    assert ingest([first], db_path).ok
+    assert ingest_digests([first], db_path).ok
     ((pid, old_hash),) = rows(db_path, "SELECT paper_id, content_hash FROM papers")
     edited = ABSTRACT + " Code is released."
     second = write_jsonl(tmp_path / "b.jsonl", [{"title": "Tiny  Quant", "abstract": edited}])
-    report = ingest([second], db_path)
+    report = ingest_digests([second], db_path)
     assert report.ok
     fr = report.files[0]
     assert (fr.new_papers, fr.updated_papers, fr.new_links) == (0, 1, 1)
@@ -781,8 +783,8 @@ def test_changed_abstract_updates_text_and_hash_and_keeps_old_version(
     )
     assert versions == [(old_hash, ABSTRACT), (new_hash, edited)]
     # The same file again changes nothing; the old text again counts as an update back.
-    assert ingest([second], db_path).total("updated_papers") == 0
-    assert ingest([first], db_path).total("updated_papers") == 1
+    assert ingest_digests([second], db_path).total("updated_papers") == 0
+    assert ingest_digests([first], db_path).total("updated_papers") == 1
     assert rows(db_path, "SELECT abstract FROM papers") == [(ABSTRACT,)]
 
 
@@ -869,7 +871,7 @@ def test_two_files_of_one_name_are_two_digests(tmp_path: Path, db_path: Path) ->
 
 def test_the_same_file_from_another_path_is_the_same_digest(tmp_path: Path, db_path: Path) -> None:
     d1, _ = _two_papers_json(tmp_path)
-    assert ingest([d1], db_path).ok
+    assert ingest_digests([d1], db_path).ok
     before = snapshot(db_path)
     copy = tmp_path / "elsewhere" / "renamed.json"
     copy.parent.mkdir()
@@ -879,7 +881,7 @@ def test_the_same_file_from_another_path_is_the_same_digest(tmp_path: Path, db_p
     jsonl.write_bytes(
         b"".join(json.dumps(r).encode() + b"\r\n" for r in json.loads(d1.read_text("utf-8")))
     )
-    report = ingest([copy, jsonl], db_path)
+    report = ingest_digests([copy, jsonl], db_path)
     assert report.ok
     assert [(f.new_papers, f.new_links, f.unchanged) for f in report.files] == [(0, 0, 3)] * 2
     assert snapshot(db_path) == before
@@ -889,7 +891,7 @@ def test_the_same_file_from_another_path_is_the_same_digest(tmp_path: Path, db_p
     # A file of the same papers with other text is another digest.
     edited = tmp_path / "edited.json"
     edited.write_text(d1.read_text("utf-8").replace("is studied", "is examined"), "utf-8")
-    again = ingest([edited], db_path)
+    again = ingest_digests([edited], db_path)
     assert again.ok and (again.files[0].updated_papers, again.files[0].new_links) == (3, 3)
     assert count(db_path, "digests") == 2
 
@@ -1112,11 +1114,13 @@ def test_bad_input_one_line_nothing_written_good_file_lands(
     bad_dir.mkdir()
     bad = maker(bad_dir)
     # A database that already holds something, so "unchanged" means something.
-    assert ingest([page_text(tmp_path / "seed.txt", [("Seed Paper", ABSTRACT)])], db_path).ok
+    assert ingest_digests(
+        [page_text(tmp_path / "seed.txt", [("Seed Paper", ABSTRACT)])], db_path
+    ).ok
     before = snapshot(db_path)
 
     # Library: the error names the file (and line/row/item) and nothing is written.
-    report = ingest([bad], db_path)
+    report = ingest_digests([bad], db_path)
     assert not report.ok
     (failed,) = report.failed
     assert failed.error is not None
@@ -1153,20 +1157,20 @@ def test_bad_input_one_line_nothing_written_good_file_lands(
 def test_bad_line_after_several_batches_rolls_back_the_whole_file(
     tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys.modules["papertag.ingest"], "BATCH_SIZE", 3)
+    monkeypatch.setattr(ingest_write, "BATCH_SIZE", 3)
     records = [{"title": f"Paper {i}", "abstract": f"Abstract {i}. It is fine."} for i in range(10)]
     src = write_jsonl(tmp_path / "late.jsonl", records)
     with src.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps({"title": "Orphan"}) + "\n")
-    assert ingest([good_file(tmp_path)], db_path).ok
+    assert ingest_digests([good_file(tmp_path)], db_path).ok
     before = snapshot(db_path)
-    report = ingest([src], db_path)
+    report = ingest_digests([src], db_path)
     assert not report.ok
     assert report.failed[0].error == f"{src}: line 11: no 'abstract' or 'summary' key"
     assert snapshot(db_path) == before
     # The same file without the bad line lands in several batches.
     src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    ok = ingest([src], db_path)
+    ok = ingest_digests([src], db_path)
     assert ok.ok and ok.files[0].new_papers == 10 and ok.files[0].new_links == 10
 
 
@@ -1253,7 +1257,7 @@ def test_library_ingest_into_an_open_store_leaves_its_settings_alone(
         s.con.execute("SET memory_limit = '2GB'")
         before = [s.scalar("SELECT current_setting(?)", [n]) for n in settings]
         for _ in range(3):
-            assert ingest([DIGESTS[4]], s).ok
+            assert ingest_digests([DIGESTS[4]], s).ok
         assert [s.scalar("SELECT current_setting(?)", [n]) for n in settings] == before
         # The store is still open and usable: ingest did not close it.
         assert s.scalar("SELECT count(*) FROM papers") == 68
@@ -1261,7 +1265,7 @@ def test_library_ingest_into_an_open_store_leaves_its_settings_alone(
 
 # ---------------------------------------------------------------------------- store
 def test_migrations_are_recorded_and_not_reapplied(db_path: Path) -> None:
-    names = [name for name, _ in store_mod.MIGRATIONS]
+    names = [name for name, _ in migrations.MIGRATIONS]
     with Store(db_path) as s:
         recorded = [r[0] for r in s.con.execute("SELECT name FROM _migrations").fetchall()]
         assert sorted(recorded) == sorted(names)
@@ -1276,12 +1280,12 @@ def test_migrations_are_recorded_and_not_reapplied(db_path: Path) -> None:
 def test_a_new_database_opens_again_when_its_process_died_at_once(db_path: Path) -> None:
     """DuckDB cannot replay some migrations from its log; they must reach the file itself."""
     subprocess.run(
-        [sys.executable, "-c", "import os, sys; from papertag.store import Store; "
+        [sys.executable, "-c", "import os, sys; from papertag.db import Store; "
          "s = Store(sys.argv[1]); os._exit(0)", str(db_path)],
         check=True, timeout=60,
     )  # fmt: skip
     with Store(db_path) as s:
-        assert s.scalar("SELECT count(*) FROM _migrations") == len(store_mod.MIGRATIONS)
+        assert s.scalar("SELECT count(*) FROM _migrations") == len(migrations.MIGRATIONS)
 
 
 def _old_database(path: Path) -> None:
@@ -1290,7 +1294,7 @@ def _old_database(path: Path) -> None:
     con.execute(
         "CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
     )
-    name, fn = store_mod.MIGRATIONS[0]
+    name, fn = migrations.MIGRATIONS[0]
     fn(con)
     con.execute("INSERT INTO _migrations VALUES (?, current_timestamp)", [name])
     con.execute(
@@ -1303,11 +1307,11 @@ def _old_database(path: Path) -> None:
 
 @pytest.mark.parametrize("read_only", [False, True])
 def test_database_from_an_older_papertag_opens_and_upgrades(db_path: Path, read_only: bool) -> None:
-    assert len(store_mod.MIGRATIONS) > 1
+    assert len(migrations.MIGRATIONS) > 1
     _old_database(db_path)
     with Store(db_path, read_only=read_only) as s:
         recorded = {r[0] for r in s.con.execute("SELECT name FROM _migrations").fetchall()}
-        assert recorded == {name for name, _ in store_mod.MIGRATIONS}
+        assert recorded == {name for name, _ in migrations.MIGRATIONS}
         assert s.scalar("SELECT title FROM papers") == "Old Paper"
         assert s.scalar("SELECT count(*) FROM annotations") == 0
     with Store(db_path) as s:
@@ -1320,7 +1324,7 @@ def _migrated_before(db_path: Path, stop: str) -> duckdb.DuckDBPyConnection:
     con.execute(
         "CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
     )
-    for name, fn in store_mod.MIGRATIONS:
+    for name, fn in migrations.MIGRATIONS:
         if name.startswith(stop):
             break
         fn(con)
@@ -1428,7 +1432,7 @@ def test_digests_keyed_on_file_names_before_m013_still_work_and_are_recognised(
     d1, d2 = _two_papers_json(tmp_path)
     # What the older papertag wrote for d1: the same rows as now, but keyed "papers.json".
     scratch = tmp_path / "scratch.duckdb"
-    assert ingest([d1], scratch).ok
+    assert ingest_digests([d1], scratch).ok
     con = _migrated_before(db_path, "m013")
     con.execute(f"ATTACH '{scratch}' AS s (READ_ONLY)")
     con.execute("INSERT INTO papers SELECT * FROM s.papers")
@@ -1507,7 +1511,7 @@ def test_db_option_and_environment_variable_are_honoured(
     assert count(tmp_path / "papertag.duckdb", "papers") == 2
     # The library follows the same rule.
     monkeypatch.setenv("PAPERTAG_DB", str(tmp_path / "env.duckdb"))
-    assert ingest([good]).ok
+    assert ingest_digests([good]).ok
     assert count(tmp_path / "env.duckdb", "papers") == 2
 
 

@@ -7,7 +7,6 @@ report must say what that file added, and each file stays all-or-nothing.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from papertag.cli import app
-from papertag.ingest import FileReport, ingest
-from papertag.store import Store
+from papertag.db import Store
+from papertag.ingest import FileReport, ingest_digests
+from papertag.ingest import write as ingest_write
 
 from .conftest import DIGESTS, HF_API_FILES, content
 
@@ -77,14 +77,14 @@ def test_many_files_end_as_one_by_one(
 ) -> None:
     paths = _mixed_inputs(tmp_path)
     one_by_one = tmp_path / "one.duckdb"
-    expected = [fr for p in paths for fr in ingest([p], one_by_one).files]
+    expected = [fr for p in paths for fr in ingest_digests([p], one_by_one).files]
     # With a small batch, files spill into several transactions and the digests (more
     # entries than a batch) are streamed alone between them.
-    monkeypatch.setattr(sys.modules["papertag.ingest"], "BATCH_SIZE", batch)
+    monkeypatch.setattr(ingest_write, "BATCH_SIZE", batch)
     together = tmp_path / "together.duckdb"
     read: list[str] = []
     final: list[str] = []
-    report = ingest(
+    report = ingest_digests(
         paths,
         together,
         on_read=lambda f: read.append(f.path),
@@ -102,10 +102,10 @@ def test_many_files_end_as_one_by_one(
         f"{tmp_path / 'bad.jsonl'}: line 2: no 'abstract' or 'summary' key"
     ]
     # Again: nothing new, and the same reports and rows as again one by one.
-    again = ingest(paths, together)
+    again = ingest_digests(paths, together)
     assert again.total("new_papers") == again.total("new_links") == 0
     assert _counts(again.files) == _counts(
-        [fr for p in paths for fr in ingest([p], one_by_one).files]
+        [fr for p in paths for fr in ingest_digests([p], one_by_one).files]
     )
     assert content(together) == content(one_by_one)
 
@@ -118,7 +118,7 @@ def test_a_file_that_fails_half_way_adds_nothing_beside_good_ones(
         tmp_path / "half.jsonl",
         [{"title": "Sparse Cats", "abstract": ABSTRACT}, {"title": "Orphan"}],
     )
-    report = ingest([good, half, DIGESTS[4]], db_path)
+    report = ingest_digests([good, half, DIGESTS[4]], db_path)
     assert [f.error is None for f in report.files] == [True, False, True]
     with Store(db_path) as s:
         titles = {t for (t,) in s.con.execute("SELECT title FROM papers").fetchall()}

@@ -25,7 +25,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from papertag.annotate import annotate
+from papertag.annotate import annotate_papers
 from papertag.annotators import PaperInput, get_annotator
 from papertag.annotators.learned import model as model_module
 from papertag.annotators.learned.annotator import LearnedAnnotator
@@ -39,11 +39,11 @@ from papertag.annotators.learned.sources import (
 )
 from papertag.annotators.learned.training import fit
 from papertag.cli import app
+from papertag.db import Store
 from papertag.errors import AnnotationError, ConfigError, InputError, PapertagError
-from papertag.ingest import ingest
+from papertag.ingest import ingest_digests
 from papertag.review import add_label, record_decision, undo_decision
 from papertag.schema import DROP_THRESHOLD, MAX_EVIDENCE_CHARS, MAX_LABELS, Annotation
-from papertag.store import Store
 from papertag.taxonomy import FIELDS, load_taxonomy, prompts_dir
 
 from .conftest import ROOT, snapshot
@@ -135,10 +135,10 @@ def base(data: Data, tmp_path_factory: pytest.TempPathFactory) -> Base:
     """The held-out papers ingested, model A trained into the database as 'local', and
     every paper annotated with it."""
     db = tmp_path_factory.mktemp("base") / "base.duckdb"
-    assert ingest([data.papers], db).ok
+    assert ingest_digests([data.papers], db).ok
     result = train(db, files=[data.train_a], folds=2)
     assert result.report.name == "local"
-    report = annotate(db, "learned")
+    report = annotate_papers(db, "learned")
     assert (report.done, report.failed, report.model) == (3 * HELD_OUT, 0, "local")
     assert report.prompt_version == result.report.version
     return Base(db, result.report.version)
@@ -817,8 +817,10 @@ def test_train_out_refuses_to_overwrite_without_force(
 def test_train_from_an_annotator_distills_its_labels(
     data: Data, db_path: Path, tmp_path: Path
 ) -> None:
-    assert ingest([unlabelled(tmp_path / "all.jsonl", [*data.rows_a, *data.held])], db_path).ok
-    rules = annotate(db_path, "rules")
+    assert ingest_digests(
+        [unlabelled(tmp_path / "all.jsonl", [*data.rows_a, *data.held])], db_path
+    ).ok
+    rules = annotate_papers(db_path, "rules")
     assert rules.done == 60
 
     report = json.loads(
@@ -885,7 +887,7 @@ def test_a_model_older_than_a_taxonomy_label_fails_clearly(
     monkeypatch.setenv("PAPERTAG_PROMPTS", str(prompts))
     assert "frobnication" in load_taxonomy().ids("technique")
     try:
-        report = annotate(learned_db, "learned")
+        report = annotate_papers(learned_db, "learned")
     except PapertagError as exc:
         assert "retrain" in str(exc)
     else:

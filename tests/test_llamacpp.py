@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from papertag.annotate import AnnotateReport, annotate
+from papertag.annotate import AnnotateReport, annotate_papers
+from papertag.db import Store
 from papertag.ingest import Entry, FileReport, parse_file, write_entries
-from papertag.store import Store
 
 from .conftest import DIGESTS
 
@@ -37,7 +37,7 @@ def three_papers(db: Path) -> None:
 
 
 def run_llm(db: Path, max_reasks: int) -> AnnotateReport:
-    return annotate(
+    return annotate_papers(
         db,
         "llm",
         model="smollm2",

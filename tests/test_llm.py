@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from papertag.annotate import annotate
+from papertag.annotate import annotate_papers
 from papertag.cli import app
+from papertag.db import Store
 from papertag.errors import ProviderError
-from papertag.ingest import ingest
-from papertag.store import Store
+from papertag.ingest import ingest_digests
 
 from .conftest import FakeTime
 from .fault_server import Reply, completion, fault_server, forward_proxy
@@ -47,12 +47,12 @@ def ok(answer: dict[str, Any] | None = None, **kw: Any) -> Reply:
 def paper(tmp_path: Path, db_path: Path) -> Path:
     src = tmp_path / "p.jsonl"
     src.write_text(json.dumps({"title": TITLE, "abstract": ABSTRACT}) + "\n")
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     return db_path
 
 
 def run(db: Path, url: str, **kw: Any) -> Any:
-    return annotate(db, "llm", model="fake-model", base_url=url, backoff=0.01, **kw)
+    return annotate_papers(db, "llm", model="fake-model", base_url=url, backoff=0.01, **kw)
 
 
 def calls(db: Path) -> list[dict[str, Any]]:
@@ -181,7 +181,7 @@ def test_each_call_row_holds_the_body_as_sent_byte_for_byte(tmp_path: Path, db_p
     ]
     src = tmp_path / "p.jsonl"
     src.write_text("".join(json.dumps({"title": t, "abstract": a}) + "\n" for t, a in papers))
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     with fault_server() as srv:
         report = run(db_path, srv.url, max_reasks=0)
         received = set(srv.bodies)
@@ -359,7 +359,7 @@ def test_prompt_injection_in_the_abstract_changes_nothing_sent(
     )
     src = tmp_path / "h.jsonl"
     src.write_text(json.dumps({"title": TITLE, "abstract": hostile}) + "\n")
-    ingest([src], db_path)
+    ingest_digests([src], db_path)
     with fault_server([ok()]) as srv:
         run(db_path, srv.url)
         body = srv.requests[0]
@@ -417,7 +417,7 @@ def test_a_server_never_reached_stops_the_run_at_once(
             json.dumps({"title": f"{TITLE} {i}", "abstract": ABSTRACT}) + "\n" for i in range(40)
         )
     )
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again below: nothing listens there

@@ -20,9 +20,10 @@ import pytest
 from typer.testing import CliRunner
 
 from papertag.cli import app
-from papertag.ingest import ingest
-from papertag.pull import ATTEMPTS, BACKOFF, PullReport, pull
-from papertag.store import Store
+from papertag.db import Store
+from papertag.ingest import ingest_digests
+from papertag.ingest import pull as pull_module
+from papertag.ingest.pull import ATTEMPTS, BACKOFF, PullReport, pull
 
 from .conftest import content
 from .daily_server import DAY_FILES, ERROR_BODY, NO_PAPERS, daily_server
@@ -93,7 +94,7 @@ def test_pull_stores_the_same_papers_as_ingesting_the_days_files(tmp_path: Path)
     }
     assert report.requests == len(day_range(first, last))
     files = tmp_path / "files.duckdb"
-    assert ingest([DAY_FILES[date(2024, 6, 3)], DAY_FILES[date(2024, 7, 5)]], files).ok
+    assert ingest_digests([DAY_FILES[date(2024, 6, 3)], DAY_FILES[date(2024, 7, 5)]], files).ok
     assert content(tmp_path / "pulled.duckdb") == content(files)
     with Store(tmp_path / "pulled.duckdb", read_only=True) as s:
         assert s.con.execute(
@@ -123,7 +124,7 @@ def test_a_new_user_pulls_from_the_test_server_with_the_command(tmp_path: Path) 
         "0 failed; 17 papers listed: 17 new, 0 updated, 17 new links"
     ]
     files = tmp_path / "files.duckdb"
-    assert ingest([DAY_FILES[SAMPLE_DAY]], files).ok
+    assert ingest_digests([DAY_FILES[SAMPLE_DAY]], files).ok
     assert content(db) == content(files)
 
 
@@ -178,7 +179,7 @@ def test_today_and_yesterday_are_fetched_again_and_a_grown_list_replaces_the_day
         assert fourth.requests == 0
         assert srv.requests[today.isoformat()] == 3
     files = tmp_path / "files.duckdb"
-    assert ingest([DAY_FILES[SAMPLE_DAY]], files).ok
+    assert ingest_digests([DAY_FILES[SAMPLE_DAY]], files).ok
     pulled, filed = content(db), content(files)
     assert pulled["listings"] == filed["listings"] and pulled["papers"] == filed["papers"]
     with Store(db, read_only=True) as s:
@@ -359,7 +360,6 @@ def test_no_network_stops_the_pull_in_one_line(tmp_path: Path, url: str, says: s
 @pytest.fixture
 def fast(monkeypatch: pytest.MonkeyPatch) -> None:
     """The commands without their polite pace and backoff: nothing to wait for here."""
-    pull_module = sys.modules["papertag.pull"]
     monkeypatch.setattr(pull_module, "RATE", 1000.0)
     monkeypatch.setattr(pull_module, "BACKOFF", 0.0)
 

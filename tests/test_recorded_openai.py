@@ -18,10 +18,10 @@ import pytest
 import vcr
 import yaml
 
-from papertag.annotate import AnnotateReport, annotate
+from papertag.annotate import AnnotateReport, annotate_papers
+from papertag.db import Store
 from papertag.errors import ProviderError
-from papertag.ingest import ingest
-from papertag.store import Store
+from papertag.ingest import ingest_digests
 
 from .conftest import SHARED, FakeTime
 
@@ -77,7 +77,7 @@ def dummy_key(monkeypatch: pytest.MonkeyPatch) -> None:
 def paper(tmp_path: Path, db_path: Path) -> Path:
     src = tmp_path / "paper.jsonl"
     src.write_text(json.dumps(PAPER) + "\n", encoding="utf-8")
-    assert ingest([src], db_path).ok
+    assert ingest_digests([src], db_path).ok
     return db_path
 
 
@@ -85,7 +85,7 @@ def run(db: Path, cassette: Path, fake_time: FakeTime, **kw: Any) -> AnnotateRep
     """One ``annotate`` run of the paper against the recording, waiting on fake time."""
     match_on = kw.pop("match_on", ("method", "path"))
     with replay(cassette, match_on):
-        return annotate(
+        return annotate_papers(
             db,
             "llm",
             model=kw.pop("model", "gpt-4o-2024-08-06"),

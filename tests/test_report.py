@@ -12,9 +12,9 @@ from playwright.sync_api import BrowserContext
 from typer.testing import CliRunner
 
 from papertag.cli import app
-from papertag.report import write_report
+from papertag.db import Store
+from papertag.query.report import write_report
 from papertag.schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
-from papertag.store import Store
 
 from .browser import CHROMIUM, chromium, open_page
 from .conftest import SHARED
@@ -115,9 +115,9 @@ def test_bad_gold_file_is_one_line(demo_db: Path, tmp_path: Path) -> None:
 
 def test_techniques_per_digest_keeps_same_named_digests_apart(tmp_path: Path) -> None:
     """Two undated files both called papers.txt are two digests, so two bars, not one."""
-    from papertag.annotate import annotate
-    from papertag.ingest import ingest
-    from papertag.report import techniques_over_digests
+    from papertag.annotate import annotate_papers
+    from papertag.ingest import ingest_digests
+    from papertag.query.report import techniques_over_digests
 
     abstract = "We quantize a language model to 4 bits. Memory falls by 3x, accuracy holds."
     files = []
@@ -126,8 +126,8 @@ def test_techniques_per_digest_keeps_same_named_digests_apart(tmp_path: Path) ->
         files.append(tmp_path / name / "papers.txt")
         files[-1].write_text(f"{title}\n{abstract}\n", encoding="utf-8")
     db = tmp_path / "two.duckdb"
-    assert ingest(files, db).ok
-    annotate(db, "rules")
+    assert ingest_digests(files, db).ok
+    annotate_papers(db, "rules")
     with Store(db, read_only=True) as s:
         chart = techniques_over_digests(s)
         ids = sorted(r[0] for r in s.con.execute("SELECT digest_id FROM digests").fetchall())

@@ -12,11 +12,12 @@ import pytest
 from openpyxl import load_workbook
 from typer.testing import CliRunner
 
-from papertag.annotate import annotate
+from papertag.annotate import annotate_papers
 from papertag.annotators import PaperInput, get_annotator
 from papertag.cli import app
+from papertag.db import Store
 from papertag.errors import ConfigError, ReviewError, ReviewImportError
-from papertag.ingest import ingest
+from papertag.ingest import ingest_digests
 from papertag.review import (
     SHEET_COLUMNS,
     QueueItem,
@@ -32,7 +33,6 @@ from papertag.review import (
     undo_decision,
 )
 from papertag.schema import ACCEPT_THRESHOLD, DROP_THRESHOLD, Annotation, validate_annotation
-from papertag.store import Store
 from papertag.taxonomy import load_taxonomy
 
 from .conftest import DIGESTS, FINAL_LABELS_COLUMNS, ROOT
@@ -42,8 +42,8 @@ from .conftest import DIGESTS, FINAL_LABELS_COLUMNS, ROOT
 def review_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real database: one shared digest ingested, its first 15 papers annotated by rules."""
     db = tmp_path_factory.mktemp("review") / "template.duckdb"
-    assert ingest([DIGESTS[-1]], db).ok
-    assert annotate(db, "rules", limit=15).done == 15
+    assert ingest_digests([DIGESTS[-1]], db).ok
+    assert annotate_papers(db, "rules", limit=15).done == 15
     return db
 
 
@@ -72,8 +72,8 @@ def reannotate(db: Path, paper_id: str, title: str, abstract: str) -> None:
     """A new abstract for a known paper (same title): the paper gets a new current annotation."""
     src = db.parent / "update.jsonl"
     src.write_text(json.dumps({"title": title, "abstract": abstract}) + "\n", encoding="utf-8")
-    assert ingest([src], db).ok
-    assert annotate(db, "rules", paper_ids=[paper_id]).done == 1
+    assert ingest_digests([src], db).ok
+    assert annotate_papers(db, "rules", paper_ids=[paper_id]).done == 1
 
 
 # ------------------------------------------------------------------- queue
@@ -345,7 +345,7 @@ class SecondOpinion:
 def test_a_decision_applies_to_every_annotators_slice(review_db: Path) -> None:
     with Store(review_db) as s:
         item = review_queue(s)[0]
-    assert annotate(review_db, SecondOpinion(), paper_ids=[item.paper_id]).done == 1
+    assert annotate_papers(review_db, SecondOpinion(), paper_ids=[item.paper_id]).done == 1
     with Store(review_db) as s:
         # Both annotators doubt the same label; the queue asks once.
         assert [i.key for i in review_queue(s)].count(item.key) == 1
@@ -423,7 +423,7 @@ def test_a_disputed_label_comes_before_an_equally_uncertain_agreement(review_db:
     confidence = 0.75 + doubt
     assert doubt < 0.2 and confidence <= 1
     dissent = Dissenter(add={paper_id: [("technique", label, confidence)]})
-    assert annotate(review_db, dissent, paper_ids=[paper_id]).done == 1
+    assert annotate_papers(review_db, dissent, paper_ids=[paper_id]).done == 1
     with Store(review_db) as s:
         queue = review_queue(s)
         assert queue[0].key == (paper_id, "technique", label)
@@ -462,7 +462,7 @@ def test_a_disputed_label_is_queued_at_or_above_accept_but_not_below_drop(
         add={paper_id: [("technique", sure_new, 0.95), ("technique", weak_new, 0.1)]},
         drop={paper_id: [("target_metric", left_out)]},
     )
-    assert annotate(review_db, dissent, paper_ids=[paper_id]).done == 1
+    assert annotate_papers(review_db, dissent, paper_ids=[paper_id]).done == 1
     with Store(review_db) as s:
         queue = review_queue(s)
         by_key = {i.key: i for i in queue}

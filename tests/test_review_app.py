@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 
+from papertag.db import Store
 from papertag.review import QueueItem, decisions, review_queue
-from papertag.review_app import HelpScreen, NoteScreen, PickerScreen, ReviewApp
-from papertag.store import Store
+from papertag.review.app import HelpScreen, NoteScreen, PickerScreen, ReviewApp
 from papertag.taxonomy import load_taxonomy
 
 from .test_review import final, review_db, review_template

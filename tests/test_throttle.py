@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from papertag.annotators.throttle import (
+from papertag.annotators.llm.throttle import (
     DEFAULT_PAUSE,
     HEADROOM,
     PROBE_EVERY,

@@ -18,11 +18,11 @@ import duckdb
 import pytest
 from typer.testing import CliRunner
 
-from papertag.annotate import annotate
+from papertag.annotate import annotate_papers
 from papertag.cli import app
-from papertag.ingest import ingest
+from papertag.db import Store
+from papertag.ingest import ingest_digests
 from papertag.schema import ACCEPT_THRESHOLD
-from papertag.store import Store
 
 from .conftest import DEMO_PAPERS, FINAL_LABELS_COLUMNS, ROOT
 from .fault_server import Reply, completion, fault_server
@@ -148,10 +148,10 @@ def test_stale_annotations_leave_paper_labels_and_final_labels(tmp_path: Path) -
         )
         + "\n"
     )
-    assert ingest([first], db).ok
-    annotate(db, "rules")
-    assert ingest([second], db).ok
-    annotate(db, "rules")
+    assert ingest_digests([first], db).ok
+    annotate_papers(db, "rules")
+    assert ingest_digests([second], db).ok
+    annotate_papers(db, "rules")
     with Store(db, read_only=True) as s:
         assert s.scalar("SELECT count(*) FROM annotations") == 2
         assert s.scalar("SELECT count(*) FROM labels WHERE NOT current") > 0
@@ -188,10 +188,10 @@ def test_two_annotators_give_two_paper_label_rows(tmp_path: Path) -> None:
         )
         + "\n"
     )
-    assert ingest([src], db).ok
-    annotate(db, "rules")
+    assert ingest_digests([src], db).ok
+    annotate_papers(db, "rules")
     with fault_server([Reply(body=completion(json.dumps(GOOD)))]) as srv:
-        report = annotate(db, "llm", model="fake-model", base_url=srv.url, backoff=0.01)
+        report = annotate_papers(db, "llm", model="fake-model", base_url=srv.url, backoff=0.01)
     assert report.done == 1
     with Store(db, read_only=True) as s:
         rows = s.con.execute(

@@ -1,9 +1,10 @@
 """papertag: turn research-paper digests into a queryable, human-checked label database.
 
-The pipeline runs one way: :func:`ingest` digests into the store, :func:`annotate`
-their abstracts, :func:`review_queue` the doubtful labels (``papertag.review``), then
-query the views in SQL, :func:`export` them, draw a :func:`write_report` and
-:func:`evaluate` against gold; :func:`train` the learned annotator's model on labelled
+The pipeline runs one way, a subpackage a stage: :func:`ingest_digests` into the
+database (``papertag.ingest``, ``papertag.db``), :func:`annotate_papers` their abstracts
+(``papertag.annotate`` runs the ``papertag.annotators``), :func:`review_queue` the doubtful
+labels (``papertag.review``), then query the views in SQL, :func:`export` them, draw a
+:func:`write_report` and :func:`evaluate` against gold (``papertag.query``); :func:`train` the learned annotator's model on labelled
 papers and review decisions.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .annotate import AnnotateReport, annotate
+from .annotate import AnnotateReport, annotate_papers
 from .annotators import Annotator, PaperInput, get_annotator
+from .db import Store
 from .errors import (
     AnnotationError,
     BadRow,
@@ -26,10 +28,8 @@ from .errors import (
     StoreError,
     ValidationFailed,
 )
-from .evaluate import EvalResult, evaluate
-from .export import ExportFormat, ExportResult, export
-from .ingest import IngestReport, ingest
-from .query import run_sql, stats
+from .ingest import IngestReport, ingest_digests
+from .query import ExportFormat, ExportResult, evaluate, export, run_sql, stats
 from .review import (
     Conflict,
     Decision,
@@ -45,12 +45,12 @@ from .review import (
     undo_decision,
 )
 from .schema import Annotation, Candidate, Label, validate_annotation
-from .store import Store
+from .scoring import EvalResult
 from .taxonomy import Taxonomy, load_taxonomy
 
 if TYPE_CHECKING:
     from .annotators.learned.pipeline import TrainResult, train
-    from .report import ReportResult, write_report
+    from .query.report import ReportResult, write_report
 
 __version__ = "0.1.0"
 
@@ -59,7 +59,7 @@ def __getattr__(name: str) -> Any:
     # The report draws with plotly (a tenth of a second to import): load it on first use,
     # so commands that never draw (annotate above all) start without it (PEP 562).
     if name in ("ReportResult", "write_report"):
-        from . import report
+        from .query import report
 
         return getattr(report, name)
     if name in ("TrainResult", "train"):
@@ -102,7 +102,7 @@ __all__ = [
     "ValidationFailed",
     "__version__",
     "add_label",
-    "annotate",
+    "annotate_papers",
     "conflicts",
     "decide",
     "evaluate",
@@ -110,7 +110,7 @@ __all__ = [
     "export_sheet",
     "get_annotator",
     "import_sheet",
-    "ingest",
+    "ingest_digests",
     "load_taxonomy",
     "record_decision",
     "review_queue",

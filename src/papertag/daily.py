@@ -12,11 +12,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .annotate import AnnotateReport, annotate
+from .annotate import AnnotateReport, annotate_papers
 from .annotators import DEFAULT_ANNOTATOR
-from .pull import DEFAULT_BASE_URL, PullReport, pull
+from .db import Store
+from .ingest.pull import DEFAULT_BASE_URL, PullReport, pull
 from .review import review_queue
-from .store import Store
 from .taxonomy import FIELDS
 
 
@@ -64,15 +64,15 @@ def run(
     annotate_options: dict[str, Any] | None = None,
     pull_options: dict[str, Any] | None = None,
 ) -> RunReport:
-    """Pull the days :func:`papertag.pull.pull` would, then annotate every paper that
+    """Pull the days :func:`papertag.ingest.pull.pull` would, then annotate every paper that
     lacks an annotation for ``annotator``'s key (the new ones, and any an earlier run
-    left), with :func:`papertag.annotate.annotate`'s ``annotate_options`` (``model``,
+    left), with :func:`papertag.annotate_papers`'s ``annotate_options`` (``model``,
     ``limit``, ``max_cost``, callbacks...). ``pull_options`` go to the pull (callbacks,
     pace, the time it sees)."""
     store = db if isinstance(db, Store) else Store(db)
     try:
         pulled = pull(store, since=since, until=until, base_url=base_url, **(pull_options or {}))
-        done = annotate(store, annotator, **(annotate_options or {}))
+        done = annotate_papers(store, annotator, **(annotate_options or {}))
         labels = dict.fromkeys(FIELDS, 0) | {
             str(f): int(n)
             for f, n in store.con.execute(

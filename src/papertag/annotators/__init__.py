@@ -9,42 +9,21 @@ overwriting old ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..schema import Annotation
 from ..taxonomy import Taxonomy
+from .base import (
+    ANNOTATORS,
+    DEFAULT_ANNOTATOR,
+    DEFAULT_CONCURRENCY,
+    Annotator,
+    AnnotatorInfo,
+    PaperInput,
+)
 
-
-@dataclass(frozen=True)
-class PaperInput:
-    paper_id: str
-    title: str
-    abstract: str
-
-
-class AnnotatorInfo(Protocol):
-    """What identifies an annotator's results: part of every annotation's key."""
-
-    name: str
-    model: str
-    prompt_version: str
-    taxonomy: Taxonomy
-
-
-class Annotator(AnnotatorInfo, Protocol):
-    def annotate(self, paper: PaperInput) -> Annotation: ...
-
-
-ANNOTATORS = ("learned", "rules", "llm")
-#: The annotator of ``papertag annotate`` and ``eval`` when none is named: a local model
-#: trained on labelled papers, offline and free (it beats ``rules`` on held-out papers).
-DEFAULT_ANNOTATOR = "learned"
-
-#: Requests in flight at once unless --concurrency says otherwise: enough to hide a hosted
-#: API's latency, few enough for a low rate-limit tier (the throttle adapts within it).
-DEFAULT_CONCURRENCY = 8
+if TYPE_CHECKING:
+    from ..db import Store
 
 
 def get_annotator(
@@ -69,10 +48,27 @@ def get_annotator(
 
         return RulesAnnotator(taxonomy=taxonomy, **options)
     if name == "llm":
-        from .llm import LLMAnnotator
+        from .llm.annotator import LLMAnnotator
 
         return LLMAnnotator(taxonomy=taxonomy, **options)
     raise ConfigError(f"unknown annotator {name!r}; choose one of: {', '.join(ANNOTATORS)}")
+
+
+def resolve_annotator(
+    annotator: str | Annotator, options: dict[str, Any], *, client: bool, store: Store
+) -> AnnotatorInfo:
+    """The annotator named (built with ``options``) or given; for ``llm`` without
+    ``client``, only its settings (:class:`LLMConfig`): enough for its annotation key."""
+    if annotator == "llm" and not client:
+        from .llm.config import LLMConfig
+
+        return LLMConfig.from_options(options)
+    if annotator == "learned":
+        # Its model may be one trained into this database.
+        return get_annotator(annotator, store=store, **options)
+    if isinstance(annotator, str):
+        return get_annotator(annotator, **options)
+    return annotator
 
 
 __all__ = [
@@ -83,4 +79,5 @@ __all__ = [
     "AnnotatorInfo",
     "PaperInput",
     "get_annotator",
+    "resolve_annotator",
 ]

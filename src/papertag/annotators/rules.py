@@ -48,7 +48,7 @@ from typing import Any
 from ..errors import AnnotationError, ConfigError
 from ..schema import DROP_THRESHOLD, MAX_LABELS, Annotation, validate_annotation
 from ..taxonomy import FIELDS, Taxonomy, load_taxonomy
-from . import PaperInput
+from .base import PaperInput
 
 #: The rules' version in the annotation key (their prompt_version): change it with any
 #: change to this module that changes what it gives (a weight, the calibration, a

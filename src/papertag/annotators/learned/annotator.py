@@ -17,7 +17,7 @@ import numpy as np
 from ...errors import AnnotationError, ConfigError
 from ...schema import MAX_EVIDENCE_CHARS, Annotation, paper_text, validate_annotation
 from ...taxonomy import FIELDS, Taxonomy, load_taxonomy
-from .. import PaperInput
+from ..base import PaperInput
 from .features import Featurizer, model_text, rebuild_vectorizer, rule_columns, sentences
 from .model import LearnedModel
 from .training import candidates, choose

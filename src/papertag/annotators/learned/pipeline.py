@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...db import Store
 from ...errors import ConfigError, StoreError
 from ...files import check_out_path
-from ...store import Store
 from ...taxonomy import Taxonomy, load_taxonomy
 from .model import LearnedModel
 from .registry import save_model

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ...store import Store
+from ...db import Store
 from .model import LearnedModel, ModelError, model_hash
 
 #: The model ``make model`` builds from the shared silver and dev sets, shipped in the package.

@@ -20,10 +20,10 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ...db import Store
 from ...errors import InputError, StoreError
-from ...ingest import clean_text, title_key
+from ...ingest.identity import clean_text, title_key
 from ...schema import MAX_LABELS
-from ...store import Store
 from ...taxonomy import FIELDS, Taxonomy
 from .training import Example
 

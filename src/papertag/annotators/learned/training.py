@@ -332,7 +332,7 @@ def _cv_figures(
     fields: dict[str, FieldModel],
 ) -> dict[str, Any]:
     """Score the out-of-fold predictions as ``papertag eval`` scores stored annotations."""
-    from ...evaluate import GoldPaper, Item, score
+    from ...scoring import GoldPaper, Item, score
 
     complete = [i for i, ex in enumerate(examples) if all(f in ex.labels for f in FIELDS)]
     if not complete:

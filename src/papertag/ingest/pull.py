@@ -3,7 +3,7 @@
 ``GET {base}/api/daily_papers?date=YYYY-MM-DD`` answers the day's papers as a JSON list
 (``[]`` for a day without). Each day is one digest, ``hf:YYYY-MM-DD`` with its date, read
 by the same code as a file (:class:`papertag.ingest.Digest`) and written by the same
-writer (:func:`papertag.ingest.write_digests`). A day's list grows and reorders during
+writer (:func:`papertag.ingest.write.write_digests`). A day's list grows and reorders during
 the day (papers gain upvotes), so fetched again, its digest's listing is the newest one.
 
 Each day is recorded in ``pulled_days`` in the transaction that stores it: a pull that
@@ -31,16 +31,18 @@ from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPo
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from . import __version__
-from .errors import ConfigError, FetchError, InputError, Unreachable
-from .ingest import Digest, DigestFile, Entry, FileReport, compress, write_digests
-from .store import Store
+from ..db import Store
+from ..errors import ConfigError, FetchError, InputError, Unreachable
+from .entries import Entry
+from .formats import Digest
+from .write import DigestFile, FileReport, compress, write_digests
 
 DEFAULT_BASE_URL = "https://huggingface.co"
 API_PATH = "/api/daily_papers"
@@ -196,7 +198,7 @@ class _Fetcher:
         self.stop = threading.Event()
         self.client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
-            headers={"User-Agent": f"papertag/{__version__}", "Accept": "application/json"},
+            headers={"User-Agent": f"papertag/{version('papertag')}", "Accept": "application/json"},
             follow_redirects=True,
         )
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .errors import ConfigError
-from .ingest import parse_arxiv_id
-from .store import Store
+from ..db import Store
+from ..errors import ConfigError
+from ..ingest import parse_arxiv_id
 
 
 @dataclass(frozen=True)

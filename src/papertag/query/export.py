@@ -20,9 +20,9 @@ from pathlib import Path
 
 import duckdb
 
-from .errors import ConfigError, QueryError
-from .files import check_out_path, temp_beside
-from .store import Store
+from ..db import Store
+from ..errors import ConfigError, QueryError
+from ..files import check_out_path, temp_beside
 
 DEFAULT_STEM = "papertag-export"
 

@@ -20,8 +20,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from .errors import InputError
-from .ingest import Entry, Parsed, _check_entry, _date, _short, clean_text, parse_arxiv_id
+from ..errors import InputError
+from .entries import Entry, Parsed, check_entry, parse_date, short
+from .identity import clean_text, parse_arxiv_id
 
 #: What may come before the root element besides whitespace: the XML declaration,
 #: processing instructions and comments. A declaration (``<!DOCTYPE``) is refused.
@@ -91,7 +92,7 @@ def _root_name(path: Path, text: str) -> str:
         )
     m = _ROOT.match(rest)
     if m is None:
-        raise InputError(path, f"not a digest: starts like markup ({_short(rest, 40)!r})")
+        raise InputError(path, f"not a digest: starts like markup ({short(rest, 40)!r})")
     return m.group(1)
 
 
@@ -143,7 +144,7 @@ def _atom_entries(path: Path, feed: ET.Element) -> Iterator[Entry]:
         if "arxiv.org/api/errors" in entry_id:
             # The arXiv API answers a bad query with a feed of one "Error" entry.
             raise InputError(
-                path, f"arXiv API error response, not a digest: {_short(clean_text(summary))!r}"
+                path, f"arXiv API error response, not a digest: {short(clean_text(summary))!r}"
             )
         url = next(
             (
@@ -155,7 +156,7 @@ def _atom_entries(path: Path, feed: ET.Element) -> Iterator[Entry]:
         )
         if url is None and entry_id.startswith("http"):
             url = entry_id
-        published = _date(_text(_child(el, "published")).strip())
+        published = parse_date(_text(_child(el, "published")).strip())
         # arXiv's announcement feeds (rss.arxiv.org/atom/...) mark entries with an
         # announce_type; there `published` is the day of the list, not of the paper.
         announced = _child(el, "announce_type") is not None
@@ -169,7 +170,7 @@ def _atom_entries(path: Path, feed: ET.Element) -> Iterator[Entry]:
             listed_on=published if announced else None,
             published_at=None if announced else published,
         )
-        yield _check_entry(path, entry, "entry")
+        yield check_entry(path, entry, "entry")
 
 
 def _rss_date(value: str) -> date | None:
@@ -179,7 +180,7 @@ def _rss_date(value: str) -> date | None:
     try:
         return parsedate_to_datetime(value).date()  # RSS 2.0: RFC 822 dates
     except (TypeError, ValueError):
-        return _date(value)  # RSS 1.0's dc:date is ISO 8601
+        return parse_date(value)  # RSS 1.0's dc:date is ISO 8601
 
 
 def _rss_entries(path: Path, root: ET.Element) -> Iterator[Entry]:
@@ -209,4 +210,4 @@ def _rss_entries(path: Path, root: ET.Element) -> Iterator[Entry]:
             url=link or None,
             listed_on=day or channel_date,
         )
-        yield _check_entry(path, entry, "item")
+        yield check_entry(path, entry, "item")

@@ -4,7 +4,7 @@ One file: plotly.js and the data are inlined, nothing is fetched when it is
 opened (it works offline and from an e-mail attachment). Charts: labels per
 field, technique × target-metric co-occurrence, techniques per digest, the
 confidence distribution, review progress, and with a gold file per-label F1 and
-a reliability diagram (scored by :func:`papertag.evaluate.evaluate`).
+a reliability diagram (scored by :func:`papertag.query.evaluate.evaluate`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from .annotators import DEFAULT_ANNOTATOR
-from .errors import ConfigError
-from .evaluate import EvalResult, evaluate
-from .files import check_out_path, temp_beside
-from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
-from .store import Store
-from .taxonomy import FIELDS
+from ..annotators import DEFAULT_ANNOTATOR
+from ..db import Store
+from ..errors import ConfigError
+from ..files import check_out_path, temp_beside
+from ..schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
+from ..scoring import EvalResult
+from ..taxonomy import FIELDS
+from .evaluate import evaluate
 
 #: Techniques shown by name in the per-digest chart; the rest are summed as "other techniques".
 TOP_TECHNIQUES = 8

@@ -20,8 +20,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from .errors import ReviewError
-from .review import (
+from ..db import Store
+from ..errors import ReviewError
+from ..taxonomy import FIELDS, Taxonomy, load_taxonomy
+from .core import (
     Decision,
     PaperContext,
     QueueItem,
@@ -34,8 +36,6 @@ from .review import (
     paper_context,
     undo_decision,
 )
-from .store import Store
-from .taxonomy import FIELDS, Taxonomy, load_taxonomy
 
 #: (key as shown, what it does); the help screen and the README list these.
 KEYS: tuple[tuple[str, str], ...] = (

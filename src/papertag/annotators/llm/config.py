@@ -3,7 +3,7 @@
 The settings (validated), the prompt and its version, the output schema, prices and
 token estimates: everything a run needs to know about the annotator before and
 without talking to a server (``--dry-run`` needs nothing more);
-:class:`papertag.annotators.llm.LLMAnnotator` adds the client.
+:class:`papertag.annotators.llm.annotator.LLMAnnotator` adds the client.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from ..errors import ConfigError
-from ..schema import Annotation
-from ..taxonomy import FIELDS, Taxonomy, content_hash, load_taxonomy, prompts_dir
-from . import DEFAULT_CONCURRENCY, PaperInput
+from ...errors import ConfigError
+from ...schema import Annotation
+from ...taxonomy import FIELDS, Taxonomy, content_hash, load_taxonomy, prompts_dir
+from ..base import DEFAULT_CONCURRENCY, PaperInput
 
 #: Longest abstract sent to a model; longer ones are cut and the prompt says so.
 MAX_ABSTRACT_CHARS = 20_000

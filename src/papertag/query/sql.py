@@ -13,8 +13,8 @@ from typing import Any
 
 import duckdb
 
-from .errors import QueryError
-from .store import Store
+from ..db import Store
+from ..errors import QueryError
 
 
 @dataclass

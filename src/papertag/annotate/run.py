@@ -1,0 +1,499 @@
+"""Run an annotator over the papers that lack an annotation for its current key.
+
+The key is (paper content hash, annotator, model, prompt version, taxonomy
+version): re-running the same annotator on the same text does nothing, while a
+changed abstract, prompt or taxonomy gives a new annotation and leaves the old
+one queryable (``current = false`` in the ``labels`` view).
+
+LLM annotators run ``concurrency`` papers at once, each in a thread of a pool;
+results come back to the one thread that writes to DuckDB, which commits at least
+once a second. Every model response is also journaled the moment it arrives
+(:mod:`papertag.annotate.journal`), so after a ``kill -9`` the same command resumes: it
+stores what the journal holds and replays those answers instead of paying for
+them again. Ctrl-C stops starting papers, lets those in flight finish, commits
+and returns a report that says how to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from ..annotators import (
+    DEFAULT_ANNOTATOR,
+    Annotator,
+    AnnotatorInfo,
+    PaperInput,
+    resolve_annotator,
+)
+from ..annotators.llm.config import price_for
+from ..db import Store
+from ..errors import AnnotationError, ConfigError
+from ..schema import Annotation
+from .budget import Budget
+from .journal import Journal
+from .pending import Pending, load_texts, paper_input, pending_papers
+from .recovery import paid_answers, recover_journal, save_template
+from .writer import FLUSH_EVERY, Writer
+
+
+@dataclass
+class AnnotateReport:
+    annotator: str
+    model: str
+    prompt_version: str
+    taxonomy_version: str
+    run_id: str
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    #: HTTP exchanges made (replays of stored answers not counted) and their usage.
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    #: False when the model has no known price (cost_usd is then 0 but means "unknown").
+    cost_known: bool = False
+    #: Answers reused from a run that was killed before storing them.
+    replayed: int = 0
+    #: Journal rows of a killed run moved into llm_calls at start.
+    recovered: int = 0
+    #: 429 answers seen.
+    throttled: int = 0
+    #: Why the run stopped early: "interrupted" (Ctrl-C) or "max-cost"; None if it finished.
+    stopped: str | None = None
+    #: Papers left for a later run (not started, or cut off by the stop).
+    left: int = 0
+
+
+@dataclass
+class Outcome:
+    """What annotating one paper gave: a result, a reasoned failure or a fatal error."""
+
+    started: datetime
+    duration_ms: float = 0.0
+    result: Annotation | None = None
+    error: AnnotationError | None = None
+    fatal: BaseException | None = None
+    calls: Sequence[Any] = ()
+
+
+def work(ann: Annotator, paper: PaperInput) -> Outcome:
+    """Annotate one paper; never raises (a pool thread's errors travel in the outcome)."""
+    drain: Callable[[], Sequence[Any]] = getattr(ann, "drain_calls", tuple)
+    out = Outcome(_now())
+    t0 = time.perf_counter()
+    try:
+        out.result = ann.annotate(paper)
+    except AnnotationError as exc:
+        exc.paper_id = paper.paper_id
+        out.error = exc
+    except BaseException as exc:
+        out.fatal = exc
+    out.duration_ms = (time.perf_counter() - t0) * 1000
+    out.calls = drain()
+    return out
+
+
+#: Threads (and papers started) per request the annotator may have in flight: behind each
+#: call in flight a second thread waits with its next request built, and the throttle
+#: lets it go the moment an answer is read, while that answer's thread validates and
+#: stores it. The throttle, not the pool, keeps the requests in flight to --concurrency.
+THREADS_PER_CALL = 2
+
+#: Papers handed at once to an annotator that labels in batches (``annotate_many``).
+BATCH_PAPERS = 512
+
+
+def annotate_papers(
+    db: Store | str | Path | None = None,
+    annotator: str | Annotator = DEFAULT_ANNOTATOR,
+    *,
+    limit: int | None = None,
+    force: bool = False,
+    retry_failed: bool = False,
+    paper_ids: Iterable[str] | None = None,
+    max_cost: float | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: Callable[[AnnotateReport], None] | None = None,
+    **options: Any,
+) -> AnnotateReport:
+    """Annotate every paper lacking an annotation for the annotator's current key.
+
+    ``annotator`` is a name (``rules``, ``llm``) or an annotator object; ``options``
+    go to its constructor (``model``, ``base_url``, ``concurrency``, ``rpm``, ...).
+    ``max_cost`` (USD) stops starting papers before the estimated spend would pass
+    it. ``on_start(total)`` and ``on_progress(report)`` let a caller draw progress.
+    Ctrl-C returns early with ``report.stopped == "interrupted"``; run again to resume.
+    """
+    if limit is not None and limit < 0:
+        raise ConfigError("--limit must be 0 or more")
+    if max_cost is not None and max_cost < 0:
+        raise ConfigError("--max-cost must be 0 or more")
+    store: Store | None = None
+    ann: AnnotatorInfo | None = None
+    try:
+        store = db if isinstance(db, Store) else Store(db)
+        ann = resolve_annotator(annotator, options, client=True, store=store)
+        if (
+            max_cost is not None
+            and price_for(ann.model) is None
+            and hasattr(ann, "estimate_tokens")
+        ):
+            raise ConfigError(
+                f"--max-cost needs the price of {ann.model!r}: set PAPERTAG_PRICES="
+                f"'{{\"{ann.model}\": [usd_per_1M_prompt_tokens, usd_per_1M_completion_tokens]}}'"
+            )
+        return _Run(store, ann, max_cost, on_start, on_progress).run(
+            limit=limit,
+            force=force,
+            retry_failed=retry_failed,
+            paper_ids=list(paper_ids) if paper_ids is not None else None,
+        )
+    finally:
+        # Close only what we built (an LLM client's connections); a caller's annotator is theirs.
+        if isinstance(annotator, str) and ann is not None:
+            getattr(ann, "close", lambda: None)()
+        if store is not None and not isinstance(db, Store):
+            store.close()
+
+
+class _Run:
+    """One ``annotate`` run: pool threads call the model, this thread alone writes to DuckDB."""
+
+    def __init__(
+        self,
+        store: Store,
+        ann: AnnotatorInfo,
+        max_cost: float | None,
+        on_start: Callable[[int], None] | None,
+        on_progress: Callable[[AnnotateReport], None] | None,
+    ) -> None:
+        self.store, self.ann = store, ann
+        self.on_start, self.on_progress = on_start, on_progress
+        self.run_id = uuid.uuid4().hex[:12]
+        self.report = AnnotateReport(
+            ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, self.run_id
+        )
+        # Known for a priced model, even when no answer carried tokens (none came).
+        self.report.cost_known = price_for(ann.model) is not None
+        self.writer = Writer(store, ann, self.run_id)
+        self.budget = Budget(ann, max_cost)
+        self.ctrl_c = _CtrlC()
+        # An annotator that labels many papers at once runs in batches, reading each batch's
+        # texts only when it comes up.
+        self._batches = hasattr(ann, "annotate_many") and int(getattr(ann, "concurrency", 1)) <= 1
+        # Only annotators that call a server keep a journal (rules results cost nothing to redo).
+        self.journal: Journal | None = None
+        if hasattr(ann, "call_sink") and str(store.path) != ":memory:":
+            self.journal = Journal(store.path)
+
+    def run(
+        self,
+        *,
+        limit: int | None,
+        force: bool,
+        retry_failed: bool,
+        paper_ids: list[str] | None,
+    ) -> AnnotateReport:
+        report, ann, store = self.report, self.ann, self.store
+        started = time.perf_counter()
+        # A Ctrl-C while the run prepares is noticed once it is ready, before any paper
+        # starts: raised in the middle of a query or an import, it can leave a library
+        # half-loaded, or be swallowed by DuckDB's own imports.
+        with self.ctrl_c:
+            if self.journal is not None:
+                report.recovered = recover_journal(store, self.journal)
+            store.con.execute(
+                "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, taxonomy_version, started_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    self.run_id,
+                    ann.name,
+                    ann.model,
+                    ann.prompt_version,
+                    ann.taxonomy.version,
+                    _now(),
+                ],
+            )
+            todo, report.skipped = pending_papers(
+                store,
+                ann,
+                force=force,
+                retry_failed=retry_failed,
+                limit=limit,
+                paper_ids=paper_ids,
+                texts=not self._batches,
+            )
+            report.total = len(todo)
+            transport = getattr(ann, "transport", None)
+            workers = getattr(ann, "concurrency", None)
+            if todo and workers is None:
+                store.prepare_arrow()
+            if transport is not None:
+                if not force and todo:
+                    transport.replay = paid_answers(store, ann, [p.paper_id for p in todo])
+                # Stored before any call that refers to it (journaled calls included).
+                save_template(store, getattr(transport, "template", None))
+            if self.journal is not None:
+                ann.call_sink = functools.partial(  # type: ignore[attr-defined]
+                    self.journal.write_call, self.run_id, ann, self.writer.options
+                )
+            if self.on_start:
+                self.on_start(len(todo))
+        if self.ctrl_c.take():
+            report.stopped = "interrupted"
+        try:
+            if workers is not None:
+                self._concurrent(todo, int(workers))
+            else:
+                self._inline(todo)
+        finally:
+            # Whatever happened (Ctrl-C, a fatal error), keep what was finished.
+            self._flush()
+            self._end_calls()
+            report.seconds = time.perf_counter() - started
+            report.left = report.total - report.done - report.failed
+            store.con.execute(
+                "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
+                [_now(), report.done, report.skipped, report.failed, self.run_id],
+            )
+        return report
+
+    def _end_calls(self) -> None:
+        """Close the journal (keeping segments not yet committed) and count the 429s."""
+        if self.journal is not None:
+            self.ann.call_sink = None  # type: ignore[attr-defined]
+            # Segments still holding uncommitted answers stay for the next run to recover.
+            self.journal.close()
+        self.report.throttled = getattr(getattr(self.ann, "throttle", None), "throttled", 0)
+
+    # -- the ways of running --------------------------------------------------------------
+    def _inline(self, todo: list[Pending]) -> None:
+        if self._batches:
+            self._batched(todo)
+            return
+        for paper in todo:
+            # Nothing is in flight here, so a paper the budget refuses will never fit.
+            if self._admit(paper) is not True:
+                return
+            try:
+                outcome = work(cast(Annotator, self.ann), paper_input(paper))
+            except KeyboardInterrupt:
+                self.report.stopped = "interrupted"
+                return
+            self._settle(paper, outcome)
+            if self.writer.due():
+                self._flush()
+            if isinstance(outcome.fatal, KeyboardInterrupt):
+                self.report.stopped = "interrupted"
+                return
+
+    def _batched(self, todo: list[Pending]) -> None:
+        """An annotator that labels many papers at once (the learned model's matrix
+        products): a batch at a time, each result settled and written as one paper's."""
+        many = self.ann.annotate_many  # type: ignore[attr-defined]
+        for start in range(0, len(todo), BATCH_PAPERS):
+            batch = load_texts(self.store, todo[start : start + BATCH_PAPERS])
+            began = datetime.now(UTC).replace(tzinfo=None)
+            t0 = time.perf_counter()
+            try:
+                results = many([paper_input(p) for p in batch])
+            except KeyboardInterrupt:
+                self.report.stopped = "interrupted"
+                return
+            per_paper = (time.perf_counter() - t0) * 1000 / len(batch)
+            for paper, res in zip(batch, results, strict=True):
+                out = Outcome(began, per_paper)
+                if isinstance(res, AnnotationError):
+                    out.error = res
+                else:
+                    out.result = res
+                self._settle(paper, out)
+                if self.writer.due():
+                    self._flush()
+
+    def _concurrent(self, todo: list[Pending], workers: int) -> None:
+        """Up to ``workers`` requests in flight at once, each paper in a thread of a pool;
+        this thread settles and writes their outcomes as they come."""
+        pending = iter(todo)
+        held: Pending | None = None  # next up, waiting for room in the budget
+        running: dict[Future[Outcome], Pending] = {}
+        # Futures land here as they finish: one queue to wait on, however many are running.
+        finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
+        ann = cast(Annotator, self.ann)
+        ctrl_c = self.ctrl_c
+        arrow_ready = False
+        threads = THREADS_PER_CALL * workers
+        with ThreadPoolExecutor(threads, thread_name_prefix="papertag-annotate") as pool:
+            try:
+                with ctrl_c:
+                    while True:
+                        for _ in range(ctrl_c.take()):
+                            self._interrupt(running)
+                        while self.report.stopped is None and len(running) < threads:
+                            paper = held if held is not None else next(pending, None)
+                            held = None
+                            if paper is None:
+                                break
+                            admitted = self._admit(paper)
+                            if admitted is None:
+                                held = paper  # tried again once papers in flight have settled
+                            if not admitted:
+                                break
+                            future = pool.submit(work, ann, paper_input(paper))
+                            running[future] = paper
+                            future.add_done_callback(finished.put)
+                        if running and not arrow_ready:
+                            # While the first requests are out: nothing is due to be written
+                            # before their answers come back.
+                            self.store.prepare_arrow()
+                            arrow_ready = True
+                        if not running:
+                            return
+                        try:
+                            done = [finished.get(timeout=FLUSH_EVERY / 4)]
+                        except queue.Empty:
+                            done = []
+                        except KeyboardInterrupt:  # not in the main thread: no flag, an exception
+                            self._interrupt(running)
+                            continue
+                        with contextlib.suppress(queue.Empty):
+                            while len(done) < len(running):
+                                done.append(finished.get_nowait())
+                        for future in done:
+                            paper = running.pop(future)
+                            if not future.cancelled():  # never started (Ctrl-C)
+                                self._settle(paper, future.result())
+                        if self.writer.due():
+                            self._flush()
+            except BaseException:
+                # A fatal error (refused key) or a third Ctrl-C: stop the others at once.
+                self._cancel(running)
+                raise
+
+    # -- shared steps ---------------------------------------------------------------------------
+    def _admit(self, paper: Pending) -> bool | None:
+        """Whether ``paper`` may start: True, False (the run stops starting papers), or None
+        (not yet: what is set aside for the papers in flight leaves no room, but may once
+        they have settled at their real cost)."""
+        if self.report.stopped is not None:
+            return False
+        if self.budget.admit(paper, self.report.cost_usd):
+            return True
+        if self.budget.reserved:
+            return None
+        self.report.stopped = "max-cost"
+        return False
+
+    def _interrupt(self, running: dict[Future[Outcome], Pending]) -> None:
+        """Ctrl-C: start nothing new, end retry waits; calls in flight finish and are kept.
+
+        A second Ctrl-C also closes the connections, cutting those calls short.
+        """
+        if self.report.stopped == "interrupted":
+            getattr(self.ann, "close", lambda: None)()
+        self.report.stopped = "interrupted"
+        self._cancel(running)
+
+    def _cancel(self, running: dict[Future[Outcome], Pending]) -> None:
+        """No new call starts: papers waiting in the pool's queue are dropped, retry waits end."""
+        for future in running:
+            future.cancel()  # only those not started yet
+        cancel = getattr(self.ann, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+    def _settle(self, paper: Pending, out: Outcome) -> None:
+        report, writer = self.report, self.writer
+        cost = 0.0
+        for c in out.calls:
+            if c.replay_of is not None:
+                report.replayed += 1
+                continue
+            report.calls += 1
+            report.prompt_tokens += c.prompt_tokens or 0
+            report.completion_tokens += c.completion_tokens or 0
+            cost += c.cost_usd or 0.0
+        report.cost_usd += cost
+        self.budget.settle(paper, cost)
+        if out.fatal is not None:
+            writer.calls(paper, None, out.calls)
+            if isinstance(out.fatal, KeyboardInterrupt):
+                return
+            raise out.fatal
+        if out.error is not None:
+            writer.calls(paper, None, out.calls)
+            if out.error.retryable and report.stopped == "interrupted":
+                return  # cut off by Ctrl-C, not a failure: the next run asks again
+            writer.fail(paper, out.error, out.started)
+            report.failed += 1
+            report.failures.append((paper.paper_id, out.error.reason))
+        elif out.result is not None:
+            aid = writer.add(paper, out.result, out.duration_ms, out.started)
+            writer.calls(paper, aid, out.calls)
+            report.done += 1
+        if self.on_progress:
+            self.on_progress(report)
+
+    def _flush(self) -> None:
+        uids = self.writer.flush()
+        if uids and self.journal is not None:
+            self.journal.committed(uids)
+
+
+class _CtrlC:
+    """Ctrl-C as a count the run loop reads, instead of an exception raised wherever the
+    main thread happens to be (mid-commit, or inside an import that DuckDB makes and
+    whose failure it swallows). A third Ctrl-C raises KeyboardInterrupt as usual.
+
+    Only the main thread can own a signal handler; elsewhere this does nothing and
+    Ctrl-C stays an exception.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._taken = 0
+        self._installed = False
+        self._previous: Any = signal.SIG_DFL
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+            # None: a handler set outside Python, which cannot be put back; use the default.
+            self._previous = previous if previous is not None else signal.default_int_handler
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count >= 2 and self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def take(self) -> int:
+        """Ctrl-Cs since the last call."""
+        new, self._taken = self.count - self._taken, self.count
+        return new
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,207 @@
+"""The one thread that writes a run's results to DuckDB: columnar batches, a transaction
+each, at least once a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from ..annotators import (
+    AnnotatorInfo,
+)
+from ..annotators.llm.records import call_row
+from ..db import Store
+from ..errors import AnnotationError
+from ..schema import Annotation
+from .pending import Pending
+
+#: Results per write transaction.
+WRITE_BATCH = 2_000
+#: Longest time results wait in memory before a commit.
+FLUSH_EVERY = 1.0
+
+
+@functools.cache
+def call_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("paper_id", pa.string()),
+            ("annotation_id", pa.string()),
+            ("annotator", pa.string()),
+            ("model", pa.string()),
+            ("host", pa.string()),
+            ("path", pa.string()),
+            ("prompt_version", pa.string()),
+            ("taxonomy_version", pa.string()),
+            ("options", pa.string()),
+            ("request_hash", pa.string()),
+            ("request_body", pa.string()),
+            ("status", pa.int32()),
+            ("response_body", pa.string()),
+            ("finish_reason", pa.string()),
+            ("refusal", pa.string()),
+            ("prompt_tokens", pa.int32()),
+            ("completion_tokens", pa.int32()),
+            ("cost_usd", pa.float64()),
+            ("duration_ms", pa.float64()),
+            ("attempt", pa.int32()),
+            ("error", pa.string()),
+            ("started_at", pa.timestamp("us")),
+            ("call_uid", pa.string()),
+            ("replay_of", pa.int64()),
+            ("request_template", pa.string()),
+        ]
+    )
+
+
+def annotation_id(paper_id: str, content_hash: str, annotator: AnnotatorInfo) -> str:
+    key = "|".join(
+        [
+            paper_id,
+            content_hash,
+            annotator.name,
+            annotator.model,
+            annotator.prompt_version,
+            annotator.taxonomy.version,
+        ]
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class Writer:
+    """Buffers results and writes them in columnar batches, one transaction each."""
+
+    def __init__(self, store: Store, annotator: AnnotatorInfo, run_id: str) -> None:
+        self.store, self.annotator, self.run_id = store, annotator, run_id
+        self.options = options_json(annotator)
+        self.ann_rows: list[dict[str, Any]] = []
+        self.label_rows: list[dict[str, Any]] = []
+        self.fail_rows: list[dict[str, Any]] = []
+        self.call_rows: list[dict[str, Any]] = []
+        self.flushed_at = time.monotonic()
+
+    def due(self) -> bool:
+        return len(self) >= WRITE_BATCH or (
+            len(self) > 0 and time.monotonic() - self.flushed_at >= FLUSH_EVERY
+        )
+
+    def calls(self, paper: Pending, annotation: str | None, records: Sequence[Any]) -> None:
+        """Queue the HTTP exchanges that produced (or failed to produce) one annotation."""
+        for r in records:
+            self.call_rows.append(
+                call_row(self.run_id, self.annotator, self.options, paper.paper_id, annotation, r)
+            )
+
+    def add(self, paper: Pending, result: Annotation, duration_ms: float, now: datetime) -> str:
+        """Queue one validated annotation; returns its annotation_id."""
+        a = self.annotator
+        aid = annotation_id(paper.paper_id, paper.content_hash, a)
+        self.ann_rows.append(
+            {
+                "annotation_id": aid,
+                "paper_id": paper.paper_id,
+                "content_hash": paper.content_hash,
+                "annotator": a.name,
+                "model": a.model,
+                "prompt_version": a.prompt_version,
+                "taxonomy_version": a.taxonomy.version,
+                "run_id": self.run_id,
+                "created_at": now,
+                "duration_ms": duration_ms,
+            }
+        )
+        for fname in ("technique", "modality", "target_metric"):
+            for rank, label in enumerate(result.labels(fname), start=1):
+                self.label_rows.append(
+                    {
+                        "annotation_id": aid,
+                        "field": fname,
+                        "kind": "label",
+                        "rank": rank,
+                        "label": label.id,
+                        "confidence": label.confidence,
+                        "evidence": label.evidence,
+                        "note": label.note,
+                    }
+                )
+        for rank, cand in enumerate(result.candidates, start=1):
+            self.label_rows.append(
+                {
+                    "annotation_id": aid,
+                    "field": cand.field,
+                    "kind": "candidate",
+                    "rank": rank,
+                    "label": cand.id,
+                    "confidence": cand.confidence,
+                    "evidence": cand.evidence,
+                    "note": cand.note,
+                }
+            )
+        return aid
+
+    def fail(self, paper: Pending, exc: AnnotationError, now: datetime) -> None:
+        a = self.annotator
+        self.fail_rows.append(
+            {
+                "paper_id": paper.paper_id,
+                "content_hash": paper.content_hash,
+                "annotator": a.name,
+                "model": a.model,
+                "prompt_version": a.prompt_version,
+                "taxonomy_version": a.taxonomy.version,
+                "run_id": self.run_id,
+                "reason": exc.reason,
+                "last_completion": exc.last_completion,
+                "attempts": exc.attempts,
+                "created_at": now,
+                "retryable": exc.retryable,
+            }
+        )
+
+    def __len__(self) -> int:
+        return len(self.ann_rows) + len(self.fail_rows) + len(self.call_rows)
+
+    def flush(self) -> list[str]:
+        """Commit what is queued; returns the call_uids now in the database."""
+        self.flushed_at = time.monotonic()
+        if not len(self):
+            return []
+        store = self.store
+        with store.transaction() as con:
+            if self.ann_rows:
+                anns = pa.Table.from_pylist(self.ann_rows)
+                con.register("_new_ann", anns)
+                # --force re-annotates under the same key: the new result replaces the old.
+                con.execute(
+                    "DELETE FROM annotation_labels WHERE annotation_id IN (SELECT annotation_id FROM _new_ann)"
+                )
+                con.execute(
+                    "DELETE FROM annotations WHERE annotation_id IN (SELECT annotation_id FROM _new_ann)"
+                )
+                con.unregister("_new_ann")
+                store.insert_arrow("annotations", anns)
+            if self.label_rows:
+                store.insert_arrow("annotation_labels", pa.Table.from_pylist(self.label_rows))
+            if self.fail_rows:
+                store.insert_arrow("annotation_failures", pa.Table.from_pylist(self.fail_rows))
+            if self.call_rows:
+                store.insert_arrow(
+                    "llm_call_rows", pa.Table.from_pylist(self.call_rows, schema=call_schema())
+                )
+        uids = [r["call_uid"] for r in self.call_rows]
+        self.ann_rows, self.label_rows, self.fail_rows, self.call_rows = [], [], [], []
+        return uids
+
+
+def options_json(annotator: AnnotatorInfo) -> str:
+    """The annotator's request options as stored with each call (the same for a whole run)."""
+    return json.dumps(getattr(annotator, "options", dict)())

@@ -1,0 +1,619 @@
+"""``papertag annotate``, ``run`` (pull then annotate), ``train`` and ``models``."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+from ..annotate import AnnotateReport
+from ..annotate import annotate_papers as run_annotate
+from ..annotate import estimate as estimate_run
+from ..annotators import DEFAULT_CONCURRENCY
+from ..db.store import default_db_path
+from ..schema import ACCEPT_THRESHOLD
+from ..taxonomy import FIELDS
+
+if TYPE_CHECKING:
+    # Imported by their commands: httpx is a tenth of a second that no other command needs.
+    from ..daily import RunReport
+from .app import app, err, fail, guard, open_store, out, progress_bar, state
+from .ingest import API_HELP, Since, Until, day_range, pull_summary, pulling
+
+
+# ------------------------------------------------------------------- annotate
+class AnnotatorName(StrEnum):
+    learned = "learned"
+    rules = "rules"
+    llm = "llm"
+
+
+@app.command()
+def annotate(
+    annotator: Annotated[
+        AnnotatorName,
+        typer.Option(
+            "--annotator",
+            "-a",
+            help="Which annotator: `learned` (a local model trained on labelled papers) and "
+            "`rules` (keyword patterns) are offline and free; `llm` calls a model server.",
+        ),
+    ] = AnnotatorName.learned,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Only the first N papers (in ingest order); running it again annotates no more.",
+            min=0,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Re-annotate papers that already have an annotation for this key."
+        ),
+    ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Ask again for papers whose last answer failed validation, was refused or cut off "
+            "(network and server failures are always retried).",
+        ),
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="llm: model name, e.g. gpt-4o-mini or the name a local server serves. "
+            "learned: a saved model's name (`papertag models`), `default` for the shipped one, "
+            "or a model file; default: the newest model trained into this database, else the "
+            "shipped one.",
+            show_default=False,
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="llm: OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1 (default $OPENAI_BASE_URL, else OpenAI).",
+            show_default=False,
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str,
+        typer.Option(
+            help="llm: environment variable holding the API key (a local server needs none)."
+        ),
+    ] = "OPENAI_API_KEY",
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="llm: structured-output mode: tools, json_schema, json or md_json "
+            "(default: tools on OpenAI, json with a schema elsewhere).",
+            show_default=False,
+        ),
+    ] = None,
+    max_reasks: Annotated[
+        int,
+        typer.Option(
+            help="llm: re-asks after an answer fails validation, before a failure row.", min=0
+        ),
+    ] = 2,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            help="llm: requests in flight at once, cut back automatically while the server answers 429.",
+            min=1,
+        ),
+    ] = DEFAULT_CONCURRENCY,
+    rpm: Annotated[
+        float | None,
+        typer.Option(
+            help="llm: at most this many requests a minute (default: learn the server's limit).",
+            show_default=False,
+        ),
+    ] = None,
+    tpm: Annotated[
+        float | None,
+        typer.Option(
+            help="llm: at most this many tokens a minute (prompt estimate + max tokens).",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(help="llm: seconds to wait for one answer before retrying it.", min=0.001),
+    ] = 120.0,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            help="llm: stop starting papers before this run's estimated spend would pass this many "
+            "USD (a budget per run: a rerun has its own; prices: built-in table or "
+            "$PAPERTAG_PRICES).",
+            show_default=False,
+            min=0,
+        ),
+    ] = None,
+    papers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--paper",
+            help="Only this paper (a paper id, arXiv id or title words; repeat for several), "
+            "annotated again even if it already has an annotation for this key.",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print how many papers would be sent and their estimated tokens and cost; send nothing.",
+        ),
+    ] = False,
+) -> None:
+    """Label every paper that lacks an annotation for the annotator's current key.
+
+    The key is (paper text, annotator, model, prompt version, taxonomy version):
+    a second run does nothing; an edited abstract, prompt or taxonomy gives new
+    annotations and marks the old ones `current = false` in the `labels` view.
+
+    `--annotator llm` calls OpenAI or any OpenAI-compatible server (vLLM, Ollama,
+    llama.cpp); every HTTP call is logged in the `llm_calls` table. Answers are
+    journaled as they arrive: if a run is killed (or stopped with Ctrl-C), run the
+    same command again and it resumes without paying twice for what it already got.
+    """
+    options = _annotator_options(
+        annotator,
+        model=model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        mode=mode,
+        max_reasks=max_reasks,
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        timeout=timeout,
+        max_cost=max_cost,
+    )
+    store = open_store()
+    paper_ids: list[str] | None = None
+    if papers:
+        from ..query.show import find_paper
+
+        paper_ids = [guard(lambda q=q: find_paper(store, q)) for q in papers]  # type: ignore[misc]
+        force = True  # chosen papers are annotated again: that is what naming them asks
+    if dry_run:
+        with store:
+            est = guard(
+                lambda: estimate_run(
+                    store,
+                    annotator.value,
+                    limit=limit,
+                    force=force,
+                    retry_failed=retry_failed,
+                    max_cost=max_cost,
+                    paper_ids=paper_ids,
+                    **options,
+                )
+            )
+        cost = (
+            "unknown (no price for this model; set PAPERTAG_PRICES)"
+            if est.cost_usd is None
+            else f"${est.cost_usd:,.4f}"
+        )
+        budget = (
+            f"; --max-cost {max_cost:g} would stop it after about {est.within_budget} papers"
+            if est.within_budget is not None and est.within_budget < est.papers
+            else ""
+        )
+        out.print(
+            f"dry run, nothing sent: {est.papers} papers would be annotated by {est.annotator}/{est.model} "
+            f"({est.skipped} already done); about {est.prompt_tokens:,} prompt + "
+            f"{est.completion_tokens:,} completion tokens on first attempts; estimated cost {cost}"
+            f"{budget}"
+        )
+        return
+    with store, progress_bar(f"annotate ({annotator.value})", None) as (progress, task):
+
+        def start(total: int) -> None:
+            progress.update(task, total=total)
+
+        def step(r: AnnotateReport) -> None:
+            parts = []
+            if r.calls or r.replayed:
+                parts.append(f"{r.prompt_tokens + r.completion_tokens:,} tok")
+                if r.cost_known:
+                    parts.append(f"${r.cost_usd:,.4f}")
+            if r.failed:
+                parts.append(f"[red]failed {r.failed}[/]")
+            progress.update(task, completed=r.done + r.failed, extra=" · ".join(parts))
+
+        report = guard(
+            lambda: run_annotate(
+                store,
+                annotator.value,
+                limit=limit,
+                force=force,
+                retry_failed=retry_failed,
+                max_cost=max_cost,
+                paper_ids=paper_ids,
+                on_start=start,
+                on_progress=step,
+                **options,
+            )
+        )
+    attempted = report.done + report.failed
+    speed = (
+        f"; {report.seconds:.1f}s, {attempted / report.seconds:,.1f} papers/s"
+        if attempted and report.seconds
+        else ""
+    )
+    out.print(
+        f"annotated {report.done}, skipped {report.skipped} (already done), failed {report.failed} "
+        f"[dim]({report.annotator}/{report.model}, prompt {report.prompt_version}, taxonomy "
+        f"{report.taxonomy_version}{speed})[/]"
+    )
+    if report.calls or report.replayed or report.recovered:
+        cost = (
+            f"${report.cost_usd:,.4f}"
+            if report.cost_known
+            else "cost unknown (no price for this model; see PAPERTAG_PRICES)"
+        )
+        usage = (
+            f"{report.calls} calls, {report.prompt_tokens:,} prompt + {report.completion_tokens:,} "
+            f"completion tokens, {cost}"
+        )
+        if report.throttled:
+            usage += f", {report.throttled} answered 429"
+        if report.replayed:
+            usage += f", {report.replayed} answers reused from an interrupted run (not paid again)"
+        if report.recovered:
+            usage += f", {report.recovered} journaled calls recovered into llm_calls"
+        out.print(f"[dim]{usage}[/]")
+    _print_failures(report)
+    if report.stopped == "interrupted":
+        err.print(
+            f"[yellow]interrupted[/]: {report.left} papers left. Run the same command again to "
+            "resume; nothing stored is lost or asked again."
+        )
+        raise typer.Exit(130)
+    if report.stopped is not None:
+        # A budget is per run: say so, rather than invite a rerun that spends it again.
+        err.print(
+            f"[yellow]stopped at --max-cost {max_cost:g}[/] after ${report.cost_usd:,.4f} this run: "
+            f"{report.left} papers left. --max-cost is a budget for one run, so running the same "
+            "command again spends up to that much more; to go on, run it again with the budget "
+            "you want for the rest (nothing stored is asked again). `papertag calls` shows the "
+            "spend so far."
+        )
+        raise typer.Exit(0)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _print_failures(report: AnnotateReport) -> None:
+    """The first ten papers that failed, one line each, on stderr."""
+    for pid, reason in report.failures[:10]:
+        short = reason if len(reason) <= 240 else reason[:239] + "…"
+        err.print(f"[red]✗[/] {pid}: {escape(short)}")
+    if report.failed > 10:
+        err.print(f"… and {report.failed - 10} more; see the annotation_failures table")
+
+
+def _annotator_options(
+    annotator: AnnotatorName,
+    *,
+    model: str | None,
+    base_url: str | None,
+    api_key_env: str,
+    mode: str | None,
+    max_reasks: int,
+    concurrency: int,
+    rpm: float | None,
+    tpm: float | None,
+    timeout: float,
+    max_cost: float | None,
+) -> dict[str, Any]:
+    """The annotator's own options, from annotate's (those of another annotator refused)."""
+    if annotator is AnnotatorName.llm:
+        return {
+            "model": model,
+            "base_url": base_url,
+            "api_key_env": api_key_env,
+            "mode": mode,
+            "max_reasks": max_reasks,
+            "concurrency": concurrency,
+            "rpm": rpm,
+            "tpm": tpm,
+            "timeout": timeout,
+        }
+    if base_url or mode or rpm or tpm or max_cost is not None:
+        raise fail(
+            "--base-url, --mode, --rpm, --tpm and --max-cost apply to --annotator llm only", 2
+        )
+    if annotator is AnnotatorName.learned:
+        return {"model": model}
+    if model:
+        raise fail("--model applies to --annotator llm and learned only", 2)
+    return {}
+
+
+# ------------------------------------------------------------------------ run
+def _annotate_params(ctx: typer.Context) -> dict[str, Any]:
+    """The annotate options among a command's extra arguments, parsed and checked by
+    annotate's own command: the same options, defaults and errors."""
+    root = ctx.find_root()
+    group = root.command
+    command = group.get_command(root, "annotate") if isinstance(group, TyperGroup) else None
+    if command is None:  # pragma: no cover - annotate is a command of this app
+        raise fail("no annotate command", 2)
+    with command.make_context("run", list(ctx.args), parent=root) as sub:
+        return dict(sub.params)
+
+
+def _run_summary(report: RunReport) -> str:
+    a = report.annotate
+    labels = ", ".join(f"{n} {f}" for f, n in report.labels.items())
+    return (
+        f"annotated {a.done} papers ({a.annotator}/{a.model}; {a.skipped} done before, "
+        f"{a.failed} failed): labels {labels}; {report.review_new} wait for review "
+        f"({report.review_waiting} in all: papertag review)"
+    )
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    since: Since = None,
+    until: Until = None,
+    api_url: Annotated[
+        str | None, typer.Option(help=API_HELP, metavar="URL", show_default=False)
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing unless something failed.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """The daily job: pull the new days, annotate the new papers, print what is new.
+
+    Pulls as `papertag pull` does, then annotates every paper without an annotation for
+    the annotator's key, with annotate's options (--annotator, --model, --base-url,
+    --max-cost, ...: see `papertag annotate --help`; learned by default). Prints the days
+    and papers pulled, the labels given per field and how many wait for review. Exit
+    code 0 when all went well, 1 when a day or a paper failed or the pull stopped (what
+    landed is kept and annotated), 130 when interrupted. For cron: --quiet prints only
+    failures, --json one object, e.g.
+    `17 6 * * * cd /data && papertag run --quiet`.
+    """
+    from ..daily import run as run_daily
+    from ..ingest.pull import DEFAULT_BASE_URL
+
+    params = _annotate_params(ctx)
+    if params["papers"] or params["dry_run"]:
+        raise fail("--paper and --dry-run are annotate's own; run annotates what is new", 2)
+    annotator = AnnotatorName(params["annotator"])
+    options = _annotator_options(
+        annotator,
+        **{
+            k: params[k]
+            for k in (
+                *("model", "base_url", "api_key_env", "mode", "max_reasks", "concurrency"),
+                *("rpm", "tpm", "timeout", "max_cost"),
+            )
+        },
+    )
+    first, last = day_range(None, since, until)
+    store = open_store(create=True)
+    with store, pulling(verbose=False, quiet=quiet) as (start, settled, progress, task):
+
+        def annotating(total: int) -> None:
+            progress.reset(task, total=total, description=f"annotate ({annotator.value})")
+
+        def annotated(r: AnnotateReport) -> None:
+            progress.update(task, completed=r.done + r.failed)
+
+        report = guard(
+            lambda: run_daily(
+                store,
+                since=first,
+                until=last,
+                base_url=api_url or DEFAULT_BASE_URL,
+                annotator=annotator.value,
+                pull_options={"on_start": start, "on_day": settled},
+                annotate_options={
+                    **options,
+                    "limit": params["limit"],
+                    "force": params["force"],
+                    "retry_failed": params["retry_failed"],
+                    "max_cost": params["max_cost"],
+                    "on_start": annotating,
+                    "on_progress": annotated,
+                },
+            )
+        )
+    a = report.annotate
+    _print_failures(a)
+    if report.pull.stopped:
+        err.print(f"[bold red]Error:[/] {escape(report.pull.stopped)}")
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    elif not quiet:
+        out.print(pull_summary(report.pull))
+        out.print(_run_summary(report))
+    if a.stopped == "interrupted":
+        raise typer.Exit(130)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------- train
+@app.command()
+def train(
+    from_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from",
+            help="Labelled papers, JSONL in the gold/silver format (title, abstract, technique, "
+            "modality, target_metric). Repeat for several files.",
+            show_default=False,
+        ),
+    ] = None,
+    from_annotator: Annotated[
+        str | None,
+        typer.Option(
+            help="Also learn from this annotator's current labels in the database (e.g. llm: "
+            "distillation).",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="With --from-annotator: which of its models (e.g. gpt-4o-mini).",
+            show_default=False,
+        ),
+    ] = None,
+    reviews: Annotated[
+        bool,
+        typer.Option(
+            "--reviews/--no-reviews",
+            help="Learn from people's review decisions in the database (they win over every "
+            "other source for the fields they decide).",
+        ),
+    ] = True,
+    name: Annotated[
+        str, typer.Option(help="Save the model in the database under this name.")
+    ] = "local",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the model to this file instead of the database.",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the --out file if it exists.")
+    ] = False,
+    folds: Annotated[
+        int, typer.Option(help="Folds of the cross-validation (and of the calibration).", min=2)
+    ] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train the learned annotator's model on labelled papers and save it.
+
+    Sources combine: files, an annotator's labels and review decisions; for a
+    paper and field, a person's decision wins over an annotator's label, which
+    wins over a file's. Prints k-fold cross-validated micro-F1 per field, the
+    calibration error (ECE), the training set per source and the labels left
+    out for having too few examples. `papertag annotate` then uses the newest
+    model of the database.
+    """
+    from ..annotators.learned.pipeline import train as run_train
+
+    if model is not None and from_annotator is None:
+        raise fail("--model needs --from-annotator", 2)
+    db = state.db if state.db is not None else default_db_path()
+    with progress_bar("train", None) as (progress, task):
+        result = guard(
+            lambda: run_train(
+                db,
+                files=from_files or [],
+                annotator=from_annotator,
+                annotator_model=model,
+                reviews=reviews,
+                name=name,
+                out=output,
+                overwrite=force,
+                folds=folds,
+                on_step=lambda step: progress.update(task, description=f"train: {step}"),
+            )
+        )
+    rep = result.report
+    if as_json:
+        out.print_json(json.dumps({**rep.as_dict(), "saved_to": result.saved_to}))
+        return
+    for fname, lab, n in rep.dropped:
+        err.print(
+            f"[yellow]warning:[/] {fname} label {lab!r} left out: {n} example"
+            f"{'s' if n != 1 else ''}, too few to learn"
+        )
+    sources = ", ".join(f"{k} {v:,}" for k, v in rep.sources.items())
+    out.print(f"trained on {rep.examples:,} papers ({sources}) in {rep.seconds:.1f}s")
+    t = Table(title=f"{rep.folds}-fold cross-validation")
+    for col in ("field", "micro-F1", "macro-F1", "precision", "recall", "threshold"):
+        t.add_column(col, justify="left" if col == "field" else "right")
+    for fname in FIELDS:
+        cv = rep.cv.get(fname, {})
+        t.add_row(
+            fname,
+            f"{cv.get('micro_f1', 0):.3f}",
+            f"{cv.get('macro_f1', 0):.3f}",
+            f"{cv.get('precision', 0):.3f}",
+            f"{cv.get('recall', 0):.3f}",
+            f"{rep.thresholds[fname]:.3f}",
+        )
+    out.print(t)
+    for source, figures in rep.by_source.items():
+        out.print(
+            f"  {escape(source)} ({int(figures['papers']):,} papers): "
+            + ", ".join(f"{f} {figures[f]:.3f}" for f in FIELDS)
+        )
+    out.print(
+        f"ECE (10 bins, labels and candidates): {rep.ece:.3f}; auto-accepted labels "
+        f"(confidence ≥ {ACCEPT_THRESHOLD}) {rep.auto_precision:.1%} right; "
+        f"review yield {rep.review_yield:.1%}"
+    )
+    out.print(f"saved model {rep.version} to {escape(result.saved_to)}")
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the learned annotator's models: those trained into this database (newest
+    first; the newest is the default of `annotate --annotator learned`) and the shipped one."""
+    from ..annotators.learned.registry import list_models
+
+    db = state.db if state.db is not None else default_db_path()
+    if db.exists():
+        with open_store(read_only=True) as store:
+            infos = guard(lambda: list_models(store))
+    else:
+        infos = guard(lambda: list_models(None))
+    if as_json:
+        out.print_json(
+            json.dumps(
+                [
+                    {
+                        "name": m.name,
+                        "version": m.version,
+                        "created_at": m.created_at.isoformat() if m.created_at else None,
+                        "where": m.where,
+                        "examples": m.examples,
+                        "cv": m.meta.get("cv", {}),
+                    }
+                    for m in infos
+                ]
+            )
+        )
+        return
+    t = Table()
+    for col in ("name", "version", "where", "trained", "papers", *FIELDS):
+        t.add_column(col, justify="right" if col in ("papers", *FIELDS) else "left")
+    for m in infos:
+        t.add_row(
+            m.name,
+            m.version,
+            m.where,
+            m.created_at.strftime("%Y-%m-%d %H:%M") if m.created_at else "",
+            f"{m.examples:,}",
+            *(f"{v:.3f}" if (v := m.cv(f)) is not None else "" for f in FIELDS),
+        )
+    out.print(t)
+    out.print("[dim]technique, modality, target_metric: cross-validated micro-F1[/]")

@@ -1,0 +1,6 @@
+"""The database: one DuckDB file, its append-only migrations and its stable views."""
+
+from .migrations import MIGRATIONS
+from .store import DB_ENV, DEFAULT_DB, Store, default_db_path
+
+__all__ = ["DB_ENV", "DEFAULT_DB", "MIGRATIONS", "Store", "default_db_path"]
