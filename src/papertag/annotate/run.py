@@ -172,6 +172,22 @@ def annotate_papers(
             store.close()
 
 
+def start_run(store: Store, ann: AnnotatorInfo, run_id: str) -> None:
+    """The run's row in ``annotation_runs``, which its results refer to."""
+    store.con.execute(
+        "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, taxonomy_version, started_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [run_id, ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, _now()],
+    )
+
+
+def finish_run(store: Store, report: AnnotateReport) -> None:
+    store.con.execute(
+        "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
+        [_now(), report.done, report.skipped, report.failed, report.run_id],
+    )
+
+
 class _Run:
     """One ``annotate`` run: pool threads call the model, this thread alone writes to DuckDB."""
 
@@ -218,18 +234,7 @@ class _Run:
         with self.ctrl_c:
             if self.journal is not None:
                 report.recovered = recover_journal(store, self.journal)
-            store.con.execute(
-                "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, taxonomy_version, started_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    self.run_id,
-                    ann.name,
-                    ann.model,
-                    ann.prompt_version,
-                    ann.taxonomy.version,
-                    _now(),
-                ],
-            )
+            start_run(store, ann, self.run_id)
             todo, report.skipped = pending_papers(
                 store,
                 ann,
@@ -268,10 +273,7 @@ class _Run:
             self._end_calls()
             report.seconds = time.perf_counter() - started
             report.left = report.total - report.done - report.failed
-            store.con.execute(
-                "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
-                [_now(), report.done, report.skipped, report.failed, self.run_id],
-            )
+            finish_run(store, report)
         return report
 
     def _end_calls(self) -> None:

@@ -300,6 +300,10 @@ class LLMConfig:
         chars += self._schema_chars if self.mode in ("tools", "json_schema") else 0
         return chars // 4 + 8, min(self.max_tokens, TYPICAL_COMPLETION_TOKENS)
 
+    def messages(self, paper: PaperInput) -> list[dict[str, str]]:
+        """The chat messages of a paper's first ask (vLLM in Ray workers sends these too)."""
+        return self._messages(paper)
+
     def _messages(self, paper: PaperInput) -> list[dict[str, str]]:
         abstract = paper.abstract
         if len(abstract) > MAX_ABSTRACT_CHARS:
