@@ -6,7 +6,7 @@ a. Annotate: a database of N papers (default 10,000) built from the real digests
    abstracts under distinct titles (as ``bench/annotate.py`` does), annotated by
    ``papertag.annotate`` with the shipped learned model (``default``): featurize,
    predict, quote evidence, validate, store in DuckDB. Target: at least 5,000 papers/s.
-b. Train: ``training.fit`` on the shared silver set plus the dev gold set (2,340 papers)
+b. Train: ``training.fit`` on the shared silver set (2,240 papers), as ``make model`` does,
    with the default settings, 5-fold cross-validation included. Target: under 60 s.
    The steps (features, folds, calibration, final fit) are timed through ``on_step``.
 c. Memory: peak RSS (VmHWM) of a fresh process annotating N and 2N papers (the sizes are
@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DIGESTS = sorted((SHARED / "digests").glob("*.txt"))
 SILVER = SHARED / "train" / "silver.jsonl"
-DEV = SHARED / "gold" / "dev.jsonl"
 ANNOTATE_TARGET = 5_000  # papers/s
 TRAIN_TARGET = 60.0  # seconds
 
@@ -131,8 +130,8 @@ def bench_train() -> None:
     from papertag.taxonomy import load_taxonomy
 
     tax = load_taxonomy()
-    # As `papertag train --from silver --from dev` gathers them: one example per paper.
-    examples = merge([examples_from_file(SILVER, tax), examples_from_file(DEV, tax)])
+    # As `make model` gathers them (`papertag train --from silver`): one example per paper.
+    examples = merge([examples_from_file(SILVER, tax)])
     steps: list[tuple[str, float]] = []
     t0 = time.perf_counter()
     model, report = fit(examples, tax, on_step=lambda s: steps.append((s, time.perf_counter())))
@@ -142,7 +141,7 @@ def bench_train() -> None:
     folds = [v for k, v in spans.items() if k.startswith("fold ")]
     cv = " ".join(f"{f} {v['micro_f1']:.3f}" for f, v in report.cv.items())
     print(
-        f"\nb. train: fit on {report.examples:,} papers ({SILVER.name} + {DEV.name}), "
+        f"\nb. train: fit on {report.examples:,} papers ({SILVER.name}), "
         f"default settings, {report.folds}-fold CV"
     )
     print(

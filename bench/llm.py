@@ -2,11 +2,14 @@
 
 The server (tests/fault_server.py, an asyncio HTTP server) runs in this process;
 papertag runs as the command a user types, in its own process, and each figure
-times the whole command. Four figures, each printed with its target:
+times the whole command. Five figures, each printed with its target:
 
-1. own overhead: zero latency, end to end (annotate -> validate -> store); no target
-   here (one paper a call through the plain client: the 500 papers/s goal belongs to
-   calls that carry several papers);
+5. cost (printed first): prompt tokens a paper, cached share and dollars per 1,000 papers
+   at gpt-4o-mini's prices, for today's request (recorded, bench/data/today_request.json)
+   and for this papertag's at 1, 4 and 8 papers a call, in tools and json mode (target: 8
+   a call sends at most a quarter of today's prompt tokens a paper);
+1. own overhead: zero latency, end to end (annotate -> validate -> store), 8 papers a
+   call (target 500 papers/s), and one paper a call (no target);
 2. concurrency: 0.2 s latency, --concurrency 32, 2,000 papers, vs 32 / 0.2 = 160/s
    (target: 80% of it, in one process);
    (1 and 2: the median of three runs, each run's figures printed too)
@@ -23,24 +26,29 @@ times the whole command. Four figures, each printed with its target:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import re
 import signal
 import statistics
+import string
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fault_server import FaultServer  # noqa: E402
+from tests.fault_server import FaultServer, PromptCache, valid_answer  # noqa: E402
 
 from papertag.annotate.journal import Journal  # noqa: E402
+from papertag.annotators.llm.prices import estimate_cost, price_for  # noqa: E402
 from papertag.db import Store  # noqa: E402
-from papertag.ingest import Entry, FileReport, parse_file, write_entries  # noqa: E402
+from papertag.ingest import Entry, FileReport, ingest_digests, parse_file, write_entries  # noqa: E402
 
 DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
 PAPERTAG = str(Path(sys.executable).with_name("papertag"))
@@ -97,14 +105,17 @@ def line(name: str, value: str, target: str, ok: bool) -> None:
     print(f"  {name:<44} {value:<34} target {target:<22} {'ok' if ok else 'MISSED'}")
 
 
-def timed_run(tmp: Path, name: str, n: int, latency: float) -> tuple[float, float, float]:
-    """One whole `annotate --concurrency 32` command on a new database of n papers:
-    (papers/s, seconds to the first request, seconds after the last answer)."""
+def timed_run(
+    tmp: Path, name: str, n: int, latency: float, *extra: str
+) -> tuple[float, float, float]:
+    """One whole `annotate --concurrency 32` command (and ``extra`` options) on a new
+    database of n papers: (papers/s, seconds to the first request, seconds after the last
+    answer)."""
     db = tmp / f"{name}.duckdb"
     db.unlink(missing_ok=True)
     make_db(db, n)
     with FaultServer(latency=latency, keep_requests=False).start() as srv:
-        seconds = run(annotate_cmd(db, srv.url, "--concurrency", "32"))
+        seconds = run(annotate_cmd(db, srv.url, "--concurrency", "32", *extra))
         startup = (srv.first_at or started_at) - started_at
         tail = started_at + seconds - (srv.last_at or started_at)
     done = count(db, "SELECT count(*) FROM annotations")
@@ -113,10 +124,12 @@ def timed_run(tmp: Path, name: str, n: int, latency: float) -> tuple[float, floa
     return done / seconds, startup, tail
 
 
-def repeated(tmp: Path, name: str, n: int, latency: float, runs: int) -> tuple[float, str]:
+def repeated(
+    tmp: Path, name: str, n: int, latency: float, runs: int, *extra: str
+) -> tuple[float, str]:
     """The median rate of `runs` runs (this machine's speed drifts by a fifth from minute
     to minute), with every run's figures for the record."""
-    results = [timed_run(tmp, name, n, latency) for _ in range(runs)]
+    results = [timed_run(tmp, name, n, latency, *extra) for _ in range(runs)]
     rates = sorted(r[0] for r in results)
     detail = "; ".join(
         f"{rate:,.1f}/s, first request {first:.2f}s, exit {tail:.2f}s after the last answer"
@@ -126,14 +139,170 @@ def repeated(tmp: Path, name: str, n: int, latency: float, runs: int) -> tuple[f
 
 
 def bench_overhead(tmp: Path, n: int, runs: int) -> None:
+    rate, detail = repeated(tmp, "overhead", n, 0.0, runs, "--papers-per-call", "8")
+    line(
+        f"1. own overhead, zero latency, {n} papers, 8 a call",
+        f"{rate:,.0f} papers/s (median)",
+        ">= 500 papers/s",
+        rate >= 500,
+    )
+    print(f"     ({detail})")
     rate, detail = repeated(tmp, "overhead", n, 0.0, runs)
     line(
-        f"1. own overhead, zero latency, {n} papers",
+        f"   ... one paper a call, {n} papers",
         f"{rate:,.0f} papers/s (median)",
         "none (informative)",
         True,
     )
     print(f"     ({detail})")
+
+
+# -- 5. what a run costs -----------------------------------------------------------------
+#: The model whose list prices the cost table uses.
+PRICED = "gpt-4o-mini"
+#: Today's request: the request template papertag sent before this issue (commit be7de34),
+#: recorded from its own client (the system prompt and schema around one paper's message).
+TODAY = ROOT / "bench" / "data" / "today_request.json"
+
+
+@dataclass
+class Usage:
+    """Usage summed over a run, as the server reported it."""
+
+    papers: int
+    prompt: int = 0
+    cached: int = 0
+    completion: int = 0
+    #: USD at list prices, cached prompt tokens at the cached-input price.
+    cost: float = 0.0
+
+    def add(self, prompt: int, cached: int, completion: int) -> None:
+        self.prompt, self.cached = self.prompt + prompt, self.cached + cached
+        self.completion += completion
+        self.cost += estimate_cost(PRICED, prompt, completion, cached) or 0.0
+
+    @property
+    def uncached_cost(self) -> float:
+        """What the same tokens cost without a cache (and what papertag estimated before
+        it read cached tokens)."""
+        return estimate_cost(PRICED, self.prompt, self.completion) or 0.0
+
+
+def digest_db(path: Path) -> int:
+    """A database of the shared digests' papers (623), as `papertag ingest` makes it."""
+    path.unlink(missing_ok=True)
+    report = ingest_digests(DIGESTS, path)
+    if not report.ok:
+        sys.exit(f"ingest failed: {report}")
+    return count(path, "SELECT count(*) FROM papers")
+
+
+_OLD_DELIMS = re.compile(r"</?\s*(paper|title|abstract)\s*>", re.IGNORECASE)
+
+
+def _old_as_data(text: str) -> str:
+    return _OLD_DELIMS.sub(lambda m: m.group(0).replace("<", "(").replace(">", ")"), text)
+
+
+def today_usage(db: Path, mode: str) -> Usage:
+    """Today's request for every paper, the usage the test server reports for it (with
+    its prompt cache, as for the other rows). Sent to the server's own answer function:
+    the request is recorded, not built by this papertag."""
+    recorded = json.loads(TODAY.read_text(encoding="utf-8"))
+    head, tail = recorded["modes"][mode]["head"], recorded["modes"][mode]["tail"]
+    user = string.Template(recorded["user"])
+    with Store(db, read_only=True) as s:
+        papers = s.con.execute(
+            "SELECT title, abstract FROM papers ORDER BY first_seen, paper_id"
+        ).fetchall()
+    usage, cache = Usage(len(papers)), PromptCache()
+    for title, abstract in papers:
+        if len(abstract) > 20_000:
+            abstract = abstract[:20_000] + " [abstract truncated by papertag]"
+        message = user.safe_substitute(title=_old_as_data(title), abstract=_old_as_data(abstract))
+        request = json.loads(head + json.dumps(message, ensure_ascii=False)[1:-1] + tail)
+        reported = valid_answer(request, cache)["usage"]
+        usage.add(
+            reported["prompt_tokens"],
+            reported["prompt_tokens_details"]["cached_tokens"],
+            reported["completion_tokens"],
+        )
+    return usage
+
+
+def run_usage(tmp: Path, mode: str, *extra: str) -> Usage:
+    """`papertag annotate` on the digest papers against a new test server (a cold prompt
+    cache), with ``extra`` options: the usage its llm_calls rows record."""
+    db = tmp / "cost.duckdb"
+    papers = digest_db(db)
+    with FaultServer(keep_requests=False).start() as srv:
+        run(
+            [
+                *(PAPERTAG, "--db", str(db), "annotate", "--annotator", "llm"),
+                *("--model", PRICED, "--base-url", srv.url, "--mode", mode, *extra),
+            ]
+        )
+    if count(db, "SELECT count(*) FROM annotations") != papers:
+        sys.exit(f"cost run {extra}: not every paper annotated")
+    usage = Usage(papers)
+    with Store(db, read_only=True) as s:
+        for prompt, cached, completion in s.con.execute(
+            "SELECT prompt_tokens, coalesce(cached_tokens, 0), completion_tokens FROM llm_calls"
+        ).fetchall():
+            usage.add(prompt, cached, completion)
+        # Its own cost figures are the table's (checked, not assumed).
+        recorded = float(s.scalar("SELECT sum(cost_usd) FROM llm_calls"))
+    if abs(recorded - usage.cost) > 1e-9 * max(1.0, usage.cost):
+        sys.exit(f"papertag's cost {recorded} differs from the table's {usage.cost}")
+    return usage
+
+
+def cost_line(name: str, u: Usage, today: Usage) -> None:
+    per_paper = u.prompt / u.papers
+    print(
+        f"  {name:<34} {per_paper:>7,.0f}  {u.cached / u.prompt:>6.0%}  "
+        f"{u.completion / u.papers:>6,.0f}  ${u.cost / u.papers * 1000:>6.3f}  "
+        f"${u.uncached_cost / u.papers * 1000:>6.3f}  "
+        f"{per_paper / (today.prompt / today.papers):>6.2f}  {u.cost / today.cost:>6.2f}"
+    )
+
+
+def bench_cost(tmp: Path, mode: str) -> dict[str, Usage]:
+    """The cost table: prompt tokens a paper and dollars per 1,000 papers, for today's
+    request and for this papertag's, one, four and eight papers a call."""
+    price = price_for(PRICED)
+    assert price is not None
+    db = tmp / "today.duckdb"
+    digest_db(db)
+    rows = {"today's request (be7de34)": today_usage(db, mode)}
+    for k in (1, 4, 8):
+        name = "cache-friendly, 1 paper a call" if k == 1 else f"{k} papers a call"
+        rows[name] = run_usage(tmp, mode, "--papers-per-call", str(k))
+    today = rows["today's request (be7de34)"]
+    print(
+        f"5. cost of labelling the {today.papers} digest papers, {mode} mode, {PRICED} list "
+        f"prices (${price.prompt} in, ${price.cached_prompt} cached in, ${price.completion} "
+        "out per 1M tokens)"
+    )
+    print(
+        f"  {'request':<34} {'prompt':>7}  {'cached':>6}  {'output':>6}  {'$/1000':>7}  "
+        f"{'uncached':>7}  {'tokens':>6}  {'$':>6}"
+    )
+    print(
+        f"  {'':<34} {'tok/ppr':>7}  {'share':>6}  {'tok/ppr':>6}  {'papers':>7}  "
+        f"{'$/1000':>7}  {'/today':>6}  {'/today':>6}"
+    )
+    for name, usage in rows.items():
+        cost_line(name, usage, today)
+    eight = rows["8 papers a call"]
+    share = (eight.prompt / eight.papers) / (today.prompt / today.papers)
+    line(
+        "   ... 8 a call: prompt tokens a paper",
+        f"{share:.0%} of today's",
+        "<= 25%",
+        share <= 0.25,
+    )
+    return rows
 
 
 def bench_concurrency(tmp: Path, n: int, runs: int) -> None:
@@ -254,6 +423,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         runs = 1 if q else 3
+        bench_cost(t, "tools")
+        bench_cost(t, "json")
         bench_overhead(t, 300 if q else 3000, runs)
         bench_concurrency(t, 300 if q else 2000, runs)
         bench_rate_limit(t, 60 if q else 400, headers=True)

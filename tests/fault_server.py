@@ -44,50 +44,181 @@ class Reply:
 
 
 def completion(
-    content: str, *, finish_reason: str = "stop", refusal: str | None = None
+    content: str,
+    *,
+    finish_reason: str = "stop",
+    refusal: str | None = None,
+    usage: dict[str, Any] | None = None,
+    tool: str | None = None,
 ) -> dict[str, Any]:
+    """A chat completion whose answer is ``content``: as the message's text, or with
+    ``tool`` as the arguments of a call of that function (tools mode)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": refusal}
+    if tool is not None:
+        message["content"] = None
+        message["tool_calls"] = [
+            {
+                "id": "call_" + hashlib.sha256(content.encode()).hexdigest()[:12],
+                "type": "function",
+                "function": {"name": tool, "arguments": content},
+            }
+        ]
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": "fake-model",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": refusal},
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": usage or {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
     }
 
 
 _TAG = re.compile(r"<(title|abstract)>\s*(.*?)\s*</\1>", re.DOTALL)
+_PAPER = re.compile(r'<paper(?:\s+id="(\d+)")?\s*>(.*?)</paper>', re.DOTALL)
+
+
+def _user_text(request: dict[str, Any]) -> str:
+    for m in request.get("messages", []):
+        if m.get("role") == "user" and isinstance(m.get("content"), str):
+            return str(m["content"])
+    return ""
+
+
+def papers_of(request: dict[str, Any]) -> list[dict[str, str]]:
+    """The papers of a chat request's first user message, in order: each its ``id`` (the
+    number the prompt gives it, "1" when it has none), ``title`` and ``abstract``."""
+    text = _user_text(request)
+    papers = [
+        {"id": number or "1", **dict(_TAG.findall(block))} for number, block in _PAPER.findall(text)
+    ]
+    return papers or ([{"id": "1", **dict(_TAG.findall(text))}] if _TAG.search(text) else [])
 
 
 def paper_of(request: dict[str, Any]) -> dict[str, str]:
-    """The title and abstract inside the first user message of a chat request."""
+    """The title and abstract of the first paper of a chat request."""
+    papers = papers_of(request)
+    return {k: v for k, v in papers[0].items() if k != "id"} if papers else {}
+
+
+# -- usage as a provider reports it ---------------------------------------------------------
+#: Characters a token, as the estimates of papertag and of the issue's figures count.
+TOKEN_CHARS = 4
+#: A provider caches a prompt's prefix from this many tokens on, in steps of CACHE_STEP
+#: (OpenAI's prompt caching: 1,024 tokens, then every 128).
+CACHE_MIN_TOKENS = 1024
+CACHE_STEP_TOKENS = 128
+
+
+def tokens(text: str) -> int:
+    return -(-len(text) // TOKEN_CHARS)
+
+
+def prompt_text(request: dict[str, Any]) -> str:
+    """What a provider puts in front of the model, in its order: the tool and
+    response-format definitions first, then every message."""
+    parts = [
+        json.dumps(request[key], separators=(",", ":"))
+        for key in ("tools", "response_format")
+        if request.get(key)
+    ]
     for m in request.get("messages", []):
-        if m.get("role") == "user" and isinstance(m.get("content"), str):
-            return {k: v for k, v in _TAG.findall(m["content"])}
-    return {}
+        content = m.get("content")
+        parts.append(f"<|{m.get('role')}|>")
+        parts.append(content if isinstance(content, str) else json.dumps(content or ""))
+        if m.get("tool_calls"):
+            parts.append(json.dumps(m["tool_calls"], separators=(",", ":")))
+    return "".join(parts)
 
 
-def valid_answer(request: dict[str, Any]) -> dict[str, Any]:
-    """A schema-valid annotation whose evidence quotes the request's own abstract."""
-    abstract = paper_of(request).get("abstract", "")
+class PromptCache:
+    """A provider's prompt cache: a prompt's longest prefix, in whole steps from
+    CACHE_MIN_TOKENS on, that an earlier prompt began with is billed as cached."""
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+
+    def cached_tokens(self, text: str) -> int:
+        h = hashlib.sha256()
+        done = cached = 0
+        for boundary in range(CACHE_MIN_TOKENS, tokens(text) + 1, CACHE_STEP_TOKENS):
+            end = boundary * TOKEN_CHARS
+            h.update(text[done:end].encode())
+            done = end
+            digest = h.digest()
+            if digest in self._seen:
+                cached = boundary
+            self._seen.add(digest)
+        return cached
+
+
+def usage(request: dict[str, Any], answer: str, cache: PromptCache | None = None) -> dict[str, Any]:
+    """The usage a provider reports for this request and answer (cached tokens, if a
+    cache is given, count in the prompt's tokens, as OpenAI reports them)."""
+    text = prompt_text(request)
+    prompt = tokens(text)
+    out = tokens(answer)
+    cached = cache.cached_tokens(text) if cache is not None else 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": out,
+        "total_tokens": prompt + out,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def _quote(words: list[str], start: int, n: int = 8) -> str:
+    part = words[start : start + n] or words[:n]
+    return " ".join(part) or "x"
+
+
+def _entry(abstract: str) -> dict[str, Any]:
+    """A schema-valid annotation of one paper whose evidence quotes its abstract, of about
+    the size a hosted model's answer has (a few labels, one runner-up)."""
     words = abstract.split()
-    quote = " ".join(words[:6]) or "x"
-    label = {"confidence": 0.9, "evidence": quote}
-    return completion(
-        json.dumps(
+    return {
+        "technique": [{"id": "quantization", "confidence": 0.9, "evidence": _quote(words, 0)}],
+        "modality": [{"id": "text", "confidence": 0.9, "evidence": _quote(words, 4)}],
+        "target_metric": [
+            {"id": "memory", "confidence": 0.9, "evidence": _quote(words, 8)},
+            {"id": "latency", "confidence": 0.6, "evidence": _quote(words, 12)},
+        ],
+        "candidates": [
             {
-                "technique": [{"id": "quantization", **label}],
-                "modality": [{"id": "text", **label}],
-                "target_metric": [{"id": "memory", **label}],
+                "field": "technique",
+                "id": "distillation",
+                "confidence": 0.35,
+                "evidence": _quote(words, 16),
             }
-        )
+        ],
+    }
+
+
+def _tool_name(request: dict[str, Any]) -> str | None:
+    tools = request.get("tools") or []
+    return str(tools[0]["function"]["name"]) if tools else None
+
+
+def _wants_list(request: dict[str, Any]) -> bool:
+    """Whether the request's schema asks for a list of entries, one per paper."""
+    schema = json.dumps([request.get("tools"), request.get("response_format")])
+    return '"papers"' in schema or any(
+        '"papers"' in str(m.get("content") or "") for m in request.get("messages", [])
     )
+
+
+def valid_answer(request: dict[str, Any], cache: PromptCache | None = None) -> dict[str, Any]:
+    """A schema-valid answer for every paper of the request, whose evidence quotes each
+    paper's own abstract; in the request's mode (a tool call, or JSON text), with the
+    usage a provider would report (``cache``: its prompt cache)."""
+    papers = papers_of(request)
+    if _wants_list(request):
+        answer: dict[str, Any] = {
+            "papers": [{"paper": int(p["id"]), **_entry(p.get("abstract", ""))} for p in papers]
+        }
+    else:
+        answer = _entry(papers[0].get("abstract", "") if papers else "")
+    content = json.dumps(answer)
+    return completion(content, usage=usage(request, content, cache), tool=_tool_name(request))
 
 
 RANDOM_FAULTS: list[Reply] = [
@@ -123,6 +254,8 @@ class FaultServer:
         self.keep_requests = keep_requests
         self.random = random.Random(seed)
         self.requests: list[dict[str, Any]] = []
+        #: The prompt cache behind the usage of default answers.
+        self.cache = PromptCache()
         self.headers: list[dict[str, str]] = []
         self.statuses: Counter[int] = Counter()
         self.asked: Counter[str] = Counter()
@@ -187,7 +320,7 @@ class FaultServer:
             return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         if self.fault_rate and self.random.random() < self.fault_rate:
             return self.random.choice(RANDOM_FAULTS)
-        return Reply(body=valid_answer(request), delay=self.latency)
+        return Reply(body=valid_answer(request, self.cache), delay=self.latency)
 
     # -- HTTP/1.1 ----------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

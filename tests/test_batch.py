@@ -42,7 +42,7 @@ def answer(request: dict[str, Any], **changes: Any) -> Reply:
     body = valid_answer(request)
     content = json.loads(body["choices"][0]["message"]["content"])
     for field, label in changes.items():
-        content[field][0].update(label)
+        content["papers"][0][field][0].update(label)
     return Reply(body=completion(json.dumps(content)))
 
 
@@ -310,13 +310,16 @@ def _wait_for(cond: Callable[[], bool], timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("per_call", [1, 4])
 def test_kill_9_then_resume_annotates_once_without_paying_twice(
-    tmp_path: Path, db_path: Path
+    tmp_path: Path, db_path: Path, per_call: int
 ) -> None:
+    """With several papers a call too: a kill repeats at most the calls in flight."""
     _papers(db_path, tmp_path, 30)
     with fault_server(latency=0.3) as srv:
-        proc = _spawn(db_path, srv.url, "--concurrency", "4")
-        _wait_for(lambda: srv.count >= 14)
+        proc = _spawn(db_path, srv.url, "--concurrency", "4", "--papers-per-call", str(per_call))
+        # About half the calls answered (30 papers: 30 calls of one, 8 of four).
+        _wait_for(lambda: srv.count >= (14 if per_call == 1 else 4))
         in_flight = srv.in_flight
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
@@ -325,7 +328,12 @@ def test_kill_9_then_resume_annotates_once_without_paying_twice(
         in_flight = max(in_flight, srv.in_flight)
         answered = asked_before - srv.in_flight
         report = annotate_papers(
-            db_path, "llm", model="fake-model", base_url=srv.url, concurrency=4
+            db_path,
+            "llm",
+            model="fake-model",
+            base_url=srv.url,
+            concurrency=4,
+            papers_per_call=per_call,
         )
         repeated = sum(c - 1 for c in srv.bodies.values())
     # Every answer the killed run received is in llm_calls: committed by it, or journaled
@@ -476,7 +484,7 @@ def test_max_cost_with_papers_in_flight_waits_for_room_instead_of_stopping(
 ) -> None:
     """What is set aside for papers in flight is released as they settle at their real cost:
     a refusal then means "not yet", and the run stops only when a paper alone would not fit."""
-    monkeypatch.setenv("PAPERTAG_PRICES", json.dumps({"fake-model": [10.0, 20.0]}))
+    monkeypatch.setenv("PAPERTAG_PRICES", json.dumps({"fake-model": [1.0, 2.0]}))
     done = {}
     for concurrency in (1, 16):
         db = tmp_path / f"c{concurrency}.duckdb"
@@ -484,9 +492,9 @@ def test_max_cost_with_papers_in_flight_waits_for_room_instead_of_stopping(
         with fault_server() as srv:
             report = annotate_papers(
                 db, "llm", model="fake-model", base_url=srv.url, concurrency=concurrency,
-                max_cost=0.08,
+                max_cost=0.04,
             )  # fmt: skip
-        assert report.stopped == "max-cost" and report.cost_usd <= 0.08
+        assert report.stopped == "max-cost" and report.cost_usd <= 0.04
         done[concurrency] = report.done
     # Stopping at the first paper that did not fit beside those in flight did 1 of 30 at
     # --concurrency 16 (20 at 1).
@@ -494,7 +502,7 @@ def test_max_cost_with_papers_in_flight_waits_for_room_instead_of_stopping(
 
 
 def test_a_price_covers_dated_snapshots_not_other_names() -> None:
-    from papertag.annotators.llm.config import price_for
+    from papertag.annotators.llm.prices import price_for
 
     assert price_for("gpt-4o-2024-08-06") == price_for("gpt-4o") is not None
     assert price_for("gpt-4o-mini-2024-07-18") == price_for("gpt-4o-mini") != price_for("gpt-4o")

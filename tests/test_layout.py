@@ -16,7 +16,7 @@ SRC = Path(papertag.__file__).parent
 #: module may import its own stage or an earlier one.
 STAGES = ["db", "ingest", "annotators", "annotate", "review", "query", "daily", "cli"]
 #: Shared modules any stage may import.
-SHARED = {"errors", "taxonomy", "schema", "scoring", "files"}
+SHARED = {"errors", "taxonomy", "schema", "scoring", "files", "retry_after"}
 
 
 def module_name(path: Path) -> str:

@@ -25,6 +25,7 @@ from papertag.annotate import annotate_papers
 from papertag.annotate.ray_engine import annotate_on_ray
 from papertag.annotate.shards import WorkDir
 from papertag.annotate.writer import TABLES
+from papertag.annotators.llm.prices import estimate_cost
 from papertag.db import Store
 from papertag.ingest import ingest_digests
 
@@ -69,7 +70,8 @@ def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
         return s.con.execute(sql).fetchall()
 
 
-#: What two engines must store alike: everything but run ids, times and call ids.
+#: What two engines must store alike: everything but run ids, times and call ids, and what
+#: the server said it had cached (which depends on what it had seen by then).
 ANNOTATIONS = (
     "SELECT paper_id, annotation_id, content_hash, annotator, model, prompt_version, "
     "taxonomy_version FROM annotations ORDER BY paper_id"
@@ -80,8 +82,9 @@ LABELS = (
 )
 CALLS = (
     "SELECT paper_id, annotation_id, annotator, model, host, path, prompt_version, "
-    "taxonomy_version, options, request_hash, request_body, status, response_body, "
-    "prompt_tokens, completion_tokens, cost_usd, attempt "
+    "taxonomy_version, options, request_hash, request_body, status, "
+    "json_extract(response_body, '$.choices') AS answer, "
+    "prompt_tokens, completion_tokens, attempt "
     "FROM llm_calls ORDER BY paper_id, attempt"
 )
 
@@ -99,10 +102,18 @@ def test_200_papers_have_the_local_engines_keys_and_provenance(
         asked = srv.calls
         again = annotate_on_ray(on_ray, base_url=srv.url, shard_size=30, **settings)
         assert srv.calls == asked  # a second run sends nothing
-        annotate_papers(local, "llm", base_url=srv.url, **settings)
+        baseline = annotate_papers(local, "llm", base_url=srv.url, **settings)
     assert (report.total, report.done, report.failed, report.calls) == (200, 200, 0, 200)
-    assert report.prompt_tokens == 200 * 100 and report.cost_known
-    assert report.cost_usd == pytest.approx(200 * (100 * 1.0 + 50 * 2.0) / 1e6)
+    usage = ("prompt_tokens", "completion_tokens")
+    assert [getattr(report, k) for k in usage] == [getattr(baseline, k) for k in usage]
+    # How much of a prompt the server had cached depends on what it had seen by then (the
+    # timing of both runs): each call's cost is its own usage at the price set here.
+    assert report.cost_known and report.cost_usd > 0
+    for model, prompt, completion, cached, cost in rows(
+        on_ray,
+        "SELECT model, prompt_tokens, completion_tokens, cached_tokens, cost_usd FROM llm_calls",
+    ):
+        assert cost == pytest.approx(estimate_cost(model, prompt, completion, cached))
     assert (again.total, again.skipped, again.calls) == (0, 200, 0)
     for sql in (ANNOTATIONS, LABELS, CALLS):
         assert rows(on_ray, sql) == rows(local, sql)

@@ -43,11 +43,12 @@ def test_the_example_config_and_the_requests_vllm_is_given() -> None:
     row = {"shard": "s", "paper_id": "p1", "title": "T", "abstract": BASE, "content_hash": "h"}
     request = settings.preprocess(row)
     assert {k: request[k] for k in row} == row
-    assert request["messages"] == http.messages(http_paper(row))
+    assert request["messages"] == http.messages([http_paper(row)])
     params = request["sampling_params"]
     assert params["max_tokens"] == 800 and params["temperature"] == 0.0
+    # The HTTP path's json_schema, each field's ids an enum, as vLLM's constraint.
     schema = params["structured_outputs"]["json"]
-    assert "quantization" in schema["properties"]["technique"]["items"]["properties"]["id"]["enum"]
+    assert schema == http.output_schema and '"quantization"' in json.dumps(schema)
 
 
 def http_paper(row: dict[str, Any]) -> Any:

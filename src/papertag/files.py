@@ -1,11 +1,15 @@
-"""Files papertag writes for a user: never replace one unasked, never leave half of one."""
+"""Files papertag writes for a user (never replace one unasked, never leave half of one),
+and the labelled JSON Lines files it reads."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 
 def check_out_path(path: Path, *, overwrite: bool) -> None:
@@ -21,3 +25,24 @@ def check_out_path(path: Path, *, overwrite: bool) -> None:
 def temp_beside(path: Path) -> Path:
     """Where to write before moving into place: same directory, so the move is atomic."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def json_objects(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines file; an unreadable
+    file, a line that is not JSON or not an object is an :class:`InputError` naming the
+    file and line (``what`` names the file in the message: "gold file")."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(path, f"cannot read {what}: {reason}") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"invalid JSON: {exc.msg}", line=lineno) from None
+        if not isinstance(obj, dict):
+            raise InputError(path, "expected a JSON object", line=lineno)
+        yield lineno, obj

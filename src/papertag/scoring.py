@@ -14,13 +14,13 @@ that were wrong (review yield).
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .files import json_objects
 from .ingest import clean_text
 from .schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from .taxonomy import FIELDS
@@ -38,19 +38,9 @@ class GoldPaper:
 
 def load_gold(path: str | Path) -> list[GoldPaper]:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(p, f"cannot read gold file: {exc}") from None
     rows: list[GoldPaper] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(p, f"invalid JSON: {exc.msg}", line=lineno) from None
-        if not isinstance(obj, dict) or not obj.get("title") or not obj.get("abstract"):
+    for lineno, obj in json_objects(p, "gold file"):
+        if not obj.get("title") or not obj.get("abstract"):
             raise InputError(p, "gold row needs 'title' and 'abstract'", line=lineno)
         labels: dict[str, set[str]] = {}
         for f in FIELDS:

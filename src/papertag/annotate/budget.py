@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from ..annotators import (
     PaperInput,
     resolve_annotator,
 )
-from ..annotators.llm.config import estimate_cost
+from ..annotators.llm.prices import estimate_cost
 from ..db import Store
 from .pending import Pending, paper_input, pending_papers
 
@@ -118,13 +118,14 @@ class Budget:
         seen = self.settled_cost / self.settled if self.settled >= 5 else first * 1.5
         return max(first, seen) * RESERVE_MARGIN
 
-    def admit(self, paper: Pending, spent: float) -> bool:
+    def admit(self, papers: Sequence[Pending], spent: float) -> bool:
+        """Whether a call of these papers may start; if so, their likely cost is set aside."""
         if self.max_cost is None:
             return True
-        likely = self._likely(paper)
-        if spent + sum(self.reserved.values()) + likely > self.max_cost:
+        likely = {p.paper_id: self._likely(p) for p in papers}
+        if spent + sum(self.reserved.values()) + sum(likely.values()) > self.max_cost:
             return False
-        self.reserved[paper.paper_id] = likely
+        self.reserved.update(likely)
         return True
 
     def settle(self, paper: Pending, cost: float) -> None:

@@ -92,7 +92,7 @@ class Journal:
             seg.pending.add(row["call_uid"])
 
     def write_call(
-        self, run_id: str, annotator: Any, options: str, paper_id: str, record: CallRecord
+        self, run_id: str, annotator: Any, options: str, paper_id: str | None, record: CallRecord
     ) -> None:
         """Journal one finished exchange (the call_sink of an annotator)."""
         row = call_row(run_id, annotator, options, paper_id, None, record)

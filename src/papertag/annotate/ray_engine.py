@@ -39,12 +39,13 @@ import pyarrow.compute as pc
 
 from ..annotators import DEFAULT_CONCURRENCY, AnnotatorInfo
 from ..annotators.llm.annotator import LLMAnnotator
-from ..annotators.llm.config import LLMConfig, price_for
+from ..annotators.llm.config import LLMConfig
+from ..annotators.llm.prices import price_for
 from ..db import Store
 from ..errors import ConfigError, PapertagError, ProviderError
 from .pending import paper_input, pending_papers
 from .recovery import save_template
-from .run import THREADS_PER_CALL, AnnotateReport, finish_run, start_run, work
+from .run import THREADS_PER_CALL, AnnotateReport, calls_of, finish_run, start_run, work
 from .shards import (
     DEFAULT_ACTORS,
     DEFAULT_SHARD_SIZE,
@@ -75,8 +76,9 @@ INSTALL_HINT = "--engine ray needs Ray: pip install 'papertag[ray]'"
 def import_ray() -> Any:
     """The ``ray`` module, with ``ray.data``; a one-line ConfigError saying how to install it."""
     try:
-        import ray
         import ray.data
+
+        import ray
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
     return ray
@@ -97,16 +99,16 @@ class ShardAnnotator:
         for shard, papers in shard_papers(batch):
             rows = Rows(self.ann, self.run_id)
             fatal = None
-            for paper, outcome in zip(
-                papers, self.pool.map(lambda p: work(self.ann, paper_input(p)), papers), strict=True
-            ):
-                if outcome.fatal is not None:
+            groups = calls_of(papers, self.ann.papers_per_call)
+            results = self.pool.map(lambda g: work(self.ann, [paper_input(p) for p in g]), groups)
+            for group, done in zip(groups, results, strict=True):
+                if (error := done.outcomes[0].fatal) is not None:
                     if fatal is None:
-                        fatal = _fatal_text(outcome.fatal)
+                        fatal = _fatal_text(error)
                         # The run stops: the shard's other papers need not wait their turn.
                         self.ann.cancel()
                     continue
-                settle(rows, paper, outcome)
+                settle(rows, group, done)
             out.append(output_row(shard, len(papers), None if fatal else rows, fatal))
         return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
 
@@ -163,6 +165,7 @@ def account(report: AnnotateReport, tables: dict[str, pa.Table]) -> None:
         report.calls += calls.num_rows
         report.prompt_tokens += int(pc.sum(calls.column("prompt_tokens")).as_py() or 0)
         report.completion_tokens += int(pc.sum(calls.column("completion_tokens")).as_py() or 0)
+        report.cached_tokens += int(pc.sum(calls.column("cached_tokens")).as_py() or 0)
         report.cost_usd += float(pc.sum(calls.column("cost_usd")).as_py() or 0.0)
         report.throttled += int(pc.sum(pc.equal(calls.column("status"), 429)).as_py() or 0)
 

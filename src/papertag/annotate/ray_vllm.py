@@ -32,12 +32,12 @@ import pyarrow as pa
 import yaml
 
 from ..annotators import PaperInput
-from ..annotators.llm.config import LLMConfig, estimate_cost
+from ..annotators.llm.config import LLMConfig
+from ..annotators.llm.prices import estimate_cost
 from ..annotators.llm.records import CallRecord
-from ..errors import AnnotationError, ConfigError, ValidationFailed
-from ..schema import validate_annotation
+from ..errors import AnnotationError, ConfigError
 from .pending import Pending
-from .run import Outcome
+from .run import Outcome, Work
 from .shards import OUTPUT_SCHEMA, output_row, settle
 from .writer import Rows
 
@@ -108,7 +108,7 @@ class VLLMSettings:
         paper = PaperInput(row["paper_id"], row["title"], row["abstract"])
         return {
             **row,
-            "messages": self.config.messages(paper),
+            "messages": self.config.messages([paper]),
             "sampling_params": self.sampling_params(),
             "started_at": datetime.now(UTC).replace(tzinfo=None),
         }
@@ -155,44 +155,41 @@ def call_record(settings: VLLMSettings, row: dict[str, Any]) -> CallRecord:
         prompt_tokens=prompt if not error else None,
         completion_tokens=completion if not error else None,
         error=error,
+        paper_ids=[row["paper_id"]],
         cost_usd=estimate_cost(settings.config.model, prompt, completion) if not error else None,
     )
 
 
 def outcome(settings: VLLMSettings, row: dict[str, Any], record: CallRecord) -> Outcome:
-    """A generation validated as the HTTP path validates an answer."""
+    """A generation validated as the HTTP path validates an answer (``parse_answers``: the
+    same schema, evidence check and cut-off rule)."""
     config = settings.config
-    out = Outcome(record.started_at, record.duration_ms, calls=[record])
+    out = Outcome(record.started_at, record.duration_ms)
+    paper = PaperInput(row["paper_id"], row["title"], row["abstract"])
     if record.error:
         out.error = AnnotationError(
-            f"vLLM could not answer: {record.error}",
-            paper_id=row["paper_id"],
-            attempts=1,
-            retryable=True,
-        )
-    elif (record.completion_tokens or 0) >= config.max_tokens:
-        out.error = AnnotationError(
-            f"the model's answer was cut off (max_tokens={config.max_tokens})",
-            paper_id=row["paper_id"],
-            attempts=1,
-            last_completion=record.response_body,
+            f"vLLM could not answer: {record.error}", attempts=1, retryable=True
         )
     else:
-        try:
-            out.result = validate_annotation(
-                record.response_body or "",
-                title=row["title"],
-                abstract=row["abstract"],
-                taxonomy=config.taxonomy,
-            )
-        except ValidationFailed as exc:
-            reason = " ".join(exc.reason.split())[:2000]
-            out.error = ValidationFailed(
-                f"no valid annotation after 1 attempts; last error: {reason}",
-                paper_id=row["paper_id"],
-                attempts=1,
-                last_completion=record.response_body,
-            )
+        cut = (record.completion_tokens or 0) >= config.max_tokens
+        body = {
+            "id": "vllm",
+            "object": "chat.completion",
+            "created": 0,
+            "model": config.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": record.response_body or ""},
+                    "finish_reason": "length" if cut else "stop",
+                }
+            ],
+        }
+        (answer,) = config.parse_answers([paper], body)
+        out.result, out.error = answer.annotation, answer.error
+    if out.error is not None:
+        out.error.paper_id, out.error.attempts = paper.paper_id, 1
+        out.error.last_completion = record.response_body
     return out
 
 
@@ -203,7 +200,8 @@ def shard_rows(batch: pa.Table, settings: VLLMSettings, run_id: str) -> pa.Table
         built = Rows(settings.config, run_id)
         for row in rows:
             paper = Pending(row["paper_id"], row["title"], row["abstract"], row["content_hash"])
-            settle(built, paper, outcome(settings, row, call_record(settings, row)))
+            record = call_record(settings, row)
+            settle(built, [paper], Work([outcome(settings, row, record)], [record]))
         out.append(output_row(shard, len(rows), built))
     return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
 

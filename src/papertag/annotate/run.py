@@ -5,9 +5,10 @@ version): re-running the same annotator on the same text does nothing, while a
 changed abstract, prompt or taxonomy gives a new annotation and leaves the old
 one queryable (``current = false`` in the ``labels`` view).
 
-LLM annotators run ``concurrency`` papers at once, each in a thread of a pool;
-results come back to the one thread that writes to DuckDB, which commits at least
-once a second. Every model response is also journaled the moment it arrives
+LLM annotators run ``concurrency`` calls at once, each in a thread of a pool, each
+call carrying ``papers_per_call`` papers (in order); a call's results come back
+together to the one thread that writes to DuckDB, which commits at least once a
+second. Every model response is also journaled the moment it arrives
 (:mod:`papertag.annotate.journal`), so after a ``kill -9`` the same command resumes: it
 stores what the journal holds and replays those answers instead of paying for
 them again. Ctrl-C stops starting papers, lets those in flight finish, commits
@@ -37,14 +38,14 @@ from ..annotators import (
     PaperInput,
     resolve_annotator,
 )
-from ..annotators.llm.config import price_for
+from ..annotators.llm.prices import price_for
 from ..db import Store
 from ..errors import AnnotationError, ConfigError
 from ..schema import Annotation
 from .budget import Budget
 from .journal import Journal
 from .pending import Pending, load_texts, paper_input, pending_papers
-from .recovery import paid_answers, recover_journal, save_template
+from .recovery import paid_calls, recover_journal, replay_index, save_template
 from .writer import FLUSH_EVERY, Writer
 
 
@@ -65,6 +66,8 @@ class AnnotateReport:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Prompt tokens the provider served from its prompt cache (part of prompt_tokens).
+    cached_tokens: int = 0
     cost_usd: float = 0.0
     #: False when the model has no known price (cost_usd is then 0 but means "unknown").
     cost_known: bool = False
@@ -89,24 +92,67 @@ class Outcome:
     result: Annotation | None = None
     error: AnnotationError | None = None
     fatal: BaseException | None = None
+
+
+@dataclass
+class Work:
+    """What one call of the annotator gave: an outcome for each of its papers, and the
+    HTTP exchanges it made (each names the papers it carried)."""
+
+    outcomes: list[Outcome]
     calls: Sequence[Any] = ()
 
 
-def work(ann: Annotator, paper: PaperInput) -> Outcome:
-    """Annotate one paper; never raises (a pool thread's errors travel in the outcome)."""
+def work(ann: Annotator, papers: Sequence[PaperInput]) -> Work:
+    """Annotate papers in one call (``annotate_call`` where the annotator has it, else one
+    paper with ``annotate``); never raises (a pool thread's errors travel in the outcome)."""
     drain: Callable[[], Sequence[Any]] = getattr(ann, "drain_calls", tuple)
-    out = Outcome(_now())
+    started = _now()
+    outcomes = [Outcome(started) for _ in papers]
     t0 = time.perf_counter()
     try:
-        out.result = ann.annotate(paper)
-    except AnnotationError as exc:
-        exc.paper_id = paper.paper_id
-        out.error = exc
+        call = getattr(ann, "annotate_call", None)
+        results: Sequence[Annotation | AnnotationError] = (
+            call(papers) if call is not None else [_one(ann, papers[0])]
+        )
+        for paper, out, result in zip(papers, outcomes, results, strict=True):
+            if isinstance(result, AnnotationError):
+                result.paper_id = paper.paper_id
+                out.error = result
+            else:
+                out.result = result
     except BaseException as exc:
-        out.fatal = exc
-    out.duration_ms = (time.perf_counter() - t0) * 1000
-    out.calls = drain()
-    return out
+        for out in outcomes:
+            out.fatal = exc
+    # A call's time is each of its papers' time.
+    for out in outcomes:
+        out.duration_ms = (time.perf_counter() - t0) * 1000
+    return Work(outcomes, drain())
+
+
+def _one(ann: Annotator, paper: PaperInput) -> Annotation | AnnotationError:
+    try:
+        return ann.annotate(paper)
+    except AnnotationError as exc:
+        return exc
+
+
+def calls_of(
+    papers: Sequence[Pending], size: int, kept: Sequence[Sequence[str]] = ()
+) -> list[list[Pending]]:
+    """The papers in calls of ``size``, in order. The groups of ``kept`` (the papers of
+    calls a killed run paid for) come as they were, where all their papers are still to
+    do: the same request again, whose answer is replayed instead of paid twice."""
+    index = {p.paper_id: i for i, p in enumerate(papers)}
+    taken: set[str] = set()
+    groups: list[list[Pending]] = []
+    for ids in kept:
+        if len(ids) > 1 and all(i in index and i not in taken for i in ids):
+            groups.append([papers[index[i]] for i in ids])
+            taken.update(ids)
+    rest = [p for p in papers if p.paper_id not in taken]
+    groups += [rest[i : i + size] for i in range(0, len(rest), size)]
+    return sorted(groups, key=lambda g: index[g[0].paper_id])
 
 
 #: Threads (and papers started) per request the annotator may have in flight: behind each
@@ -208,6 +254,10 @@ class _Run:
         # Known for a priced model, even when no answer carried tokens (none came).
         self.report.cost_known = price_for(ann.model) is not None
         self.writer = Writer(store, ann, self.run_id)
+        #: Papers a call carries (--papers-per-call).
+        self.per_call = int(getattr(ann, "papers_per_call", 1))
+        #: The papers of calls paid for by a killed run, kept together in this one.
+        self.kept: list[list[str]] = []
         self.budget = Budget(ann, max_cost)
         self.ctrl_c = _CtrlC()
         # An annotator that labels many papers at once runs in batches, reading each batch's
@@ -251,7 +301,11 @@ class _Run:
                 store.prepare_arrow()
             if transport is not None:
                 if not force and todo:
-                    transport.replay = paid_answers(store, ann, [p.paper_id for p in todo])
+                    paid = paid_calls(store, ann, [p.paper_id for p in todo])
+                    transport.replay = replay_index(paid)
+                    # Calls paid for before a kill are made again as they were (their
+                    # answers replayed), whichever of their neighbours are done since.
+                    self.kept = [c.paper_ids for c in paid]
                 # Stored before any call that refers to it (journaled calls included).
                 save_template(store, getattr(transport, "template", None))
             if self.journal is not None:
@@ -289,19 +343,19 @@ class _Run:
         if self._batches:
             self._batched(todo)
             return
-        for paper in todo:
-            # Nothing is in flight here, so a paper the budget refuses will never fit.
-            if self._admit(paper) is not True:
+        for group in calls_of(todo, self.per_call, self.kept):
+            # Nothing is in flight here, so papers the budget refuses will never fit.
+            if self._admit(group) is not True:
                 return
             try:
-                outcome = work(cast(Annotator, self.ann), paper_input(paper))
+                done = work(cast(Annotator, self.ann), [paper_input(p) for p in group])
             except KeyboardInterrupt:
                 self.report.stopped = "interrupted"
                 return
-            self._settle(paper, outcome)
+            self._settle(group, done)
             if self.writer.due():
                 self._flush()
-            if isinstance(outcome.fatal, KeyboardInterrupt):
+            if isinstance(done.outcomes[0].fatal, KeyboardInterrupt):
                 self.report.stopped = "interrupted"
                 return
 
@@ -325,18 +379,18 @@ class _Run:
                     out.error = res
                 else:
                     out.result = res
-                self._settle(paper, out)
+                self._settle([paper], Work([out]))
                 if self.writer.due():
                     self._flush()
 
     def _concurrent(self, todo: list[Pending], workers: int) -> None:
-        """Up to ``workers`` requests in flight at once, each paper in a thread of a pool;
-        this thread settles and writes their outcomes as they come."""
-        pending = iter(todo)
-        held: Pending | None = None  # next up, waiting for room in the budget
-        running: dict[Future[Outcome], Pending] = {}
+        """Up to ``workers`` requests in flight at once, each call (its papers) in a thread
+        of a pool; this thread settles and writes their outcomes as they come."""
+        pending = iter(calls_of(todo, self.per_call, self.kept))
+        held: list[Pending] | None = None  # next up, waiting for room in the budget
+        running: dict[Future[Work], list[Pending]] = {}
         # Futures land here as they finish: one queue to wait on, however many are running.
-        finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
+        finished: queue.SimpleQueue[Future[Work]] = queue.SimpleQueue()
         ann = cast(Annotator, self.ann)
         ctrl_c = self.ctrl_c
         arrow_ready = False
@@ -348,17 +402,17 @@ class _Run:
                         for _ in range(ctrl_c.take()):
                             self._interrupt(running)
                         while self.report.stopped is None and len(running) < threads:
-                            paper = held if held is not None else next(pending, None)
+                            group = held if held is not None else next(pending, None)
                             held = None
-                            if paper is None:
+                            if group is None:
                                 break
-                            admitted = self._admit(paper)
+                            admitted = self._admit(group)
                             if admitted is None:
-                                held = paper  # tried again once papers in flight have settled
+                                held = group  # tried again once papers in flight have settled
                             if not admitted:
                                 break
-                            future = pool.submit(work, ann, paper_input(paper))
-                            running[future] = paper
+                            future = pool.submit(work, ann, [paper_input(p) for p in group])
+                            running[future] = group
                             future.add_done_callback(finished.put)
                         if running and not arrow_ready:
                             # While the first requests are out: nothing is due to be written
@@ -378,9 +432,9 @@ class _Run:
                             while len(done) < len(running):
                                 done.append(finished.get_nowait())
                         for future in done:
-                            paper = running.pop(future)
+                            group = running.pop(future)
                             if not future.cancelled():  # never started (Ctrl-C)
-                                self._settle(paper, future.result())
+                                self._settle(group, future.result())
                         if self.writer.due():
                             self._flush()
             except BaseException:
@@ -389,20 +443,20 @@ class _Run:
                 raise
 
     # -- shared steps ---------------------------------------------------------------------------
-    def _admit(self, paper: Pending) -> bool | None:
-        """Whether ``paper`` may start: True, False (the run stops starting papers), or None
-        (not yet: what is set aside for the papers in flight leaves no room, but may once
-        they have settled at their real cost)."""
+    def _admit(self, papers: list[Pending]) -> bool | None:
+        """Whether a call of ``papers`` may start: True, False (the run stops starting
+        papers), or None (not yet: what is set aside for the papers in flight leaves no
+        room, but may once they have settled at their real cost)."""
         if self.report.stopped is not None:
             return False
-        if self.budget.admit(paper, self.report.cost_usd):
+        if self.budget.admit(papers, self.report.cost_usd):
             return True
         if self.budget.reserved:
             return None
         self.report.stopped = "max-cost"
         return False
 
-    def _interrupt(self, running: dict[Future[Outcome], Pending]) -> None:
+    def _interrupt(self, running: dict[Future[Work], list[Pending]]) -> None:
         """Ctrl-C: start nothing new, end retry waits; calls in flight finish and are kept.
 
         A second Ctrl-C also closes the connections, cutting those calls short.
@@ -412,7 +466,7 @@ class _Run:
         self.report.stopped = "interrupted"
         self._cancel(running)
 
-    def _cancel(self, running: dict[Future[Outcome], Pending]) -> None:
+    def _cancel(self, running: dict[Future[Work], list[Pending]]) -> None:
         """No new call starts: papers waiting in the pool's queue are dropped, retry waits end."""
         for future in running:
             future.cancel()  # only those not started yet
@@ -420,35 +474,49 @@ class _Run:
         if cancel is not None:
             cancel()
 
-    def _settle(self, paper: Pending, out: Outcome) -> None:
+    def _settle(self, group: list[Pending], done: Work) -> None:
+        """Count, write and report one call's papers. An exchange's cost is shared by the
+        papers it carried; each paper's annotation names the last exchange that carried
+        it (the answer it was validated from)."""
         report, writer = self.report, self.writer
-        cost = 0.0
-        for c in out.calls:
+        cost = {p.paper_id: 0.0 for p in group}
+        made_by: dict[str, str] = {}
+        for c in done.calls:
+            carried = [i for i in (c.paper_ids or ()) if i in cost] or [group[0].paper_id]
+            for paper_id in carried:
+                made_by[paper_id] = c.call_uid
             if c.replay_of is not None:
                 report.replayed += 1
                 continue
             report.calls += 1
             report.prompt_tokens += c.prompt_tokens or 0
             report.completion_tokens += c.completion_tokens or 0
-            cost += c.cost_usd or 0.0
-        report.cost_usd += cost
-        self.budget.settle(paper, cost)
-        if out.fatal is not None:
-            writer.calls(paper, None, out.calls)
-            if isinstance(out.fatal, KeyboardInterrupt):
+            report.cached_tokens += c.cached_tokens or 0
+            for paper_id in carried:
+                cost[paper_id] += (c.cost_usd or 0.0) / len(carried)
+        report.cost_usd += sum(cost.values())
+        for paper in group:
+            self.budget.settle(paper, cost[paper.paper_id])
+        fatal = done.outcomes[0].fatal
+        if fatal is not None:
+            writer.calls(group, {}, done.calls)
+            if isinstance(fatal, KeyboardInterrupt):
                 return
-            raise out.fatal
-        if out.error is not None:
-            writer.calls(paper, None, out.calls)
-            if out.error.retryable and report.stopped == "interrupted":
-                return  # cut off by Ctrl-C, not a failure: the next run asks again
-            writer.fail(paper, out.error, out.started)
-            report.failed += 1
-            report.failures.append((paper.paper_id, out.error.reason))
-        elif out.result is not None:
-            aid = writer.add(paper, out.result, out.duration_ms, out.started)
-            writer.calls(paper, aid, out.calls)
-            report.done += 1
+            raise fatal
+        annotations: dict[str, str] = {}
+        for paper, out in zip(group, done.outcomes, strict=True):
+            if out.error is not None:
+                if out.error.retryable and report.stopped == "interrupted":
+                    continue  # cut off by Ctrl-C, not a failure: the next run asks again
+                writer.fail(paper, out.error, out.started)
+                report.failed += 1
+                report.failures.append((paper.paper_id, out.error.reason))
+            elif out.result is not None:
+                annotations[paper.paper_id] = writer.add(
+                    paper, out.result, out.duration_ms, out.started, made_by.get(paper.paper_id)
+                )
+                report.done += 1
+        writer.calls(group, annotations, done.calls)
         if self.on_progress:
             self.on_progress(report)
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ..db import Store
 from .pending import Pending
-from .run import Outcome
+from .run import Work
 from .writer import TABLES, Rows
 
 #: Papers per shard: the unit of work of an actor, of the files, and of what a killed
@@ -169,13 +169,19 @@ def shard_papers(batch: pa.Table) -> Iterator[tuple[str, list[Pending]]]:
     yield from by_shard.items()
 
 
-def settle(rows: Rows, paper: Pending, out: Outcome) -> None:
-    """One paper's outcome as rows, as the local engine stores it (a fatal error is the
-    caller's to raise)."""
-    if out.error is not None:
-        rows.calls(paper, None, out.calls)
-        rows.fail(paper, out.error, out.started)
-    elif out.result is not None:
-        rows.calls(paper, rows.add(paper, out.result, out.duration_ms, out.started), out.calls)
-    else:
-        rows.calls(paper, None, out.calls)
+def settle(rows: Rows, group: Sequence[Pending], done: Work) -> None:
+    """One call's papers as rows, as the local engine writes them: each annotation names
+    the last exchange that carried its paper (a fatal error is the caller's to raise)."""
+    made_by: dict[str, str] = {}
+    for c in done.calls:
+        for paper_id in c.paper_ids or [group[0].paper_id]:
+            made_by[paper_id] = c.call_uid
+    annotations: dict[str, str] = {}
+    for paper, out in zip(group, done.outcomes, strict=True):
+        if out.error is not None:
+            rows.fail(paper, out.error, out.started)
+        elif out.result is not None:
+            annotations[paper.paper_id] = rows.add(
+                paper, out.result, out.duration_ms, out.started, made_by.get(paper.paper_id)
+            )
+    rows.calls(group, annotations, done.calls)

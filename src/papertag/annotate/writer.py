@@ -58,7 +58,28 @@ def call_schema() -> pa.Schema:
             ("started_at", pa.timestamp("us")),
             ("call_uid", pa.string()),
             ("replay_of", pa.int64()),
+            ("cached_tokens", pa.int32()),
+            ("paper_ids", pa.list_(pa.string())),
             ("request_template", pa.string()),
+        ]
+    )
+
+
+@functools.cache
+def annotation_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            ("annotation_id", pa.string()),
+            ("paper_id", pa.string()),
+            ("content_hash", pa.string()),
+            ("annotator", pa.string()),
+            ("model", pa.string()),
+            ("prompt_version", pa.string()),
+            ("taxonomy_version", pa.string()),
+            ("run_id", pa.string()),
+            ("created_at", pa.timestamp("us")),
+            ("duration_ms", pa.float64()),
+            ("call_uid", pa.string()),
         ]
     )
 
@@ -89,15 +110,31 @@ class Rows:
         self.fail_rows: list[dict[str, Any]] = []
         self.call_rows: list[dict[str, Any]] = []
 
-    def calls(self, paper: Pending, annotation: str | None, records: Sequence[Any]) -> None:
-        """Queue the HTTP exchanges that produced (or failed to produce) one annotation."""
+    def calls(
+        self, group: Sequence[Pending], annotations: dict[str, str], records: Sequence[Any]
+    ) -> None:
+        """Queue the HTTP exchanges of one call of the annotator (its papers ``group``;
+        ``annotations``: the annotation_id of each paper that got one). An exchange that
+        carried one paper names it and its annotation; one that carried several names
+        them in ``paper_ids``."""
         for r in records:
+            carried = r.paper_ids or [group[0].paper_id]
+            paper_id = carried[0] if len(carried) == 1 else None
+            annotation = annotations.get(paper_id) if paper_id is not None else None
             self.call_rows.append(
-                call_row(self.run_id, self.annotator, self.options, paper.paper_id, annotation, r)
+                call_row(self.run_id, self.annotator, self.options, paper_id, annotation, r)
             )
 
-    def add(self, paper: Pending, result: Annotation, duration_ms: float, now: datetime) -> str:
-        """Queue one validated annotation; returns its annotation_id."""
+    def add(
+        self,
+        paper: Pending,
+        result: Annotation,
+        duration_ms: float,
+        now: datetime,
+        call_uid: str | None = None,
+    ) -> str:
+        """Queue one validated annotation (``call_uid``: the exchange whose answer it was
+        validated from); returns its annotation_id."""
         a = self.annotator
         aid = annotation_id(paper.paper_id, paper.content_hash, a)
         self.ann_rows.append(
@@ -112,6 +149,7 @@ class Rows:
                 "run_id": self.run_id,
                 "created_at": now,
                 "duration_ms": duration_ms,
+                "call_uid": call_uid,
             }
         )
         for fname in ("technique", "modality", "target_metric"):
@@ -169,7 +207,7 @@ class Rows:
         """What is queued: a table of each non-empty kind, by the table it goes to."""
         tables = {}
         if self.ann_rows:
-            tables["annotations"] = pa.Table.from_pylist(self.ann_rows)
+            tables["annotations"] = pa.Table.from_pylist(self.ann_rows, schema=annotation_schema())
         if self.label_rows:
             tables["annotation_labels"] = pa.Table.from_pylist(self.label_rows)
         if self.fail_rows:

@@ -37,3 +37,7 @@ DEFAULT_ANNOTATOR = "learned"
 #: Requests in flight at once unless --concurrency says otherwise: enough to hide a hosted
 #: API's latency, few enough for a low rate-limit tier (the throttle adapts within it).
 DEFAULT_CONCURRENCY = 8
+
+#: Most papers one LLM request may carry (--papers-per-call): past a few dozen abstracts a
+#: model starts to lose papers, and one bad answer costs more re-asks.
+MAX_PAPERS_PER_CALL = 32

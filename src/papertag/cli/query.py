@@ -354,8 +354,9 @@ def calls(
                 store,
                 # The columns a person scans; host, attempt and the bodies are in the view.
                 "SELECT call_id AS id, strftime(started_at, '%m-%d %H:%M:%S') AS started, paper_id, "
-                "model, status, finish_reason AS finish, "
-                "prompt_tokens AS tok_in, completion_tokens AS tok_out, round(cost_usd, 6) AS cost_usd, "
+                "papers, model, status, finish_reason AS finish, "
+                "prompt_tokens AS tok_in, cached_tokens AS cached, completion_tokens AS tok_out, "
+                "round(cost_usd, 6) AS cost_usd, "
                 "CAST(round(duration_ms) AS INTEGER) AS ms, error FROM llm_calls "
                 "ORDER BY started_at DESC, call_id DESC LIMIT ?",
                 [limit],

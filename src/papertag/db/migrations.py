@@ -464,3 +464,32 @@ def m014_pulled_days(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+
+
+@migration
+def m015_call_usage_and_papers(con: duckdb.DuckDBPyConnection) -> None:
+    # A call may carry several papers (--papers-per-call) and a provider may serve part of
+    # its prompt from cache at a lower price. Each call's row keeps the cached prompt
+    # tokens and the papers it carried (the view shows how many); a call of several papers
+    # names none in paper_id or annotation_id, so each annotation names the call whose
+    # answer it was validated from. Rows before this are calls of one paper.
+    con.execute(
+        """
+        ALTER TABLE llm_call_rows ADD COLUMN cached_tokens INTEGER;
+        ALTER TABLE llm_call_rows ADD COLUMN paper_ids VARCHAR[];
+        ALTER TABLE annotations ADD COLUMN call_uid VARCHAR;
+        DROP VIEW llm_calls;
+        CREATE VIEW llm_calls AS
+        SELECT c.call_id, c.run_id, c.paper_id, c.annotation_id, c.annotator, c.model, c.host,
+               c.path, c.prompt_version, c.taxonomy_version, c.options, c.request_hash,
+               CASE WHEN c.request_template IS NULL THEN c.request_body
+                    ELSE t.head || c.request_body || t.tail END AS request_body,
+               c.status, c.response_body, c.finish_reason, c.refusal, c.prompt_tokens,
+               c.completion_tokens, c.cost_usd, c.duration_ms, c.attempt, c.error,
+               c.started_at, c.call_uid, c.replay_of, c.cached_tokens,
+               coalesce(len(c.paper_ids), 1)::INTEGER AS papers,
+               coalesce(c.paper_ids, [c.paper_id]) AS paper_ids
+        FROM llm_call_rows c
+        LEFT JOIN llm_request_templates t ON t.template_id = c.request_template;
+        """
+    )

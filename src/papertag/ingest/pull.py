@@ -30,7 +30,6 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from ..db import Store
 from ..errors import ConfigError, FetchError, InputError, Unreachable
+from ..retry_after import retry_after_seconds
 from .entries import Entry
 from .formats import Digest
 from .write import DigestFile, FileReport, compress, write_digests
@@ -127,26 +127,12 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds a ``Retry-After`` asks for (a number or an HTTP date), if it says."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        try:
-            return max((parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds(), 0.0)
-        except (TypeError, ValueError):
-            return None
-
-
 class _Busy(Exception):
     """A 429 or 5xx answer: worth asking again."""
 
     def __init__(self, response: httpx.Response) -> None:
         super().__init__(f"HTTP {response.status_code} {response.reason_phrase}".strip())
-        self.retry_after = _retry_after(response)
+        self.retry_after = retry_after_seconds(response.headers.get("retry-after"))
 
 
 class _Stopped(Exception):

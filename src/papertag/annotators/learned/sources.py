@@ -16,12 +16,12 @@ over an annotator's labels over a file's.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ...db import Store
 from ...errors import InputError, StoreError
+from ...files import json_objects
 from ...ingest.identity import clean_text, title_key
 from ...schema import MAX_LABELS
 from ...taxonomy import FIELDS, Taxonomy
@@ -40,21 +40,8 @@ def examples_from_file(path: str | Path, taxonomy: Taxonomy) -> list[Example]:
     """Every labelled paper of a JSONL file; any bad line is an :class:`InputError`
     naming the file and line, and nothing of the file is used."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(p, f"cannot read training file: {reason}") from None
     out: list[Example] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(p, f"invalid JSON: {exc.msg}", line=lineno) from None
-        if not isinstance(obj, dict):
-            raise InputError(p, "expected a JSON object", line=lineno)
+    for lineno, obj in json_objects(p, "training file"):
         title, abstract = obj.get("title"), obj.get("abstract")
         if not isinstance(title, str) or not title.strip():
             raise InputError(p, "needs a non-empty 'title'", line=lineno)

@@ -1,12 +1,13 @@
 """``--annotator llm``: a structured-output prompt on OpenAI or any OpenAI-compatible server.
 
-Each paper is one loop of ours: ask through the official ``openai`` client
-(``chat.completions.create``, its public API only), validate the answer with
-:class:`papertag.schema.Annotation`, and re-ask with the validation error a bounded
-number of times. The request's structured-output part (a function tool, a
-``response_format``, or the schema written into the prompt) is built here from the
-pydantic model's JSON schema, so the abstract is sent exactly as written (no
-templating of messages).
+Each call is one loop of ours: the request for its papers
+(:meth:`LLMConfig.build_request`: the system message and the structured-output part,
+the same for every call, then the papers) goes through the official ``openai``
+client's public ``post``; instructor reads the answer out of the completion
+(:mod:`papertag.annotators.llm.answers`), and each paper's entry is validated on its own
+with :class:`papertag.schema.Annotation` against that paper's text. A paper whose entry
+fails is asked again alone, with the validation error, a bounded number of times. The
+abstract is sent exactly as written (no templating of messages, no ``context=``).
 
 Throttle, transport retries (tenacity) and the record of every HTTP exchange for the
 ``llm_calls`` table live in one httpx transport, :class:`CallTransport`, that wraps the
@@ -17,29 +18,35 @@ errors) is the client's.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx2
 import openai
-import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
 from ...errors import AnnotationError, PapertagError, ProviderError, ValidationFailed
-from ...schema import Annotation, ValidationContext, format_validation_error, paper_text
+from ...schema import Annotation
 from ..base import PaperInput
+from .answers import SCHEMA_NAME, PaperAnswer, as_completion
 from .client import DEFAULT_BASE_URL, CallTransport, http_transport
-from .config import SCHEMA_NAME, LLMConfig, estimate_cost
+from .config import LLMConfig
+from .prices import estimate_cost
 from .records import CallRecord, RequestTemplate
 from .throttle import Cancelled, Throttle
 
 # --------------------------------------------------------------------------- annotator
 
+
+#: Where a request goes, under the client's base URL. The body goes through the client's
+#: public ``post`` as built (:meth:`LLMConfig.build_request`, the body a batch file holds
+#: too): ``chat.completions.create`` would walk the tool or response-format schema node by
+#: node on every call, and its first use imports every resource of the API (half a second).
+CHAT_PATH = "/chat/completions"
 
 #: Stands for a paper's user message in the request cut into a template (plain letters:
 #: a JSON encoder leaves them as they are).
@@ -87,7 +94,7 @@ class LLMAnnotator(LLMConfig):
         # Each thread annotates one paper at a time; its HTTP exchanges are its own.
         self._local = threading.local()
         #: Called with (paper_id, record) the moment an exchange ends (the crash journal).
-        self.call_sink: Callable[[str, CallRecord], None] | None = None
+        self.call_sink: Callable[[str | None, CallRecord], None] | None = None
         self.transport = CallTransport(
             transport or http_transport(base_url, self.concurrency),
             max_attempts=max_attempts,
@@ -122,13 +129,15 @@ class LLMAnnotator(LLMConfig):
         return calls
 
     def _record(self, record: CallRecord) -> None:
+        record.paper_ids = list(getattr(self._local, "papers", ()))
         if record.replay_of is None:
             record.cost_usd = estimate_cost(
-                self.model, record.prompt_tokens, record.completion_tokens
+                self.model, record.prompt_tokens, record.completion_tokens, record.cached_tokens
             )
         self._calls.append(record)
         if self.call_sink is not None:
-            self.call_sink(getattr(self._local, "paper_id", ""), record)
+            ids = record.paper_ids
+            self.call_sink(ids[0] if len(ids) == 1 else None, record)
 
     def drain_calls(self) -> list[CallRecord]:
         """This thread's exchanges since the last drain."""
@@ -137,21 +146,9 @@ class LLMAnnotator(LLMConfig):
         return calls
 
     # -- requests -------------------------------------------------------------------------
-    def _request(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        """The arguments of ``chat.completions.create`` for these messages."""
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            **self.output_options(),
-        }
-        if self.seed is not None:
-            kwargs["seed"] = self.seed
-        return kwargs
-
     def _request_template(self) -> RequestTemplate | None:
-        """The body every first ask of the run shares, cut where the paper's message goes.
+        """The body every first ask of a full call shares (``papers_per_call`` papers), cut
+        where the papers' message goes.
 
         The client builds a request around a placeholder, sent nowhere; each call then
         stores only its own part (``llm_request_templates``). None when the placeholder
@@ -164,7 +161,8 @@ class LLMAnnotator(LLMConfig):
             {"role": "user", "content": _USER_SLOT},
         ]
         try:
-            dry.chat.completions.create(**self._request(messages))
+            body = self.request(messages, self.papers_per_call)
+            dry.post(CHAT_PATH, body=body, cast_to=httpx2.Response)
         except openai.APIError:
             pass
         finally:
@@ -174,90 +172,125 @@ class LLMAnnotator(LLMConfig):
         parts = capture.bodies[0].decode("utf-8").split(_USER_SLOT)
         return RequestTemplate(parts[0], parts[1]) if len(parts) == 2 else None
 
-    def _create(self, messages: list[dict[str, Any]], paper: PaperInput) -> ChatCompletion | None:
-        """One chat completion (the transport retries faults); None for a 200 that holds none."""
+    def _create(self, body: dict[str, Any], papers: Sequence[PaperInput]) -> ChatCompletion | None:
+        """One chat completion (the transport retries faults); None for a 200 that holds none.
+
+        Raises one AnnotationError for all the papers of a call that got no answer (their
+        run goes on), or a ProviderError that stops the run.
+        """
+        self._local.papers = [p.paper_id for p in papers]
         try:
-            raw = self.client.chat.completions.with_raw_response.create(**self._request(messages))
+            raw = self.client.post(CHAT_PATH, body=body, cast_to=httpx2.Response)
         except Cancelled:
             # Ctrl-C: the throttle refused the request (newer clients pass the error on as
             # it is, older ones as the cause of an APIConnectionError).
-            raise self._stopped(paper) from None
+            raise self._stopped() from None
         except openai.APIError as exc:
             if isinstance(exc.__cause__, Cancelled):
-                raise self._stopped(paper) from None
-            raise self._api_failure(exc, paper) from None
-        return _completion(raw.http_response.content)
+                raise self._stopped() from None
+            raise self._api_failure(exc) from None
+        return as_completion(raw.content)
 
     # -- the loop -------------------------------------------------------------------------
     def annotate(self, paper: PaperInput) -> Annotation:
-        self._local.paper_id = paper.paper_id
-        ctx: ValidationContext = {
-            "text": paper_text(paper.title, paper.abstract),
-            "taxonomy": self.taxonomy,
-        }
-        messages: list[dict[str, Any]] = list(self._messages(paper))
+        """One paper in a call of its own."""
+        [result] = self.annotate_call([paper])
+        if isinstance(result, AnnotationError):
+            raise result
+        return result
+
+    def annotate_call(self, papers: Sequence[PaperInput]) -> list[Annotation | AnnotationError]:
+        """Label these papers in one request, each paper's entry validated on its own
+        against its text; a paper whose entry fails is re-asked alone, the validation
+        error fed back, up to ``max_reasks`` times. One result per paper, in order.
+
+        Raises ProviderError (a refused key, an unknown model): the run stops.
+        """
+        if len(papers) == 1:
+            return [self._settled(papers[0], lambda: self._loop(papers[0], None, asked=0))]
+        try:
+            completion = self._create(self.build_request(papers), papers)
+        except AnnotationError as exc:
+            return [self._for(exc, p) for p in papers]
+        results: list[Annotation | AnnotationError] = []
+        for answer in self.parse_answers(papers, completion or b""):
+            if answer.annotation is not None:
+                results.append(answer.annotation)
+            else:
+                # A bad entry, or no usable answer at all: this paper alone.
+                results.append(self._settled(answer.paper, functools.partial(self.reask, answer)))
+        return results
+
+    def reask(self, answer: PaperAnswer) -> Annotation:
+        """Ask for one paper alone after ``answer`` failed: its entry and the validation
+        error go back to the model (a paper with no usable entry is asked afresh). Counts
+        the call that gave ``answer`` as the first of ``max_reasks + 1`` asks. Raises
+        AnnotationError (ValidationFailed when no answer validated)."""
+        feedback = None
+        if isinstance(answer.error, ValidationFailed) and answer.entry is not None:
+            feedback = (answer.entry, answer.error.reason, None)
+        return self._loop(answer.paper, feedback, asked=1, error=answer.error)
+
+    def _loop(
+        self,
+        paper: PaperInput,
+        feedback: tuple[str, str, Any] | None,
+        *,
+        asked: int,
+        error: AnnotationError | None = None,
+    ) -> Annotation:
+        """Ask for ``paper`` alone until an answer validates, ``asked`` asks already made."""
+        messages = self.messages([paper])
+        if feedback is not None:
+            messages = self._reask(messages, *feedback)
         attempts = self.max_reasks + 1
-        last_error: pydantic.ValidationError | None = None
-        for attempt in range(1, attempts + 1):
-            completion = self._create(messages, paper)
-            if completion is None or not completion.choices:
-                # A 200 without an answer (or not JSON) is the server's fault: ask again as it is.
-                last_error = None
-                continue
-            choice = completion.choices[0]
-            refusal = getattr(choice.message, "refusal", None)
-            if choice.finish_reason == "length" or refusal:
-                # Asking again would only repeat it.
-                raise AnnotationError(
-                    f"the model refused: {refusal}"
-                    if refusal
-                    else "the model's answer was cut off "
-                    f"(finish_reason=length at max_tokens={self.max_tokens})",
-                    paper_id=paper.paper_id,
-                    attempts=attempt,
-                    last_completion=self._last_body(),
+        last = error
+        for attempt in range(asked + 1, attempts + 1):
+            completion = self._create(self.request(messages, 1), [paper])
+            [answer] = self.parse_answers([paper], completion or b"")
+            if answer.annotation is not None:
+                return answer.annotation
+            last = answer.error
+            if isinstance(last, ValidationFailed) and completion is not None:
+                messages = self._reask(
+                    messages, answer.entry or "", last.reason, completion.choices[0].message
                 )
-            try:
-                return Annotation.model_validate_json(
-                    answer_text(self.mode, choice.message), context=ctx
-                )
-            except pydantic.ValidationError as exc:
-                last_error = exc
-                messages = self._reask(messages, choice.message, format_validation_error(exc))
-        raise self._failure(last_error, attempts, paper)
+            elif last is not None and not last.retryable:
+                # A refusal or a cut-off answer: asking again would only repeat it.
+                raise self._call_failure(last.reason, paper, attempts=attempt)
+            # else a 200 without an answer (the server's fault): ask again as it is.
+        raise self._failure(last, paper)
 
     def _reask(
-        self, messages: list[dict[str, Any]], message: Any, error: str
+        self, messages: list[dict[str, Any]], entry: str, error: str, message: Any
     ) -> list[dict[str, Any]]:
-        """The conversation so far, the answer, and the validation errors to fix."""
-        call = _function_call(message) if self.mode == "tools" else None
-        if call is not None:
+        """The conversation so far, the answer (``entry``), and the validation errors to fix."""
+        if self.mode == "tools":
+            call = _function_call(message) if message is not None else None
+            call_id = call.id if call is not None else "call_papertag_1"
             return [
                 *messages,
                 {
                     "role": "assistant",
-                    "content": message.content or "",
+                    "content": "",
                     "tool_calls": [
                         {
-                            "id": call.id,
+                            "id": call_id,
                             "type": "function",
-                            "function": {
-                                "name": call.function.name,
-                                "arguments": call.function.arguments,
-                            },
+                            "function": {"name": SCHEMA_NAME, "arguments": entry},
                         }
                     ],
                 },
                 {
                     "role": "tool",
-                    "tool_call_id": call.id,
+                    "tool_call_id": call_id,
                     "content": f"Validation errors: {error}\n"
                     f"Call {SCHEMA_NAME} again with every error fixed.",
                 },
             ]
         return [
             *messages,
-            {"role": "assistant", "content": getattr(message, "content", None) or ""},
+            {"role": "assistant", "content": entry},
             {
                 "role": "user",
                 "content": f"Correct your JSON: it has these errors: {error}\n"
@@ -265,8 +298,26 @@ class LLMAnnotator(LLMConfig):
             },
         ]
 
+    def _settled(
+        self, paper: PaperInput, ask: Callable[[], Annotation]
+    ) -> Annotation | AnnotationError:
+        try:
+            return ask()
+        except AnnotationError as exc:
+            return self._for(exc, paper)
+
+    def _for(self, exc: AnnotationError, paper: PaperInput) -> AnnotationError:
+        """``exc`` as this paper's own failure."""
+        return type(exc)(
+            exc.reason,
+            paper_id=paper.paper_id,
+            attempts=exc.attempts,
+            last_completion=exc.last_completion,
+            retryable=exc.retryable,
+        )
+
     # -- failures -------------------------------------------------------------------------
-    def _api_failure(self, exc: openai.APIError, paper: PaperInput) -> PapertagError:
+    def _api_failure(self, exc: openai.APIError) -> PapertagError:
         """Client errors stop the run (ProviderError); transient ones end in a failure row."""
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             return ProviderError(
@@ -275,10 +326,9 @@ class LLMAnnotator(LLMConfig):
         if isinstance(exc, openai.NotFoundError):
             return ProviderError(f"{self.host}: model {self.model!r} or endpoint not found (404)")
         if isinstance(exc, openai.BadRequestError) and _is_context_overflow(exc):
-            # This paper (with its re-asks) is too long for the model: fail it, keep the run going.
+            # This call (with its re-asks) is too long for the model: fail it, keep the run going.
             return self._call_failure(
-                f"too long for the model's context window: {_api_message(exc)}",
-                paper,
+                f"too long for the model's context window: {_api_message(exc)}"
             )
         if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
             return ProviderError(
@@ -287,7 +337,6 @@ class LLMAnnotator(LLMConfig):
         if isinstance(exc, openai.APIStatusError):
             return self._call_failure(
                 f"server error after {len(self._calls)} attempts: HTTP {exc.status_code}: {_api_message(exc)}",
-                paper,
                 retryable=True,
             )
         if isinstance(exc, openai.APIResponseValidationError | openai.APIConnectionError):
@@ -307,26 +356,28 @@ class LLMAnnotator(LLMConfig):
                 # Every other paper would wait out the same retries (a quarter of an hour
                 # for 600 papers), so the run stops here.
                 return ProviderError(f"{message}; check --base-url and that the server is running")
-            return self._call_failure(message, paper, retryable=True)
+            return self._call_failure(message, retryable=True)
         return AnnotationError(
-            f"{type(exc).__name__}: {exc}",
-            paper_id=paper.paper_id,
-            attempts=len(self._calls),
-            retryable=True,
+            f"{type(exc).__name__}: {exc}", attempts=len(self._calls), retryable=True
         )
 
-    def _stopped(self, paper: PaperInput) -> AnnotationError:
+    def _stopped(self) -> AnnotationError:
         """Cut off by Ctrl-C: not a failure (the run drops it; the next one asks again)."""
-        return self._call_failure("stopped before an answer came (Ctrl-C)", paper, retryable=True)
+        return self._call_failure("stopped before an answer came (Ctrl-C)", retryable=True)
 
     def _call_failure(
-        self, reason: str, paper: PaperInput, *, retryable: bool = False
+        self,
+        reason: str,
+        paper: PaperInput | None = None,
+        *,
+        retryable: bool = False,
+        attempts: int | None = None,
     ) -> AnnotationError:
-        """A failure row for this paper, with its attempts so far and the last answer."""
+        """A failure row, with the attempts so far and the last answer."""
         return AnnotationError(
             reason,
-            paper_id=paper.paper_id,
-            attempts=len(self._calls),
+            paper_id=paper.paper_id if paper is not None else None,
+            attempts=attempts if attempts is not None else len(self._calls),
             last_completion=self._last_body(),
             retryable=retryable,
         )
@@ -334,10 +385,9 @@ class LLMAnnotator(LLMConfig):
     def _last_body(self) -> str | None:
         return self._calls[-1].response_body if self._calls else None
 
-    def _failure(
-        self, error: pydantic.ValidationError | None, attempts: int, paper: PaperInput
-    ) -> AnnotationError:
-        if error is None:
+    def _failure(self, error: AnnotationError | None, paper: PaperInput) -> AnnotationError:
+        attempts = self.max_reasks + 1
+        if not isinstance(error, ValidationFailed):
             # A 200 without a usable choice is the server's fault: worth asking again later.
             return AnnotationError(
                 f"{self.host} sent a 200 with no usable choice (after {attempts} attempts)",
@@ -346,7 +396,7 @@ class LLMAnnotator(LLMConfig):
                 last_completion=self._last_body(),
                 retryable=True,
             )
-        reason = " ".join(format_validation_error(error).split())[:2000]
+        reason = " ".join(error.reason.split())[:2000]
         return ValidationFailed(
             f"no valid annotation after {attempts} attempts; last error: {reason}",
             paper_id=paper.paper_id,
@@ -360,45 +410,6 @@ def _function_call(message: Any) -> ChatCompletionMessageFunctionToolCall | None
         if isinstance(call, ChatCompletionMessageFunctionToolCall):
             return call
     return None
-
-
-_FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
-
-
-def answer_text(mode: str, message: Any) -> str:
-    """The JSON text of an answer: the function's arguments (tools mode), else the
-    message's content, out of a fenced block if it has one, from its first ``{`` to its
-    last ``}`` if there is text around it."""
-    if mode == "tools" and (call := _function_call(message)) is not None:
-        return call.function.arguments
-    text = str(getattr(message, "content", None) or "")
-    if mode in ("json", "md_json"):
-        if (fenced := _FENCED.search(text)) is not None:
-            text = fenced.group(1)
-        start, end = text.find("{"), text.rfind("}")
-        if 0 <= start < end:
-            text = text[start : end + 1]
-    return text
-
-
-def _completion(raw: bytes) -> ChatCompletion | None:
-    """The ChatCompletion in a 200's body, validated by pydantic's JSON parser.
-
-    A server whose answer does not fit the schema exactly (a field left out, a
-    finish_reason of its own) gets openai's lenient construction, as ``create`` does.
-    None if the body is not a JSON object at all.
-    """
-    try:
-        return ChatCompletion.model_validate_json(raw)
-    except pydantic.ValidationError:
-        pass
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        return None
-    return ChatCompletion.construct(**data)
 
 
 def _is_context_overflow(exc: openai.APIStatusError) -> bool:

@@ -13,7 +13,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlparse
 
 import httpx2
@@ -24,6 +23,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from ...retry_after import retry_after_seconds
 from .records import CallRecord, RequestTemplate
 from .throttle import Throttle
 
@@ -92,14 +92,8 @@ def server_wait(headers: httpx2.Headers) -> float | None:
                 return value
         except ValueError:
             pass
-    if (ra := headers.get("retry-after")) is not None:
-        try:
-            return max(float(ra), 0.0)
-        except ValueError:
-            try:
-                return max((parsedate_to_datetime(ra) - datetime.now(UTC)).total_seconds(), 0.0)
-            except (TypeError, ValueError):
-                pass
+    if (ra := retry_after_seconds(headers.get("retry-after"))) is not None:
+        return ra
     resets = [
         d
         for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
@@ -125,6 +119,9 @@ def _summarise_response(record: CallRecord, body: bytes) -> None:
     if isinstance(usage, dict):
         record.prompt_tokens = usage.get("prompt_tokens")
         record.completion_tokens = usage.get("completion_tokens")
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            record.cached_tokens = details.get("cached_tokens")
     choices = data.get("choices") or []
     if choices and isinstance(choices[0], dict):
         record.finish_reason = choices[0].get("finish_reason")

@@ -1,6 +1,6 @@
 """What ``--annotator llm`` is, without the client that calls it.
 
-The settings (validated), the prompt and its version, the output schema, prices and
+The settings (validated), the prompt and its version, the output schema, the requests and
 token estimates: everything a run needs to know about the annotator before and
 without talking to a server (``--dry-run`` needs nothing more);
 :class:`papertag.annotators.llm.annotator.LLMAnnotator` adds the client.
@@ -8,84 +8,33 @@ without talking to a server (``--dry-run`` needs nothing more);
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import os
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from openai.types.chat import ChatCompletion
+
 from ...errors import ConfigError
-from ...schema import Annotation
 from ...taxonomy import FIELDS, Taxonomy, content_hash, load_taxonomy, prompts_dir
-from ..base import DEFAULT_CONCURRENCY, PaperInput
+from ..base import DEFAULT_CONCURRENCY, MAX_PAPERS_PER_CALL, PaperInput
+from .answers import SCHEMA_NAME, PaperAnswer, function_schema, parse_answers
 
 #: Longest abstract sent to a model; longer ones are cut and the prompt says so.
 MAX_ABSTRACT_CHARS = 20_000
 #: Completion size of a typical full answer (three fields, evidence quotes), for estimates.
 TYPICAL_COMPLETION_TOKENS = 300
-#: USD per million (prompt, completion) tokens; override with PAPERTAG_PRICES='{"model": [in, out]}'.
-PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-5": (1.25, 10.00),
-    "gpt-5-mini": (0.25, 2.00),
-    "gpt-5-nano": (0.05, 0.40),
-}
-
-
-def price_for(model: str) -> tuple[float, float] | None:
-    return _price_for(model, os.environ.get("PAPERTAG_PRICES"))
-
-
-#: The suffix of a dated snapshot of a model: -2024-08-06, -0613.
-_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})")
-
-
-@functools.lru_cache(maxsize=64)
-def _price_for(model: str, override: str | None) -> tuple[float, float] | None:
-    # Cached by the variable's text: asked for every call's cost, it parses once per value.
-    prices = dict(PRICES)
-    if override:
-        try:
-            prices.update({k: (float(v[0]), float(v[1])) for k, v in json.loads(override).items()})
-        except (ValueError, TypeError, IndexError, AttributeError):
-            raise ConfigError(
-                'PAPERTAG_PRICES must be JSON like {"model": [usd_per_1M_in, usd_per_1M_out]}'
-            ) from None
-    if model in prices:
-        return prices[model]
-    # Dated snapshots (gpt-4o-2024-08-06, gpt-4-0613) cost what their family costs; any other
-    # suffix is another model (gpt-4o-minii is a typo, not gpt-4o).
-    for name in prices:
-        if model.startswith(name) and _SNAPSHOT.fullmatch(model[len(name) :]):
-            return prices[name]
-    return None
-
-
-def estimate_cost(
-    model: str, prompt_tokens: int | None, completion_tokens: int | None
-) -> float | None:
-    price = price_for(model)
-    if price is None or prompt_tokens is None:
-        return None
-    return (prompt_tokens * price[0] + (completion_tokens or 0) * price[1]) / 1_000_000
 
 
 #: The structured-output modes: a function tool, OpenAI's json_schema response format, a
 #: JSON object (with the schema for servers that constrain decoding by it), or JSON in a
 #: fenced block of plain text. The schema is in the prompt too in the last two.
 MODE_NAMES = ("tools", "json_schema", "json", "md_json")
-#: The function (tools) or schema (json_schema) the model answers with.
-SCHEMA_NAME = "Annotation"
-SCHEMA_DESCRIPTION = "The labels of one paper: technique, modality and target_metric."
 
 
 def _load_template(name: str) -> str:
@@ -96,7 +45,7 @@ def _load_template(name: str) -> str:
         raise ConfigError(f"{path}: cannot read prompt template: {exc.strerror}") from None
 
 
-_DELIMS = re.compile(r"</?\s*(paper|title|abstract)\s*>", re.IGNORECASE)
+_DELIMS = re.compile(r"</?\s*(paper|title|abstract)\b[^<>]*>", re.IGNORECASE)
 
 
 def _as_data(text: str) -> str:
@@ -107,29 +56,41 @@ def _as_data(text: str) -> str:
 @dataclass(frozen=True)
 class Prompt:
     system: str
-    user: str
+    #: One paper's block of the user message; a call's message is its papers' blocks.
+    paper: str
     version: str
 
     @classmethod
     def load(cls, taxonomy: Taxonomy) -> Prompt:
-        system, user = _load_template("annotate.system.txt"), _load_template("annotate.user.txt")
-        version = content_hash(f"{system}\0{user}".encode())
-        return cls(system, user, version)
+        system, paper = _load_template("annotate.system.txt"), _load_template("annotate.user.txt")
+        version = content_hash(f"{system}\0{paper}".encode())
+        return cls(system, paper, version)
 
     def system_text(self, taxonomy: Taxonomy) -> str:
-        """The system message: the same for every paper, so render it once per annotator."""
+        """The system message: the same for every call, so render it once per annotator."""
         fields_text = []
         for f in FIELDS:
             spec = taxonomy.fields[f]
             lines = [f"{f} ({spec.description}):"]
-            lines += [f"  - {lab.id}: {lab.definition}" for lab in spec.labels.values()]
+            lines += [f"- {lab.id}: {lab.definition}" for lab in spec.labels.values()]
             fields_text.append("\n".join(lines))
         return string.Template(self.system).safe_substitute(fields="\n\n".join(fields_text))
 
-    def user_text(self, title: str, abstract: str) -> str:
-        return string.Template(self.user).safe_substitute(
-            title=_as_data(title), abstract=_as_data(abstract)
+    def user_text(self, papers: Sequence[PaperInput]) -> str:
+        """The user message: the papers, numbered 1..K in the order given."""
+        template = string.Template(self.paper)
+        return "".join(
+            template.safe_substitute(
+                number=number, title=_as_data(p.title), abstract=_as_data(_cut(p.abstract))
+            )
+            for number, p in enumerate(papers, start=1)
         )
+
+
+def _cut(abstract: str) -> str:
+    if len(abstract) > MAX_ABSTRACT_CHARS:
+        return abstract[:MAX_ABSTRACT_CHARS] + " [abstract truncated by papertag]"
+    return abstract
 
 
 def _default_mode(base_url: str | None) -> str:
@@ -140,26 +101,6 @@ def _default_mode(base_url: str | None) -> str:
     ):
         return "tools"
     return "json"
-
-
-def constrained_schema(taxonomy: Taxonomy) -> dict[str, Any]:
-    """Annotation's JSON schema, inlined, with the allowed ids of each field as an enum.
-
-    The pydantic schema shares one ``Label`` definition across fields; a grammar-
-    constrained server can only keep ids valid if each field lists its own.
-    """
-    schema = Annotation.model_json_schema()
-    defs = schema.pop("$defs", {})
-    label = {k: v for k, v in defs["Label"].items() if k != "title"}
-    for f in FIELDS:
-        prop = schema["properties"][f]
-        item = json.loads(json.dumps(label))
-        item["properties"]["id"]["enum"] = list(taxonomy.ids(f))
-        prop["items"] = item
-    cand = json.loads(json.dumps({k: v for k, v in defs["Candidate"].items() if k != "title"}))
-    cand["properties"]["id"]["enum"] = sorted({i for f in FIELDS for i in taxonomy.ids(f)})
-    schema["properties"]["candidates"]["items"] = cand
-    return schema
 
 
 def _schema_in_prompt(mode: str, schema: dict[str, Any]) -> str:
@@ -175,7 +116,12 @@ def _schema_in_prompt(mode: str, schema: dict[str, Any]) -> str:
 
 
 class LLMConfig:
-    """The settings of ``--annotator llm``, checked; its prompt, schema and estimates."""
+    """The settings of ``--annotator llm``, checked; its prompt, schema, requests and estimates.
+
+    Everything here works without a client: :meth:`build_request` gives the body a call
+    sends and :meth:`parse_answers` reads each paper's result out of the answer, for a
+    live call and for a batch file alike.
+    """
 
     name = "llm"
 
@@ -194,6 +140,7 @@ class LLMConfig:
         concurrency: int = DEFAULT_CONCURRENCY,
         rpm: float | None = None,
         tpm: float | None = None,
+        papers_per_call: int = 1,
         taxonomy: Taxonomy | None = None,
     ) -> None:
         if not model:
@@ -204,9 +151,9 @@ class LLMConfig:
         self.taxonomy = taxonomy or load_taxonomy()
         self.prompt = Prompt.load(self.taxonomy)
         self.prompt_version = self.prompt.version
-        # Built once: the answer's schema, each field's ids listed as an enum.
-        self.output_schema = constrained_schema(self.taxonomy)
-        self._schema_chars = len(json.dumps(self.output_schema))
+        # Built once: the answer's function schema (instructor's), each field's ids an enum.
+        self.function = function_schema(self.taxonomy)
+        self.output_schema: dict[str, Any] = self.function["parameters"]
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         if self.base_url is not None:
             url = urlparse(self.base_url)
@@ -236,10 +183,19 @@ class LLMConfig:
         for name, value in (("--rpm", rpm), ("--tpm", tpm)):
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be more than 0")
+        if not 1 <= papers_per_call <= MAX_PAPERS_PER_CALL:
+            raise ConfigError(f"--papers-per-call must be 1 to {MAX_PAPERS_PER_CALL}")
+        self.papers_per_call = papers_per_call
         self.concurrency = concurrency
         self.rpm, self.tpm = rpm, tpm
         self.api_key_env = api_key_env
         self.host = urlparse(self.base_url).netloc if self.base_url else "api.openai.com"
+        # What every call sends besides its papers: the system message, and the schema as a
+        # parameter in tools and json_schema modes (json and md_json have it in the system
+        # message). For estimates: about four characters a token.
+        self._static_chars = len(self._system) + (
+            len(json.dumps(self.function)) if self.mode in ("tools", "json_schema") else 0
+        )
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> LLMConfig:
@@ -254,61 +210,85 @@ class LLMConfig:
             "seed": self.seed,
             "max_tokens": self.max_tokens,
             "max_reasks": self.max_reasks,
+            "papers_per_call": self.papers_per_call,
         }
 
     def output_options(self) -> dict[str, Any]:
-        """The arguments of ``chat.completions.create`` that ask for the mode's structured
-        output (besides the schema in the prompt of json and md_json)."""
+        """The request's keys that ask for the mode's structured output (besides the schema
+        in the prompt of json and md_json)."""
         if self.mode == "tools":
-            function = {
-                "name": SCHEMA_NAME,
-                "description": SCHEMA_DESCRIPTION,
-                "parameters": self.output_schema,
-            }
             return {
-                "tools": [{"type": "function", "function": function}],
+                "tools": [{"type": "function", "function": self.function}],
                 "tool_choice": {"type": "function", "function": {"name": SCHEMA_NAME}},
             }
         if self.mode == "json_schema":
             schema = {
                 "name": SCHEMA_NAME,
-                "description": SCHEMA_DESCRIPTION,
+                "description": self.function["description"],
                 "schema": self.output_schema,
             }
             return {"response_format": {"type": "json_schema", "json_schema": schema}}
         if self.mode == "json":
             # llama.cpp's server constrains output by a schema given inside json_object
-            # (it refuses OpenAI's json_schema type); servers that don't know the key ignore
-            # it. Not a type openai's parameters know: sent as extra_body.
-            return {
-                "extra_body": {
-                    "response_format": {"type": "json_object", "schema": self.output_schema}
-                }
-            }
+            # (it refuses OpenAI's json_schema type); servers that don't know the key ignore it.
+            return {"response_format": {"type": "json_object", "schema": self.output_schema}}
         return {}
 
-    def estimate_tokens(self, paper: PaperInput) -> tuple[int, int]:
-        """(prompt, completion) tokens one first attempt will likely use, for --dry-run/--max-cost.
+    # -- requests -------------------------------------------------------------------------
+    def request(self, messages: list[dict[str, Any]], papers: int) -> dict[str, Any]:
+        """The JSON body of a chat completion with these messages, for this many papers
+        (the answer may take ``max_tokens`` for each). What is the same for every call
+        comes first, the messages last (the papers last in them)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens * papers,
+        }
+        if self.seed is not None:
+            body["seed"] = self.seed
+        return {**body, **self.output_options(), "messages": messages}
 
-        About four characters a token for the prompt (messages, and the schema sent as a
-        parameter beside them); the completion is a full answer of a typical size, capped
-        by max_tokens.
-        """
-        chars = sum(len(m["content"]) for m in self._messages(paper))
-        # tools and json_schema send the schema as a parameter (counted as prompt tokens);
-        # json and md_json have it in the system message.
-        chars += self._schema_chars if self.mode in ("tools", "json_schema") else 0
-        return chars // 4 + 8, min(self.max_tokens, TYPICAL_COMPLETION_TOKENS)
-
-    def messages(self, paper: PaperInput) -> list[dict[str, str]]:
-        """The chat messages of a paper's first ask (vLLM in Ray workers sends these too)."""
-        return self._messages(paper)
-
-    def _messages(self, paper: PaperInput) -> list[dict[str, str]]:
-        abstract = paper.abstract
-        if len(abstract) > MAX_ABSTRACT_CHARS:
-            abstract = abstract[:MAX_ABSTRACT_CHARS] + " [abstract truncated by papertag]"
+    def messages(self, papers: Sequence[PaperInput]) -> list[dict[str, Any]]:
+        """A first ask's messages: the system message (the same for every call of a run,
+        so a provider serves it from its prompt cache), then the papers."""
         return [
             {"role": "system", "content": self._system},
-            {"role": "user", "content": self.prompt.user_text(paper.title, abstract)},
+            {"role": "user", "content": self.prompt.user_text(papers)},
         ]
+
+    def build_request(self, papers: Sequence[PaperInput]) -> dict[str, Any]:
+        """The JSON body of the first ask for these papers (numbered 1..K as given):
+        exactly what a live call POSTs to ``/v1/chat/completions``, and what a batch file
+        holds for the same papers. Plain JSON types; the static part (system message,
+        tools or schema) is byte-identical for every call of a run."""
+        return self.request(self.messages(papers), len(papers))
+
+    def parse_answers(
+        self,
+        papers: Sequence[PaperInput],
+        completion: ChatCompletion | dict[str, Any] | bytes | str,
+    ) -> list[PaperAnswer]:
+        """One :class:`PaperAnswer` per paper of ``build_request(papers)``'s call, in order,
+        from that call's completion (or its JSON body): each entry validated on its own
+        against its paper's text. Never raises for a bad answer."""
+        return parse_answers(
+            papers,
+            completion,
+            mode=self.mode,
+            taxonomy=self.taxonomy,
+            max_tokens=self.max_tokens * len(papers),
+        )
+
+    def estimate_tokens(self, paper: PaperInput) -> tuple[int, int]:
+        """(prompt, completion) tokens one paper's first ask will likely use, for --dry-run
+        and --max-cost: its share of a call of ``papers_per_call`` papers.
+
+        About four characters a token (the messages, and the schema sent as a parameter
+        beside them); the completion is a full answer of a typical size, capped by
+        max_tokens.
+        """
+        own = len(self.prompt.user_text([paper]))
+        return (
+            (self._static_chars // self.papers_per_call + own) // 4 + 8,
+            min(self.max_tokens, TYPICAL_COMPLETION_TOKENS),
+        )

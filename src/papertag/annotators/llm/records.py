@@ -37,6 +37,10 @@ class CallRecord:
     replay_of: int | None = None
     #: Set when ``request_body`` holds only what lies between this template's head and tail.
     request_template: str | None = None
+    #: Prompt tokens the provider served from its prompt cache (part of prompt_tokens).
+    cached_tokens: int | None = None
+    #: The papers the request carried, in the order of their numbers in it.
+    paper_ids: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ def call_row(
     run_id: str,
     annotator: Any,
     options: str,
-    paper_id: str,
+    paper_id: str | None,
     annotation: str | None,
     r: CallRecord,
 ) -> dict[str, Any]:
@@ -102,4 +106,6 @@ def call_row(
         "call_uid": r.call_uid,
         "replay_of": r.replay_of,
         "request_template": r.request_template,
+        "cached_tokens": r.cached_tokens,
+        "paper_ids": r.paper_ids,
     }
