@@ -47,7 +47,7 @@ from papertag.ingest import Entry, FileReport, parse_file, write_entries  # noqa
 DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
 CONCURRENCY = 32
 ACTORS = 2
-SHARD = 250
+SHARD = 125
 LATENCY = 0.2
 
 

@@ -20,7 +20,7 @@ from .writer import TABLES, Rows
 
 #: Papers per shard: the unit of work of an actor, of the files, and of what a killed
 #: driver loses (the shards in flight).
-DEFAULT_SHARD_SIZE = 256
+DEFAULT_SHARD_SIZE = 128
 #: Actors (each one LLMAnnotator) unless told otherwise; --concurrency is shared among them.
 DEFAULT_ACTORS = 2
 
