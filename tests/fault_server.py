@@ -340,6 +340,8 @@ class FaultServer:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 lines = head.decode("latin-1").split("\r\n")
+                method, _, rest = lines[0].partition(" ")
+                path = rest.rpartition(" ")[0] or rest
                 headers = {
                     k.strip().lower(): v.strip()
                     for k, _, v in (line.partition(":") for line in lines[1:] if line)
@@ -348,6 +350,10 @@ class FaultServer:
                     raw = await reader.readexactly(int(headers.get("content-length", 0)))
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return  # the client died while sending (the benchmark's kill -9)
+                other = self.endpoint(method, path, headers, raw)
+                if other is not None:
+                    await self._send(writer, other, {})
+                    continue
                 request = json.loads(raw) if raw else {}
                 self.count += 1
                 self.bodies[hashlib.sha256(raw).hexdigest()] += 1
@@ -378,29 +384,40 @@ class FaultServer:
                 finally:
                     self.in_flight -= 1
                 self.statuses[0 if reply.drop else reply.status] += 1
-                if reply.drop:
-                    writer.transport.abort()
-                    return
-                body = (
-                    reply.body
-                    if isinstance(reply.body, bytes)
-                    else json.dumps(reply.body or {}).encode()
-                )
-                out = [
-                    f"HTTP/1.1 {reply.status} X",
-                    "content-type: application/json",
-                    f"content-length: {len(body) + (100 if reply.truncate else 0)}",
-                ]
-                out += [f"{k}: {v}" for k, v in {**limit_headers, **reply.headers}.items()]
-                writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + body)
-                self.last_at = time.monotonic()
-                await writer.drain()
-                if reply.truncate:
-                    writer.close()
+                if not await self._send(writer, reply, limit_headers):
                     return
         finally:
             if not writer.is_closing():
                 writer.close()
+
+    def endpoint(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> Reply | None:
+        """The answer of an endpoint other than chat completions (a subclass serves
+        ``/v1/files`` and ``/v1/batches``); None: the request is a chat completion."""
+        return None
+
+    async def _send(
+        self, writer: asyncio.StreamWriter, reply: Reply, extra: dict[str, str]
+    ) -> bool:
+        """Write one answer; False when the connection is closed after it."""
+        if reply.drop:
+            writer.transport.abort()
+            return False
+        body = (
+            reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body or {}).encode()
+        )
+        headers = {"content-type": "application/json", **extra, **reply.headers}
+        out = [
+            f"HTTP/1.1 {reply.status} X",
+            f"content-length: {len(body) + (100 if reply.truncate else 0)}",
+        ]
+        out += [f"{k}: {v}" for k, v in headers.items()]
+        writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + body)
+        self.last_at = time.monotonic()
+        await writer.drain()
+        if reply.truncate:
+            writer.close()
+            return False
+        return True
 
     # -- lifecycle -----------------------------------------------------------------
     def _run(self) -> None:

@@ -14,7 +14,7 @@ from ..annotators import (
     PaperInput,
     resolve_annotator,
 )
-from ..annotators.llm.prices import estimate_cost
+from ..annotators.llm.prices import BATCH_DISCOUNT, estimate_cost
 from ..db import Store
 from .pending import Pending, paper_input, pending_papers
 
@@ -33,6 +33,9 @@ class Estimate:
     cost_usd: float | None
     #: With ``max_cost``: about how many of the papers it lets start (None: no limit or price).
     within_budget: int | None = None
+    #: ``--annotator cascade``: the share it would send
+    #: (:class:`papertag.annotate.cascade.CascadeSummary`).
+    cascade: Any = None
 
 
 def _estimate_paper(ann: AnnotatorInfo, paper: Pending) -> tuple[int, int]:
@@ -53,18 +56,32 @@ def estimate(
     retry_failed: bool = False,
     max_cost: float | None = None,
     paper_ids: Iterable[str] | None = None,
+    batch: bool = False,
     **options: Any,
 ) -> Estimate:
     """How many papers a run would send, and their estimated tokens and cost.
 
     With ``max_cost``, also about how many of them the budget lets start: each paper
     while the estimated spend so far plus its own likely cost (a fifth over its
-    estimate, as the run reserves) fits.
+    estimate, as the run reserves) fits. ``batch``: at the Batch API's price. For
+    ``cascade``, the LLM's share: the learned model labels the papers in memory (nothing
+    is stored) to find the doubtful ones, and ``cascade`` holds the share and the saving.
     """
     store = db if isinstance(db, Store) else Store(db)
     # Estimates need the prompt and prices, not a client: no openai import, no connection.
     ann: AnnotatorInfo | None = None
     try:
+        if annotator == "cascade":
+            return _estimate_cascade(
+                store,
+                options,
+                limit=limit,
+                force=force,
+                retry_failed=retry_failed,
+                max_cost=max_cost,
+                paper_ids=list(paper_ids) if paper_ids is not None else None,
+                batch=batch,
+            )
         ann = resolve_annotator(annotator, options, client=False, store=store)
         todo, skipped = pending_papers(
             store,
@@ -86,6 +103,8 @@ def estimate(
                 if room:
                     spent, within = spent + one, within + 1
         cost = 0.0 if not prompt else estimate_cost(ann.model, prompt, completion)
+        if batch and cost is not None:
+            cost *= BATCH_DISCOUNT
         within_budget = within if max_cost is not None and cost is not None else None
         return Estimate(
             ann.name, ann.model, len(todo), skipped, prompt, completion, cost, within_budget
@@ -97,8 +116,51 @@ def estimate(
             store.close()
 
 
+def _estimate_cascade(
+    store: Store,
+    options: dict[str, Any],
+    *,
+    limit: int | None,
+    paper_ids: list[str] | None,
+    batch: bool,
+    **run: Any,
+) -> Estimate:
+    from .cascade import CascadeSummary, doubtful_predicted, learned_annotator, scope, split_options
+
+    learned = learned_annotator(store, options)
+    ids = scope(store, limit, paper_ids)
+    sent = doubtful_predicted(store, learned, ids)
+    _, llm_opts = split_options(options)
+    est = estimate(store, "llm", paper_ids=sent, batch=batch, **run, **llm_opts)
+    kept = sorted(set(ids) - set(sent))
+    saved = (
+        estimate(store, "llm", paper_ids=kept, force=True, batch=batch, **llm_opts).cost_usd
+        if kept
+        else 0.0
+    )
+    est.annotator = "cascade"
+    est.cascade = CascadeSummary(len(ids), len(sent), saved)
+    return est
+
+
 #: --max-cost sets aside this much over a paper's likely cost while it is in flight.
 RESERVE_MARGIN = 1.2
+
+
+def batch_within(
+    ann: AnnotatorInfo, papers: Sequence[Pending], max_cost: float | None
+) -> Sequence[Pending]:
+    """The first of these papers whose likely cost at the Batch API's price (a fifth over
+    its estimate, as a live run reserves) fits in ``max_cost``: what one batch may carry."""
+    if max_cost is None:
+        return papers
+    spent = 0.0
+    for i, paper in enumerate(papers):
+        p, c = _estimate_paper(ann, paper)
+        spent += (estimate_cost(ann.model, p, c) or 0.0) * BATCH_DISCOUNT * RESERVE_MARGIN
+        if spent > max_cost:
+            return papers[:i]
+    return papers
 
 
 class Budget:

@@ -69,6 +69,14 @@ def pending_papers(
                 f"NOT EXISTS (SELECT 1 FROM annotation_failures WHERE {key} AND NOT retryable)"
             )
             filter_params += key_params
+    # A paper in a batch still open at the server is not sent again (its answer is paid for).
+    filters.append(
+        "NOT EXISTS (SELECT 1 FROM llm_batch_requests r JOIN llm_batches b USING (batch_uid) "
+        "WHERE r.paper_id = p.paper_id AND r.content_hash = p.content_hash "
+        "AND b.collected_at IS NULL AND b.annotator = ? AND b.model = ? "
+        "AND b.prompt_version = ? AND b.taxonomy_version = ?)"
+    )
+    filter_params += key_params
     text_cols = "p.title, p.abstract" if texts else "'', ''"
     sql = (
         f"SELECT p.paper_id, {text_cols}, p.content_hash FROM ({eligible_sql}) p "

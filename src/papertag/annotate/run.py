@@ -42,7 +42,7 @@ from ..annotators.llm.prices import price_for
 from ..db import Store
 from ..errors import AnnotationError, ConfigError
 from ..schema import Annotation
-from .budget import Budget
+from .budget import Budget, batch_within
 from .journal import Journal
 from .pending import Pending, load_texts, paper_input, pending_papers
 from .recovery import paid_calls, recover_journal, replay_index, save_template
@@ -81,6 +81,13 @@ class AnnotateReport:
     stopped: str | None = None
     #: Papers left for a later run (not started, or cut off by the stop).
     left: int = 0
+    #: What the Batch API side did (``--batch``, or batches of an earlier run collected):
+    #: a :class:`papertag.annotate.batch.BatchReport`.
+    batch: Any = None
+    #: ``--annotator cascade``: the share sent to the LLM and the cost saved
+    #: (:class:`papertag.annotate.cascade.CascadeSummary`), and the learned annotator's run.
+    cascade: Any = None
+    learned: Any = None
 
 
 @dataclass
@@ -176,15 +183,30 @@ def annotate_papers(
     max_cost: float | None = None,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[AnnotateReport], None] | None = None,
+    batch: bool = False,
+    wait: bool = False,
+    poll_every: float | None = None,
+    on_batches: Callable[[list[Any]], None] | None = None,
+    batch_hook: Callable[[str], None] | None = None,
     **options: Any,
 ) -> AnnotateReport:
     """Annotate every paper lacking an annotation for the annotator's current key.
 
-    ``annotator`` is a name (``rules``, ``llm``) or an annotator object; ``options``
-    go to its constructor (``model``, ``base_url``, ``concurrency``, ``rpm``, ...).
-    ``max_cost`` (USD) stops starting papers before the estimated spend would pass
-    it. ``on_start(total)`` and ``on_progress(report)`` let a caller draw progress.
-    Ctrl-C returns early with ``report.stopped == "interrupted"``; run again to resume.
+    ``annotator`` is a name (``rules``, ``learned``, ``llm``, ``cascade``) or an annotator
+    object; ``options`` go to its constructor (``model``, ``base_url``, ``concurrency``,
+    ``rpm``, ...). ``max_cost`` (USD) stops starting papers before the estimated spend
+    would pass it. ``on_start(total)`` and ``on_progress(report)`` let a caller draw
+    progress. Ctrl-C returns early with ``report.stopped == "interrupted"``; run again to
+    resume.
+
+    ``batch`` (``llm`` and ``cascade``) sends the papers through the server's Batch API
+    (:mod:`papertag.annotate.batch`) and returns once the batch is created, unless
+    ``wait``: then it polls every ``poll_every`` seconds (by the annotator's ``sleep``),
+    calling ``on_batches`` with the open batches after each poll, until every batch is
+    collected. Any LLM run first collects its batches that have ended. ``batch_hook(step)``
+    is called before each step of sending and collecting (``batch.STEPS``).
+    ``cascade`` (:mod:`papertag.annotate.cascade`) runs the learned annotator over every
+    paper and the LLM over the doubtful ones; ``learned_model`` names the learned model.
     """
     if limit is not None and limit < 0:
         raise ConfigError("--limit must be 0 or more")
@@ -192,8 +214,29 @@ def annotate_papers(
         raise ConfigError("--max-cost must be 0 or more")
     store: Store | None = None
     ann: AnnotatorInfo | None = None
+    ids = list(paper_ids) if paper_ids is not None else None
     try:
         store = db if isinstance(db, Store) else Store(db)
+        if annotator == "cascade":
+            return _cascade(
+                store,
+                options,
+                limit=limit,
+                paper_ids=ids,
+                batch=batch,
+                run=functools.partial(
+                    annotate_papers,
+                    store,
+                    force=force,
+                    retry_failed=retry_failed,
+                    on_start=on_start,
+                    on_progress=on_progress,
+                    poll_every=poll_every,
+                    on_batches=on_batches,
+                    batch_hook=batch_hook,
+                ),
+                llm_run={"max_cost": max_cost, "batch": batch, "wait": wait},
+            )
         ann = resolve_annotator(annotator, options, client=True, store=store)
         if (
             max_cost is not None
@@ -204,12 +247,43 @@ def annotate_papers(
                 f"--max-cost needs the price of {ann.model!r}: set PAPERTAG_PRICES="
                 f"'{{\"{ann.model}\": [usd_per_1M_prompt_tokens, usd_per_1M_completion_tokens]}}'"
             )
-        return _Run(store, ann, max_cost, on_start, on_progress).run(
-            limit=limit,
-            force=force,
-            retry_failed=retry_failed,
-            paper_ids=list(paper_ids) if paper_ids is not None else None,
-        )
+        run_store, run_ann = store, ann
+
+        def run(only: list[str] | None = None) -> AnnotateReport:
+            chosen = ids if only is None else [p for p in only if ids is None or p in set(ids)]
+            return _Run(run_store, run_ann, max_cost, on_start, on_progress).run(
+                limit=limit, force=force, retry_failed=retry_failed, paper_ids=chosen
+            )
+
+        is_llm = ann.name == "llm" and hasattr(ann, "client")
+        if (batch or wait) and not is_llm:
+            raise ConfigError("--batch and --wait need --annotator llm or cascade")
+        if is_llm:
+            from .batch import annotate_with_batches, has_open
+
+            if batch and force:
+                raise ConfigError("--batch cannot be combined with --force")
+            if batch or wait or has_open(store, ann):
+                report: AnnotateReport = annotate_with_batches(
+                    store,
+                    cast(Any, ann),
+                    run,
+                    submit=batch,
+                    wait=wait,
+                    pending=lambda: pending_papers(
+                        run_store,
+                        run_ann,
+                        retry_failed=retry_failed,
+                        limit=limit,
+                        paper_ids=ids,
+                    )[0],
+                    admit=lambda todo: batch_within(run_ann, todo, max_cost),
+                    hook=batch_hook,
+                    poll_every=poll_every,
+                    on_batches=on_batches,
+                )
+                return report
+        return run()
     finally:
         # Close only what we built (an LLM client's connections); a caller's annotator is theirs.
         if isinstance(annotator, str) and ann is not None:
@@ -232,6 +306,34 @@ def finish_run(store: Store, report: AnnotateReport) -> None:
         "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
         [_now(), report.done, report.skipped, report.failed, report.run_id],
     )
+
+
+def _cascade(
+    store: Store,
+    options: dict[str, Any],
+    *,
+    limit: int | None,
+    paper_ids: list[str] | None,
+    batch: bool,
+    run: Callable[..., AnnotateReport],
+    llm_run: dict[str, Any],
+) -> AnnotateReport:
+    """``--annotator cascade``: the learned annotator, then the LLM over the doubtful papers."""
+    from .budget import estimate
+    from .cascade import run_cascade, split_options
+
+    def one(name: str, ids: list[str], opts: dict[str, Any]) -> AnnotateReport:
+        extra = llm_run if name == "llm" else {}
+        return run(name, paper_ids=ids, **extra, **opts)
+
+    def cost(ids: list[str]) -> float | None:
+        _, llm_opts = split_options(options)
+        return estimate(store, "llm", paper_ids=ids, force=True, batch=batch, **llm_opts).cost_usd
+
+    report: AnnotateReport = run_cascade(
+        store, options, limit=limit, paper_ids=paper_ids, run=one, llm_cost=cost
+    )
+    return report
 
 
 class _Run:

@@ -34,6 +34,11 @@ class AnnotatorName(StrEnum):
     learned = "learned"
     rules = "rules"
     llm = "llm"
+    cascade = "cascade"
+
+
+#: The annotators that call a model server (and take the llm options).
+_CALLS_LLM = (AnnotatorName.llm, AnnotatorName.cascade)
 
 
 class Engine(StrEnum):
@@ -52,7 +57,9 @@ def annotate(
             "--annotator",
             "-a",
             help="Which annotator: `learned` (a local model trained on labelled papers) and "
-            "`rules` (keyword patterns) are offline and free; `llm` calls a model server.",
+            "`rules` (keyword patterns) are offline and free; `llm` calls a model server; "
+            "`cascade` runs `learned` on every paper and `llm` only on those it is unsure of "
+            "(a label in the review band, or a field without a confident label).",
         ),
     ] = AnnotatorName.learned,
     limit: Annotated[
@@ -172,7 +179,8 @@ def annotate(
         bool,
         typer.Option(
             "--dry-run",
-            help="Print how many papers would be sent and their estimated tokens and cost; send nothing.",
+            help="Print how many papers would be sent and their estimated tokens and cost "
+            "(cascade: the share it would send); send nothing.",
         ),
     ] = False,
     engine: Annotated[
@@ -229,6 +237,34 @@ def annotate(
             rich_help_panel=SCALING,
         ),
     ] = None,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="llm, cascade: send the papers through the server's Batch API (OpenAI's, or "
+            "any server with /v1/files and /v1/batches) at half the price, answered within "
+            "24 hours. Exits once the batch is created; run the same command again (or add "
+            "--wait) to collect the answers. `papertag batches` lists batches.",
+        ),
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="llm, cascade: wait for this annotator's open batches to end, polling every "
+            "--poll-every seconds, and collect them.",
+        ),
+    ] = False,
+    poll_every: Annotated[
+        float, typer.Option(help="With --wait: seconds between two polls of a batch.", min=0)
+    ] = 30.0,
+    learned_model: Annotated[
+        str | None,
+        typer.Option(
+            help="cascade: the learned annotator's model (as --model is for --annotator learned).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Label every paper that lacks an annotation for the annotator's current key.
 
@@ -241,12 +277,23 @@ def annotate(
     journaled as they arrive: if a run is killed (or stopped with Ctrl-C), run the
     same command again and it resumes without paying twice for what it already got.
 
+    `--batch` sends the papers as one batch of the Batch API instead: its file and batch
+    ids are stored before each next step, so a killed run never sends a paper twice, and
+    every answer is validated as a live one is (what fails is asked again live, what got
+    no answer goes into a follow-up batch).
+
     `--engine ray` runs the same annotator on a Ray cluster (see "Scaling out" in the
     README): the same keys and llm_calls rows; a killed run, run again, loads the shards
     it finished and redoes only those it had in flight.
     """
+    if (batch or wait) and annotator not in _CALLS_LLM:
+        raise fail("--batch and --wait apply to --annotator llm and cascade only", 2)
+    if learned_model and annotator is not AnnotatorName.cascade:
+        raise fail("--learned-model applies to --annotator cascade only", 2)
     if engine is Engine.ray and annotator is not AnnotatorName.llm:
         raise fail("--engine ray runs --annotator llm only", 2)
+    if engine is Engine.ray and (batch or wait):
+        raise fail("--batch and --wait use the Batch API, not --engine ray", 2)
     if engine is Engine.local and (ray_address or vllm_model or vllm_config):
         raise fail("--ray-address, --vllm-model and --vllm-config need --engine ray", 2)
     options = _annotator_options(
@@ -262,6 +309,7 @@ def annotate(
         tpm=tpm,
         timeout=timeout,
         max_cost=max_cost,
+        learned_model=learned_model,
     )
     store = open_store()
     paper_ids: list[str] | None = None
@@ -281,6 +329,7 @@ def annotate(
                     retry_failed=retry_failed,
                     max_cost=max_cost,
                     paper_ids=paper_ids,
+                    batch=batch,
                     **options,
                 )
             )
@@ -298,8 +347,10 @@ def annotate(
             f"dry run, nothing sent: {est.papers} papers would be annotated by {est.annotator}/{est.model} "
             f"({est.skipped} already done); about {est.prompt_tokens:,} prompt + "
             f"{est.completion_tokens:,} completion tokens on first attempts; estimated cost {cost}"
-            f"{budget}"
+            f"{' at the Batch API price' if batch else ''}{budget}"
         )
+        if est.cascade is not None:
+            out.print(_cascade_line(est.cascade, sent_word="would send"))
         return
     with store, progress_bar(f"annotate ({annotator.value})", None) as (progress, task):
 
@@ -316,17 +367,35 @@ def annotate(
                 parts.append(f"[red]failed {r.failed}[/]")
             progress.update(task, completed=r.done + r.failed, extra=" · ".join(parts))
 
+        def polled(batches: list[Any]) -> None:
+            if batches:
+                done = sum(b.completed or 0 for b in batches)
+                total = sum(b.requests for b in batches)
+                states = ", ".join(sorted({b.status for b in batches}))
+                progress.update(
+                    task,
+                    description=f"{len(batches)} batch(es) {states}",
+                    total=total,
+                    completed=done,
+                    extra=f"next poll in {poll_every:g}s" if wait else "",
+                )
+
         if engine is Engine.ray:
             from ..annotate.ray_engine import annotate_on_ray
 
-            annotate_with: Any = functools.partial(
-                annotate_on_ray,
-                address=ray_address,
-                actors=ray_actors,
-                shard_size=shard_size,
-                vllm_model=vllm_model,
-                vllm_config=vllm_config,
-            )
+            def annotate_with(db: Any, **kw: Any) -> AnnotateReport:
+                for name in ("batch", "wait", "poll_every", "on_batches"):
+                    kw.pop(name)  # the Batch API's: refused with --engine ray above
+                return annotate_on_ray(
+                    db,
+                    address=ray_address,
+                    actors=ray_actors,
+                    shard_size=shard_size,
+                    vllm_model=vllm_model,
+                    vllm_config=vllm_config,
+                    **kw,
+                )
+
         else:
             annotate_with = functools.partial(run_annotate, annotator=annotator.value)
         report = guard(
@@ -339,6 +408,10 @@ def annotate(
                 paper_ids=paper_ids,
                 on_start=start,
                 on_progress=step,
+                batch=batch,
+                wait=wait,
+                poll_every=poll_every,
+                on_batches=polled,
                 **options,
             )
         )
@@ -375,6 +448,10 @@ def annotate(
         if report.recovered:
             usage += f", {report.recovered} journaled calls recovered into llm_calls"
         out.print(f"[dim]{usage}[/]")
+    if report.batch is not None:
+        _print_batches(report.batch, wait=wait)
+    if report.cascade is not None:
+        out.print(_cascade_line(report.cascade, sent_word="sent"))
     _print_failures(report)
     if report.stopped == "interrupted":
         err.print(
@@ -394,6 +471,46 @@ def annotate(
         raise typer.Exit(0)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _cascade_line(summary: Any, *, sent_word: str) -> str:
+    saved = (
+        "cost saved unknown (no price for this model)"
+        if summary.saved_usd is None
+        else f"about ${summary.saved_usd:,.4f} saved on the others"
+    )
+    return (
+        f"cascade {sent_word} {summary.sent} of {summary.papers} papers to the LLM "
+        f"({summary.share:.0%}); the learned annotator's labels stand for the rest: {saved}"
+    )
+
+
+def _print_batches(report: Any, *, wait: bool) -> None:
+    """What the Batch API side did, and how to collect what is still out."""
+    for b in report.submitted:
+        out.print(
+            f"sent batch {b.batch_id or b.batch_uid}: {b.papers} papers in {b.requests} requests "
+            f"({b.status})"
+        )
+    if report.collected:
+        cost = f", ${report.cost_usd:,.4f} at the batch price" if report.cost_usd else ""
+        out.print(
+            f"collected {len(report.collected)} batch(es): {report.answers} answers, "
+            f"{report.prompt_tokens:,} prompt + {report.completion_tokens:,} completion tokens"
+            f"{cost}; {report.unanswered} requests without an answer go again"
+        )
+    if report.held_back:
+        err.print(
+            f"[yellow]--max-cost[/]: {report.held_back} papers not sent in a batch this run "
+            "(their estimated cost at the batch price would pass it)"
+        )
+    if report.waiting:
+        ids = ", ".join(b.batch_id or b.batch_uid for b in report.waiting)
+        hint = "" if wait else "; run the same command again to collect them (or add --wait)"
+        out.print(
+            f"{len(report.waiting)} batch(es) still at the server ({ids}): their papers are not "
+            f"sent again{hint}. `papertag batches` shows them."
+        )
 
 
 def _print_failures(report: AnnotateReport) -> None:
@@ -419,8 +536,25 @@ def _annotator_options(
     timeout: float,
     max_cost: float | None,
     papers_per_call: int = 1,
+    learned_model: str | None = None,
 ) -> dict[str, Any]:
     """The annotator's own options, from annotate's (those of another annotator refused)."""
+    if annotator is AnnotatorName.cascade:
+        llm = _annotator_options(
+            AnnotatorName.llm,
+            model=model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            mode=mode,
+            max_reasks=max_reasks,
+            concurrency=concurrency,
+            rpm=rpm,
+            tpm=tpm,
+            timeout=timeout,
+            max_cost=max_cost,
+            papers_per_call=papers_per_call,
+        )
+        return {**llm, **({"learned_model": learned_model} if learned_model else {})}
     if annotator is AnnotatorName.llm:
         return {
             "model": model,
@@ -500,8 +634,11 @@ def run(
     from ..ingest.pull import DEFAULT_BASE_URL
 
     params = _annotate_params(ctx)
-    if params["papers"] or params["dry_run"]:
-        raise fail("--paper and --dry-run are annotate's own; run annotates what is new", 2)
+    if params["papers"] or params["dry_run"] or params["batch"] or params["wait"]:
+        raise fail(
+            "--paper, --dry-run, --batch and --wait are annotate's own; run annotates what is new",
+            2,
+        )
     if params["engine"] != Engine.local:
         raise fail("--engine ray is annotate's own; run annotates with the local engine", 2)
     annotator = AnnotatorName(params["annotator"])
@@ -511,7 +648,7 @@ def run(
             k: params[k]
             for k in (
                 *("model", "base_url", "api_key_env", "mode", "max_reasks", "concurrency"),
-                *("papers_per_call", "rpm", "tpm", "timeout", "max_cost"),
+                *("papers_per_call", "rpm", "tpm", "timeout", "max_cost", "learned_model"),
             )
         },
     )
@@ -724,3 +861,79 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         )
     out.print(t)
     out.print("[dim]technique, modality, target_metric: cross-validated micro-F1[/]")
+
+
+# -------------------------------------------------------------------- batches
+batches_cli = typer.Typer(
+    help="The Batch API batches of `annotate --batch`: list them, or cancel one.",
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(batches_cli, name="batches")
+
+
+@batches_cli.callback(invoke_without_command=True)
+def batches(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the batches this database sent, newest first, with their status and counts as
+    last seen (`annotate --batch` or `--wait` asks the server again). Subcommand: `cancel ID`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..annotate.batch import list_batches
+
+    store = open_store(read_only=True)
+    with store:
+        rows = guard(lambda: list_batches(store))
+    if as_json:
+        out.print_json(
+            json.dumps(
+                [
+                    {
+                        **{k: v for k, v in vars(b).items() if not k.endswith("_at")},
+                        "created_at": b.created_at.isoformat(),
+                        "collected_at": b.collected_at.isoformat() if b.collected_at else None,
+                    }
+                    for b in rows
+                ]
+            )
+        )
+        return
+    if not rows:
+        out.print("no batches (send some with `papertag annotate --annotator llm --batch`)")
+        return
+    table = Table("batch", "model", "status", "requests", "done", "failed", "created", "collected")
+    for b in rows:
+        table.add_row(
+            b.batch_id or b.batch_uid,
+            b.model,
+            b.status + (f" ({b.error})" if b.error else ""),
+            str(b.requests),
+            "" if b.completed is None else str(b.completed),
+            "" if b.failed is None else str(b.failed),
+            b.created_at.strftime("%Y-%m-%d %H:%M"),
+            b.collected_at.strftime("%Y-%m-%d %H:%M") if b.collected_at else "open",
+        )
+    out.print(table)
+
+
+@batches_cli.command("cancel")
+def batches_cancel(
+    batch_id: Annotated[str, typer.Argument(help="The batch's id (`papertag batches`).")],
+    api_key_env: Annotated[
+        str,
+        typer.Option(help="Environment variable holding the API key (a local server needs none)."),
+    ] = "OPENAI_API_KEY",
+) -> None:
+    """Ask the server to cancel a batch. Its answers so far are kept and stored by the
+    next `annotate` run; its other papers go back to the queue."""
+    from ..annotate.batch import cancel_batch
+
+    store = open_store()
+    with store:
+        info = guard(lambda: cancel_batch(store, batch_id, api_key_env=api_key_env))
+    out.print(
+        f"batch {info.batch_id or info.batch_uid}: {info.status}; the next `papertag annotate` "
+        "of this annotator collects what it finished and queues the rest again"
+    )

@@ -493,3 +493,101 @@ def m015_call_usage_and_papers(con: duckdb.DuckDBPyConnection) -> None:
         LEFT JOIN llm_request_templates t ON t.template_id = c.request_template;
         """
     )
+
+
+@migration
+def m016_llm_batches(con: duckdb.DuckDBPyConnection) -> None:
+    # Batches sent to a server's Batch API (`annotate --batch`). Each step's id is written
+    # before the next step starts (file uploaded, batch created), so a run killed at any
+    # point knows on its next start what the server already has, and never sends a paper
+    # again while a batch holding it is open. A batch is closed (collected_at) in the same
+    # transaction that stores its answers as llm_call_rows.
+    con.execute(
+        """
+        CREATE TABLE llm_batches (
+            batch_uid VARCHAR PRIMARY KEY,     -- ours: in the file's name and the batch's metadata
+            annotator VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            host VARCHAR NOT NULL,
+            base_url VARCHAR,                  -- where to ask about it (NULL: OpenAI's)
+            prompt_version VARCHAR NOT NULL,
+            taxonomy_version VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            requests INTEGER NOT NULL,
+            papers INTEGER NOT NULL,
+            -- prepared, uploaded, then the server's: validating, in_progress, finalizing,
+            -- cancelling, completed, expired, failed, cancelled
+            status VARCHAR NOT NULL,
+            input_file_id VARCHAR,
+            batch_id VARCHAR,
+            output_file_id VARCHAR,
+            error_file_id VARCHAR,
+            completed INTEGER,
+            failed INTEGER,
+            error VARCHAR,
+            run_id VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL,
+            collected_at TIMESTAMP
+        );
+        -- The papers of each request line (one, or several in a call of --papers-per-call).
+        CREATE TABLE llm_batch_requests (
+            batch_uid VARCHAR NOT NULL,
+            custom_id VARCHAR NOT NULL,
+            position INTEGER NOT NULL,         -- the paper's number in its request, from 0
+            paper_id VARCHAR NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            request_hash VARCHAR NOT NULL,
+            -- the llm_call_rows row its answer was stored as, once collected
+            call_uid VARCHAR,
+            -- when its papers' results (or, without an answer, their return to the queue)
+            -- were committed
+            settled_at TIMESTAMP
+        );
+        """
+    )
+
+
+@migration
+def m017_final_labels_prefer_llm(con: duckdb.DuckDBPyConnection) -> None:
+    # `--annotator cascade` keeps two annotations of a doubtful paper: the learned model's
+    # and the LLM's it was sent to. final_labels takes the LLM's labels where a current LLM
+    # annotation exists, never a mix of both; a person's verdict still wins over either.
+    # Papers without one keep every current annotation's labels, as before.
+    con.execute(
+        """
+        CREATE OR REPLACE VIEW final_labels AS
+        WITH llm_papers AS (
+            SELECT DISTINCT paper_id FROM annotation_status WHERE current AND annotator = 'llm'
+        ),
+        model_rows AS (
+            SELECT l.paper_id, l.field, l.label, l.confidence, l.evidence,
+                   CAST('model' AS VARCHAR) AS decided_by, CAST(NULL AS VARCHAR) AS reviewer,
+                   CAST(l.created_at AS TIMESTAMP) AS decided_at,
+                   l.annotator, l.model, l.annotation_id, l.note
+            FROM labels l
+            WHERE l.current AND l.confidence >= 0.8
+              AND (l.annotator = 'llm' OR l.paper_id NOT IN (SELECT paper_id FROM llm_papers))
+              AND NOT EXISTS (
+                  SELECT 1 FROM review_verdicts v
+                  WHERE v.paper_id = l.paper_id AND v.field = l.field AND v.label = l.label)
+        ),
+        person_rows AS (
+            SELECT v.paper_id, v.field, v.label, m.confidence, m.evidence,
+                   CAST('person' AS VARCHAR) AS decided_by, v.reviewer,
+                   CAST(v.decided_at AS TIMESTAMP) AS decided_at,
+                   s.annotator, s.model, s.annotation_id,
+                   coalesce(d.note, m.note) AS note
+            FROM review_verdicts v
+            JOIN review_decisions d USING (decision_id)
+            LEFT JOIN annotation_status s ON s.paper_id = v.paper_id AND s.current
+                 AND (s.annotator = 'llm' OR s.paper_id NOT IN (SELECT paper_id FROM llm_papers))
+            LEFT JOIN annotation_labels m
+                   ON m.annotation_id = s.annotation_id AND m.field = v.field AND m.label = v.label
+            WHERE v.included
+        )
+        SELECT * FROM model_rows
+        UNION ALL
+        SELECT * FROM person_rows
+        """
+    )

@@ -35,6 +35,10 @@ PRICES: dict[str, Price] = {
 }
 
 
+#: The Batch API's price, as a share of the live price (OpenAI's: half).
+BATCH_DISCOUNT = 0.5
+
+
 def price_for(model: str) -> Price | None:
     return _price_for(model, os.environ.get("PAPERTAG_PRICES"))
 
