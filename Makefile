@@ -15,7 +15,7 @@ DEMO_SQL := SELECT field, label, papers FROM (SELECT field, label, count(*) AS p
 # `make test-latest`: the same suite on the newest release of every dependency (no pins).
 LATEST_VENV := .venv-latest
 
-.PHONY: venv demo test test-latest lint bench clean lock record screenshot model
+.PHONY: venv demo test test-ray test-latest lint bench clean lock record screenshot model
 
 venv: $(STAMP)
 
@@ -39,7 +39,14 @@ model: venv
 	$(BIN)/papertag train --no-reviews --from $(SILVER) --out $(SHIPPED_MODEL) --force
 
 test: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not ray'; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# The Ray engine's tests (`annotate --engine ray`): the ray extra goes into the same venv,
+# and each test module starts a local Ray runtime. Separate from `make test`, which stays
+# light (a default install has no Ray); CI runs both.
+test-ray: venv
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,ray]'
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m ray
 
 # A venv of its own, rebuilt each time so that it holds what is newest today; prints the
 # versions it tested (the README's "Dependencies" section quotes the last run).
@@ -79,7 +86,7 @@ record: venv
 # Regenerate the pins from pyproject.toml (needs the package index).
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
-	.lockvenv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	.lockvenv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,ray]'
 	.lockvenv/bin/pip freeze --exclude-editable | grep -v '^papertag' > constraints.txt
 	rm -rf .lockvenv
 

@@ -144,3 +144,37 @@ def test_a_max_cost_stop_says_a_rerun_is_a_new_budget(
     # Each run spent within its own budget, as the message says: the second one spent again.
     assert second.exit_code == 0
     assert len(runs) == 2 and all(0 < cost <= budget for _, cost in runs)
+
+
+def test_engine_ray_without_ray_says_how_to_install_it(db_path: Path) -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("ray is installed here (make test-ray); the default install has none")
+    Store(db_path).close()
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("papertag")), "--db", str(db_path), "annotate",
+         "-a", "llm", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--engine", "ray"],
+        capture_output=True, text=True, check=False, env={"COLUMNS": "200", "PATH": ""},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "Error: --engine ray needs Ray: pip install 'papertag[ray]'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "ray"], "--engine ray runs --annotator llm only"),
+        (["-a", "llm", "--model", "m", "--ray-address", "x:1"], "need --engine ray"),
+    ],
+)
+def test_engine_options_that_do_not_go_together(
+    db_path: Path, args: list[str], message: str
+) -> None:
+    Store(db_path).close()
+    result = CliRunner().invoke(app, ["--db", str(db_path), "annotate", *args])
+    assert result.exit_code == 2 and message in result.output

@@ -324,6 +324,22 @@ def annotate_papers(
             lock.release()
 
 
+def start_run(store: Store, ann: AnnotatorInfo, run_id: str) -> None:
+    """The run's row in ``annotation_runs``, which its results refer to."""
+    store.con.execute(
+        "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, taxonomy_version, started_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [run_id, ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, _now()],
+    )
+
+
+def finish_run(store: Store, report: AnnotateReport) -> None:
+    store.con.execute(
+        "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
+        [_now(), report.done, report.skipped, report.failed, report.run_id],
+    )
+
+
 def _cascade(
     store: Store,
     options: dict[str, Any],
@@ -408,18 +424,7 @@ class _Run:
         with self.ctrl_c, using(self.db) as store:
             if self.journal is not None:
                 report.recovered = recover_journal(store, self.journal)
-            store.con.execute(
-                "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, taxonomy_version, started_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    self.run_id,
-                    ann.name,
-                    ann.model,
-                    ann.prompt_version,
-                    ann.taxonomy.version,
-                    _now(),
-                ],
-            )
+            start_run(store, ann, self.run_id)
             todo, report.skipped = pending_papers(
                 store,
                 ann,

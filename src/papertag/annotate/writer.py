@@ -102,22 +102,17 @@ def annotation_id(paper_id: str, content_hash: str, annotator: AnnotatorInfo) ->
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-class Writer:
-    """Buffers results and writes them in columnar batches, one transaction each."""
+class Rows:
+    """A run's rows for the annotation tables, built as results come; no database (the
+    Ray engine's workers build them where the papers are annotated)."""
 
-    def __init__(self, annotator: AnnotatorInfo, run_id: str, every: float = FLUSH_EVERY) -> None:
-        self.annotator, self.run_id, self.every = annotator, run_id, every
+    def __init__(self, annotator: AnnotatorInfo, run_id: str) -> None:
+        self.annotator, self.run_id = annotator, run_id
         self.options = options_json(annotator)
         self.ann_rows: list[dict[str, Any]] = []
         self.label_rows: list[dict[str, Any]] = []
         self.fail_rows: list[dict[str, Any]] = []
         self.call_rows: list[dict[str, Any]] = []
-        self.flushed_at = time.monotonic()
-
-    def due(self) -> bool:
-        return len(self) >= WRITE_BATCH or (
-            len(self) > 0 and time.monotonic() - self.flushed_at >= self.every
-        )
 
     def calls(
         self, group: Sequence[Pending], annotations: dict[str, str], records: Sequence[Any]
@@ -212,6 +207,34 @@ class Writer:
     def __len__(self) -> int:
         return len(self.ann_rows) + len(self.fail_rows) + len(self.call_rows)
 
+    def tables(self) -> dict[str, pa.Table]:
+        """What is queued: a table of each non-empty kind, by the table it goes to."""
+        tables = {}
+        if self.ann_rows:
+            tables["annotations"] = pa.Table.from_pylist(self.ann_rows, schema=annotation_schema())
+        if self.label_rows:
+            tables["annotation_labels"] = pa.Table.from_pylist(self.label_rows)
+        if self.fail_rows:
+            tables["annotation_failures"] = pa.Table.from_pylist(self.fail_rows)
+        if self.call_rows:
+            tables["llm_call_rows"] = pa.Table.from_pylist(self.call_rows, schema=call_schema())
+        return tables
+
+
+class Writer(Rows):
+    """Buffers results and writes them in columnar batches, one transaction each; the
+    database is given at each flush (a run given a path opens the file only to write)."""
+
+    def __init__(self, annotator: AnnotatorInfo, run_id: str, every: float = FLUSH_EVERY) -> None:
+        super().__init__(annotator, run_id)
+        self.every = every
+        self.flushed_at = time.monotonic()
+
+    def due(self) -> bool:
+        return len(self) >= WRITE_BATCH or (
+            len(self) > 0 and time.monotonic() - self.flushed_at >= self.every
+        )
+
     def results(self) -> int:
         """Papers whose result (annotation or failure) waits to be written."""
         return len(self.ann_rows) + len(self.fail_rows)
@@ -238,30 +261,32 @@ class Writer:
         self.flushed_at = time.monotonic()
         if not len(self):
             return []
-        with store.transaction() as con:
-            if self.ann_rows:
-                anns = pa.Table.from_pylist(self.ann_rows, schema=annotation_schema())
-                con.register("_new_ann", anns)
-                # --force re-annotates under the same key: the new result replaces the old.
-                con.execute(
-                    "DELETE FROM annotation_labels WHERE annotation_id IN (SELECT annotation_id FROM _new_ann)"
-                )
-                con.execute(
-                    "DELETE FROM annotations WHERE annotation_id IN (SELECT annotation_id FROM _new_ann)"
-                )
-                con.unregister("_new_ann")
-                store.insert_arrow("annotations", anns)
-            if self.label_rows:
-                store.insert_arrow("annotation_labels", pa.Table.from_pylist(self.label_rows))
-            if self.fail_rows:
-                store.insert_arrow("annotation_failures", pa.Table.from_pylist(self.fail_rows))
-            if self.call_rows:
-                store.insert_arrow(
-                    "llm_call_rows", pa.Table.from_pylist(self.call_rows, schema=call_schema())
-                )
+        write_tables(store, self.tables())
         uids = [r["call_uid"] for r in self.call_rows]
         self.ann_rows, self.label_rows, self.fail_rows, self.call_rows = [], [], [], []
         return uids
+
+
+#: The tables a run writes, in the order they are written.
+TABLES = ("annotations", "annotation_labels", "annotation_failures", "llm_call_rows")
+
+
+def write_tables(store: Store, tables: dict[str, pa.Table]) -> None:
+    """Store a run's rows (:meth:`Rows.tables`) in one transaction."""
+    with store.transaction() as con:
+        if (anns := tables.get("annotations")) is not None:
+            con.register("_new_ann", anns)
+            # --force re-annotates under the same key: the new result replaces the old.
+            con.execute(
+                "DELETE FROM annotation_labels WHERE annotation_id IN (SELECT annotation_id FROM _new_ann)"
+            )
+            con.execute(
+                "DELETE FROM annotations WHERE annotation_id IN (SELECT annotation_id FROM _new_ann)"
+            )
+            con.unregister("_new_ann")
+        for name in TABLES:
+            if (table := tables.get(name)) is not None:
+                store.insert_arrow(name, table)
 
 
 def options_json(annotator: AnnotatorInfo) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -15,6 +16,7 @@ from typer.core import TyperGroup
 from ..annotate import AnnotateReport
 from ..annotate import annotate_papers as run_annotate
 from ..annotate import estimate as estimate_run
+from ..annotate.shards import DEFAULT_ACTORS, DEFAULT_SHARD_SIZE
 from ..annotators import DEFAULT_CONCURRENCY, MAX_PAPERS_PER_CALL
 from ..db.store import default_db_path
 from ..schema import ACCEPT_THRESHOLD
@@ -37,6 +39,14 @@ class AnnotatorName(StrEnum):
 
 #: The annotators that call a model server (and take the llm options).
 _CALLS_LLM = (AnnotatorName.llm, AnnotatorName.cascade)
+
+
+class Engine(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+SCALING = "Scaling out (--engine ray)"
 
 
 @app.command()
@@ -173,6 +183,60 @@ def annotate(
             "(cascade: the share it would send); send nothing.",
         ),
     ] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="llm: where the model is called from: `local` (threads of this process) or "
+            "`ray` (actors of a Ray cluster, or of a Ray runtime on this machine; results come "
+            "back as Parquet shards and are loaded here; pip install 'papertag[ray]').",
+            rich_help_panel=SCALING,
+        ),
+    ] = Engine.local,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="The Ray cluster to join, as its head's host:port (default $RAY_ADDRESS, "
+            "else a Ray runtime started on this machine for the run).",
+            show_default=False,
+            rich_help_panel=SCALING,
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int,
+        typer.Option(
+            help="Actors, each an LLM client with its share of --concurrency, --rpm and --tpm.",
+            min=1,
+            rich_help_panel=SCALING,
+        ),
+    ] = DEFAULT_ACTORS,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            help="Papers per shard: the unit of an actor's work and of the files kept beside "
+            "the database; a killed run asks again only the shards it had in flight.",
+            min=1,
+            rich_help_panel=SCALING,
+        ),
+    ] = DEFAULT_SHARD_SIZE,
+    vllm_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Run this model (a directory, or a name vLLM loads) with vLLM in the Ray "
+            "workers' GPUs instead of calling a server; --model names it in the annotation "
+            "key (default: the directory's name). pip install 'papertag[vllm]'.",
+            show_default=False,
+            rich_help_panel=SCALING,
+        ),
+    ] = None,
+    vllm_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML of ray.data.llm.vLLMEngineProcessorConfig settings for --vllm-model "
+            "(replicas, batch size, engine arguments): see examples/ray-vllm.yaml.",
+            show_default=False,
+            rich_help_panel=SCALING,
+        ),
+    ] = None,
     batch: Annotated[
         bool,
         typer.Option(
@@ -217,11 +281,21 @@ def annotate(
     ids are stored before each next step, so a killed run never sends a paper twice, and
     every answer is validated as a live one is (what fails is asked again live, what got
     no answer goes into a follow-up batch).
+
+    `--engine ray` runs the same annotator on a Ray cluster (see "Scaling out" in the
+    README): the same keys and llm_calls rows; a killed run, run again, loads the shards
+    it finished and redoes only those it had in flight.
     """
     if (batch or wait) and annotator not in _CALLS_LLM:
         raise fail("--batch and --wait apply to --annotator llm and cascade only", 2)
     if learned_model and annotator is not AnnotatorName.cascade:
         raise fail("--learned-model applies to --annotator cascade only", 2)
+    if engine is Engine.ray and annotator is not AnnotatorName.llm:
+        raise fail("--engine ray runs --annotator llm only", 2)
+    if engine is Engine.ray and (batch or wait):
+        raise fail("--batch and --wait use the Batch API, not --engine ray", 2)
+    if engine is Engine.local and (ray_address or vllm_model or vllm_config):
+        raise fail("--ray-address, --vllm-model and --vllm-config need --engine ray", 2)
     options = _annotator_options(
         annotator,
         model=model,
@@ -310,10 +384,27 @@ def annotate(
                     extra=f"next poll in {poll_every:g}s" if wait else "",
                 )
 
+        if engine is Engine.ray:
+            from ..annotate.ray_engine import annotate_on_ray
+
+            def annotate_with(db: Any, **kw: Any) -> AnnotateReport:
+                for name in ("batch", "wait", "poll_every", "on_batches"):
+                    kw.pop(name)  # the Batch API's: refused with --engine ray above
+                return annotate_on_ray(
+                    db,
+                    address=ray_address,
+                    actors=ray_actors,
+                    shard_size=shard_size,
+                    vllm_model=vllm_model,
+                    vllm_config=vllm_config,
+                    **kw,
+                )
+
+        else:
+            annotate_with = functools.partial(run_annotate, annotator=annotator.value)
         report = guard(
-            lambda: run_annotate(
+            lambda: annotate_with(
                 store.path,
-                annotator.value,
                 limit=limit,
                 force=force,
                 retry_failed=retry_failed,
@@ -563,6 +654,8 @@ def run(
             "--paper, --dry-run, --batch and --wait are annotate's own; run annotates what is new",
             2,
         )
+    if params["engine"] != Engine.local:
+        raise fail("--engine ray is annotate's own; run annotates with the local engine", 2)
     annotator = AnnotatorName(params["annotator"])
     options = _annotator_options(
         annotator,
