@@ -583,8 +583,7 @@ def main() -> None:
     srv.start()
     print(srv.url, flush=True)
     try:
-        while True:
-            time.sleep(3600)
+        threading.Event().wait()  # until Ctrl-C
     except KeyboardInterrupt:
         srv.stop()
 

@@ -333,10 +333,11 @@ def start_run(store: Store, ann: AnnotatorInfo, run_id: str) -> None:
     )
 
 
-def finish_run(store: Store, report: AnnotateReport) -> None:
+def finish_run(store: Store, report: AnnotateReport, *, finished: bool = True) -> None:
+    """The run's counts in ``annotation_runs``; ``finished`` also stamps its end."""
     store.con.execute(
         "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
-        [_now(), report.done, report.skipped, report.failed, report.run_id],
+        [_now() if finished else None, report.done, report.skipped, report.failed, report.run_id],
     )
 
 
@@ -695,16 +696,10 @@ class _Run:
 
     def _store(self, batch: Writer, final: bool) -> Writer | None:
         """Write ``batch`` and the run's counts; returns the batch if the file was in use."""
-        report = self.report
-        counts = [report.done, report.skipped, report.failed]
         try:
             with using(self.db, wait=FINAL_WAIT if final else TURN_WAIT) as store:
                 uids = batch.flush(store)
-                store.con.execute(
-                    "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? "
-                    "WHERE run_id = ?",
-                    [_now() if final else None, *counts, self.run_id],
-                )
+                finish_run(store, self.report, finished=final)
         except DatabaseBusy:
             if isinstance(self.db, Store):
                 raise
