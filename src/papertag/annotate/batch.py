@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -39,7 +40,7 @@ from ..annotators.llm.annotator import CHAT_PATH, LLMAnnotator
 from ..annotators.llm.client import CallTransport, _summarise_response
 from ..annotators.llm.prices import BATCH_DISCOUNT, estimate_cost
 from ..annotators.llm.records import CallRecord, call_row
-from ..db import Store
+from ..db import Store, using
 from ..errors import AnnotationError, ConfigError, ProviderError, ValidationFailed
 from ..schema import Annotation
 from .pending import Pending, paper_input, pending_papers
@@ -714,13 +715,13 @@ def has_open(store: Store, ann: Any) -> bool:
 
 
 def annotate_with_batches(
-    store: Store,
+    db: Store | Path,
     ann: LLMAnnotator,
     run: Callable[[list[str] | None], Any],
     *,
     submit: bool,
     wait: bool,
-    pending: Callable[[], Sequence[Pending]],
+    pending: Callable[[Store], Sequence[Pending]],
     admit: Callable[[Sequence[Pending]], Sequence[Pending]] | None = None,
     hook: Callable[[str], None] | None = None,
     poll_every: float | None = None,
@@ -729,38 +730,50 @@ def annotate_with_batches(
     """One ``annotate`` of an LLM annotator with batches: collect the batches that ended
     and settle their answers; run the live engine (``run(paper_ids)``; None: every
     pending paper) over what is left, or with ``submit`` only over papers that came back
-    unanswered from :data:`MAX_BATCH_TRIES` batches, sending the rest (``pending()``,
+    unanswered from :data:`MAX_BATCH_TRIES` batches, sending the rest (``pending(store)``,
     cut by ``admit``) in a batch; with ``wait``, again until no batch is open. Returns the
-    live runs' report, the batches' answers counted in, with ``.batch`` filled in."""
+    live runs' report, the batches' answers counted in, with ``.batch`` filled in.
+
+    Given a path, the file is open only while batches are collected, settled or sent:
+    not during the live run's calls (it opens the file to store), nor while waiting for
+    the server, which can take hours."""
     every = POLL_EVERY if poll_every is None else poll_every
-    batches = Batches(store, ann, "batch-" + uuid.uuid4().hex[:8], hook=hook)
+    batches: Batches | None = None
     total: Any = None
     try:
         while True:
-            waiting = batches.refresh()
-            batches.settle()
-            live = None if not submit else _given_up(store, ann)
+            with using(db) as store:
+                if batches is None:
+                    batches = Batches(store, ann, "batch-" + uuid.uuid4().hex[:8], hook=hook)
+                batches.store = store
+                waiting = batches.refresh()
+                batches.settle()
+                live = None if not submit else _given_up(store, ann)
             if live is None or live:
                 report = run(live)
                 total = report if total is None else _add(total, report)
                 if report.stopped is not None:
                     break
             if submit:
-                todo = list(pending())
-                if admit is not None:
-                    allowed = list(admit(todo))
-                    batches.report.held_back = len(todo) - len(allowed)
-                    todo = allowed
-                if todo:
-                    batches.submit(todo)
-                    waiting = batches.waiting()
+                with using(db) as store:
+                    batches.store = store
+                    todo = list(pending(store))
+                    if admit is not None:
+                        allowed = list(admit(todo))
+                        batches.report.held_back = len(todo) - len(allowed)
+                        todo = allowed
+                    if todo:
+                        batches.submit(todo)
+                        waiting = batches.waiting()
             if on_batches is not None:
                 on_batches(waiting)
             if not wait or not waiting:
                 break
             ann.throttle.sleep(every)
     finally:
-        batches.close()
+        if batches is not None:
+            batches.close()
+    assert batches is not None  # made by the loop's first step, or raised
     if total is None:
         total = run([])
     report = batches.report

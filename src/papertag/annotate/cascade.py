@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..annotators import PaperInput, get_annotator
-from ..db import Store
+from ..db import Store, using
 from ..errors import AnnotationError, ConfigError
 from ..schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from ..taxonomy import FIELDS
@@ -120,7 +121,7 @@ def learned_annotator(store: Store, options: dict[str, Any]) -> Any:
 
 
 def run_cascade(
-    store: Store,
+    db: Store | Path,
     options: dict[str, Any],
     *,
     limit: int | None,
@@ -140,10 +141,13 @@ def run_cascade(
             "--annotator cascade needs --model NAME for its LLM (e.g. gpt-4o-mini); "
             "--learned-model chooses the learned annotator's model"
         )
-    ids = scope(store, limit, paper_ids)
+    # Given a path, the file is open only for these queries and as each run needs it, so
+    # others can read the database during the LLM run, as during a plain one.
+    with using(db) as store:
+        ids = scope(store, limit, paper_ids)
     learned_report = run("learned", ids, learned_opts)
-    learned = learned_annotator(store, options)
-    sent = doubtful_stored(store, learned, ids)
+    with using(db) as store:
+        sent = doubtful_stored(store, learned_annotator(store, options), ids)
     report = run("llm", sent, llm_opts)
     kept = sorted(set(ids) - set(sent))
     report.cascade = CascadeSummary(len(ids), len(sent), llm_cost(kept) if kept else 0.0)

@@ -241,16 +241,22 @@ def annotate_papers(
         if lock is not None:
             lock.acquire()
         store = db if isinstance(db, Store) else Store(db)
+        # A caller's Store is used throughout; given a path, each step opens the file only
+        # while it needs it, so other commands can use the database during a long run.
+        target: Store | Path = db if isinstance(db, Store) else path
         if annotator == "cascade":
+            if not isinstance(db, Store):
+                store.close()
+                store = None
             return _cascade(
-                store,
+                target,
                 options,
                 limit=limit,
                 paper_ids=ids,
                 batch=batch,
                 run=functools.partial(
                     annotate_papers,
-                    store,
+                    target,
                     force=force,
                     retry_failed=retry_failed,
                     on_start=on_start,
@@ -271,13 +277,10 @@ def annotate_papers(
                 f"--max-cost needs the price of {ann.model!r}: set PAPERTAG_PRICES="
                 f"'{{\"{ann.model}\": [usd_per_1M_prompt_tokens, usd_per_1M_completion_tokens]}}'"
             )
-        run_store, run_ann = store, ann
+        run_ann = ann
 
         def run(only: list[str] | None = None) -> AnnotateReport:
             chosen = ids if only is None else [p for p in only if ids is None or p in set(ids)]
-            # Given a path, a run that no batch step holds the file for opens it only to
-            # store its batches: others can read the database meanwhile.
-            target: Store | Path = store if store is not None else path
             return _Run(target, run_ann, max_cost, on_start, on_progress).run(
                 limit=limit, force=force, retry_failed=retry_failed, paper_ids=chosen
             )
@@ -291,14 +294,17 @@ def annotate_papers(
             if batch and force:
                 raise ConfigError("--batch cannot be combined with --force")
             if batch or wait or has_open(store, ann):
+                if not isinstance(db, Store):
+                    store.close()
+                    store = None
                 report: AnnotateReport = annotate_with_batches(
-                    store,
+                    target,
                     cast(Any, ann),
                     run,
                     submit=batch,
                     wait=wait,
-                    pending=lambda: pending_papers(
-                        run_store,
+                    pending=lambda open_store: pending_papers(
+                        open_store,
                         run_ann,
                         retry_failed=retry_failed,
                         limit=limit,
@@ -342,7 +348,7 @@ def finish_run(store: Store, report: AnnotateReport, *, finished: bool = True) -
 
 
 def _cascade(
-    store: Store,
+    db: Store | Path,
     options: dict[str, Any],
     *,
     limit: int | None,
@@ -361,10 +367,10 @@ def _cascade(
 
     def cost(ids: list[str]) -> float | None:
         _, llm_opts = split_options(options)
-        return estimate(store, "llm", paper_ids=ids, force=True, batch=batch, **llm_opts).cost_usd
+        return estimate(db, "llm", paper_ids=ids, force=True, batch=batch, **llm_opts).cost_usd
 
     report: AnnotateReport = run_cascade(
-        store, options, limit=limit, paper_ids=paper_ids, run=one, llm_cost=cost
+        db, options, limit=limit, paper_ids=paper_ids, run=one, llm_cost=cost
     )
     return report
 
