@@ -24,7 +24,6 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from ..annotators import PaperInput
 from ..annotators.llm.config import LLMConfig
 from ..annotators.llm.prices import estimate_cost
 from ..annotators.llm.records import CallRecord
+from ..db import utc_now
 from ..errors import AnnotationError, ConfigError
 from .pending import Pending
 from .run import Outcome, Work
@@ -110,7 +110,7 @@ class VLLMSettings:
             **row,
             "messages": self.config.messages([paper]),
             "sampling_params": self.sampling_params(),
-            "started_at": datetime.now(UTC).replace(tzinfo=None),
+            "started_at": utc_now(),
         }
 
     def pipeline(self, ray: Any, ds: Any, run_id: str) -> Any:
@@ -143,7 +143,7 @@ def call_record(settings: VLLMSettings, row: dict[str, Any]) -> CallRecord:
     error = row.get(ERROR_COLUMN) or None
     prompt, completion = row.get("num_input_tokens"), row.get("num_generated_tokens")
     return CallRecord(
-        started_at=row.get("started_at") or datetime.now(UTC).replace(tzinfo=None),
+        started_at=row.get("started_at") or utc_now(),
         host="vllm",
         path=settings.model_source,
         request_hash=hashlib.sha256(request.encode()).hexdigest()[:16],

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -47,7 +47,7 @@ from ..annotators import (
     resolve_annotator,
 )
 from ..annotators.llm.prices import price_for
-from ..db import Store, default_db_path, using
+from ..db import Store, default_db_path, using, utc_now
 from ..db.store import prepare_arrow
 from ..errors import AnnotationError, ConfigError, DatabaseBusy
 from ..schema import Annotation
@@ -134,7 +134,7 @@ def work(ann: Annotator, papers: Sequence[PaperInput]) -> Work:
     """Annotate papers in one call (``annotate_call`` where the annotator has it, else one
     paper with ``annotate``); never raises (a pool thread's errors travel in the outcome)."""
     drain: Callable[[], Sequence[Any]] = getattr(ann, "drain_calls", tuple)
-    started = _now()
+    started = utc_now()
     outcomes = [Outcome(started) for _ in papers]
     t0 = time.perf_counter()
     try:
@@ -335,7 +335,7 @@ def start_run(store: Store, ann: AnnotatorInfo, run_id: str) -> None:
     store.con.execute(
         "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, taxonomy_version, started_at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        [run_id, ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, _now()],
+        [run_id, ann.name, ann.model, ann.prompt_version, ann.taxonomy.version, utc_now()],
     )
 
 
@@ -343,7 +343,13 @@ def finish_run(store: Store, report: AnnotateReport, *, finished: bool = True) -
     """The run's counts in ``annotation_runs``; ``finished`` also stamps its end."""
     store.con.execute(
         "UPDATE annotation_runs SET finished_at = ?, done = ?, skipped = ?, failed = ? WHERE run_id = ?",
-        [_now() if finished else None, report.done, report.skipped, report.failed, report.run_id],
+        [
+            utc_now() if finished else None,
+            report.done,
+            report.skipped,
+            report.failed,
+            report.run_id,
+        ],
     )
 
 
@@ -515,7 +521,7 @@ class _Run:
         for start in range(0, len(todo), BATCH_PAPERS):
             with using(self.db) as store:
                 batch = load_texts(store, todo[start : start + BATCH_PAPERS])
-            began = datetime.now(UTC).replace(tzinfo=None)
+            began = utc_now()
             t0 = time.perf_counter()
             try:
                 results = many([paper_input(p) for p in batch])
@@ -752,7 +758,3 @@ class _CtrlC:
         """Ctrl-Cs since the last call."""
         new, self._taken = self.count - self._taken, self.count
         return new
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ BUSY_ENV = "PAPERTAG_BUSY_WAIT"
 #: The first pause between two tries, doubled after each up to the longest.
 FIRST_PAUSE = 0.02
 LONGEST_PAUSE = 0.5
+
+
+def utc_now() -> datetime:
+    """Now as the database's timestamps hold it: UTC, without a zone (DuckDB's TIMESTAMP)."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def default_db_path() -> Path:

@@ -24,10 +24,10 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
-from ..db import Store
+from ..db import Store, utc_now
 from ..errors import ConfigError, ReviewError
 from ..schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from ..taxonomy import FIELDS, Taxonomy, load_taxonomy
@@ -44,11 +44,6 @@ def default_reviewer() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return os.environ.get("USER") or "unknown"
-
-
-def _now() -> datetime:
-    # Same clock as annotations.created_at: naive UTC.
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _check_thresholds(accept: float, drop: float) -> None:
@@ -252,7 +247,7 @@ def _check_ids(taxonomy: Taxonomy, field_name: str, *labels: str) -> None:
             )
 
 
-def _insert(store: Store, values: Sequence[Any]) -> Decision:
+def insert_decision(store: Store, values: Sequence[Any]) -> Decision:
     row = store.con.execute(
         "INSERT INTO review_decisions (paper_id, field, label, action, previous_value, new_value, "
         "reviewer, decided_at, annotation_id, confidence, reverts, source, note) "
@@ -264,7 +259,7 @@ def _insert(store: Store, values: Sequence[Any]) -> Decision:
     return Decision(*row)
 
 
-def _decision_values(
+def decision_values(
     paper_id: str,
     field_name: str,
     label: str,
@@ -352,7 +347,7 @@ def record_decision(
     """
     taxonomy = load_taxonomy()
     _validate_decision(store, taxonomy, paper_id, field, label, action, new_label, note)
-    values = _decision_values(
+    values = decision_values(
         paper_id,
         field,
         label,
@@ -362,11 +357,11 @@ def record_decision(
         annotation_id,
         confidence,
         source,
-        _now(),
+        utc_now(),
         note,
     )
     with store.transaction():
-        return _insert(store, values)
+        return insert_decision(store, values)
 
 
 def decide(
@@ -444,7 +439,7 @@ def undo_decision(
             [decision_id],
         ):
             raise ReviewError(f"decision {decision_id} is already undone")
-        return _insert(
+        return insert_decision(
             store,
             (
                 target.paper_id,
@@ -454,7 +449,7 @@ def undo_decision(
                 target.new_value,
                 target.previous_value,
                 reviewer or default_reviewer(),
-                _now(),
+                utc_now(),
                 target.annotation_id,
                 target.confidence,
                 decision_id,

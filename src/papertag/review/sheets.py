@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..db import Store
+from ..db import Store, utc_now
 from ..errors import BadRow, ConfigError, InputError, ReviewImportError
 from ..files import check_out_path, temp_beside
 from ..schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
@@ -22,10 +22,9 @@ from .core import (
     DECISION_WORDS,
     PaperContext,
     QueueItem,
-    _decision_values,
-    _insert,
-    _now,
+    decision_values,
     default_reviewer,
+    insert_decision,
     other_needs_note,
     paper_context,
     review_queue,
@@ -332,7 +331,7 @@ def _plan_row(
         keys = [(paper_id, field_name, label)]
         if word == "change":
             keys.append((paper_id, field_name, new_label))
-    values = _decision_values(
+    values = decision_values(
         paper_id,
         field_name,
         label,
@@ -414,7 +413,7 @@ def import_sheet(store: Store, path: str | Path, *, reviewer: str | None = None)
     rows = read_sheet(src)
     taxonomy = load_taxonomy()
     who = reviewer or default_reviewer()
-    now = _now()
+    now = utc_now()
     report = ImportReport(str(src))
     planned: list[_Planned] = []
     bad: list[BadRow] = []
@@ -432,7 +431,7 @@ def import_sheet(store: Store, path: str | Path, *, reviewer: str | None = None)
         raise ReviewImportError(src, bad)
     with store.transaction():
         for plan in planned:
-            _insert(store, plan.values)
+            insert_decision(store, plan.values)
             action = str(plan.values[3])
             report.applied[action] = report.applied.get(action, 0) + 1
     return report

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ...db import Store
+from ...db import Store, utc_now
 from .model import LearnedModel, ModelError, model_hash
 
 #: The model ``make model`` builds from the shared silver and dev sets, shipped in the package.
@@ -57,12 +57,12 @@ def save_model(store: Store, model: LearnedModel, name: str) -> str:
             # The same model trained again (say, after an undo) is the newest again.
             con.execute(
                 "UPDATE models SET created_at = ? WHERE name = ? AND version = ?",
-                [_now(), name, version],
+                [utc_now(), name, version],
             )
         else:
             con.execute(
                 "INSERT INTO models (name, version, created_at, meta, data) VALUES (?, ?, ?, ?, ?)",
-                [name, version, _now(), json.dumps(model.meta, sort_keys=True), data],
+                [name, version, utc_now(), json.dumps(model.meta, sort_keys=True), data],
             )
     return version
 
@@ -115,7 +115,3 @@ def load_model(store: Store | None, name: str | None = None) -> tuple[LearnedMod
         )
     data = SHIPPED_PATH.read_bytes()
     return LearnedModel.from_bytes(data, source=str(SHIPPED_PATH)), SHIPPED_NAME, model_hash(data)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)

@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 import httpx2
@@ -23,6 +22,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from ...db import utc_now
 from ...retry_after import retry_after_seconds
 from .records import CallRecord, RequestTemplate
 from .throttle import Throttle
@@ -107,7 +107,7 @@ def _max_tokens(body: bytes) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _summarise_response(record: CallRecord, body: bytes) -> None:
+def summarise_response(record: CallRecord, body: bytes) -> None:
     record.response_body = body.decode("utf-8", errors="replace")
     try:
         data = json.loads(body)
@@ -206,7 +206,7 @@ class CallTransport(httpx2.BaseTransport):
 
         def new_record(attempt: int) -> CallRecord:
             return CallRecord(
-                started_at=datetime.now(UTC).replace(tzinfo=None),
+                started_at=utc_now(),
                 host=host,
                 path=request.url.path,
                 request_hash=request_hash,
@@ -220,7 +220,7 @@ class CallTransport(httpx2.BaseTransport):
             call_id, content = stored
             record = new_record(1)
             record.status, record.replay_of = 200, call_id
-            _summarise_response(record, content.encode())
+            summarise_response(record, content.encode())
             self._emit(record)
             return httpx2.Response(
                 200,
@@ -255,7 +255,7 @@ class CallTransport(httpx2.BaseTransport):
             record.duration_ms = (time.perf_counter() - t0) * 1000
             record.status = response.status_code
             self.reached = True
-            _summarise_response(record, content)
+            summarise_response(record, content)
             if response.status_code >= 400 and record.error is None:
                 record.error = f"HTTP {response.status_code}"
             record.retry_after = server_wait(response.headers)
