@@ -349,10 +349,10 @@ def test_answers_wait_for_a_held_database_and_are_stored_once_it_is_free(
 def test_answers_the_run_could_not_store_are_kept_for_the_next_run(
     tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import papertag.annotate.run as run_module
+    import papertag.annotate.engine as engine_module
 
     # How long the end of a run waits for a held database (a minute by default).
-    monkeypatch.setattr(run_module, "FINAL_WAIT", 0.5)
+    monkeypatch.setattr(engine_module, "FINAL_WAIT", 0.5)
     _papers(db_path, tmp_path, 10)
     with fault_server(gated=True) as srv:
         result: list[AnnotateReport] = []

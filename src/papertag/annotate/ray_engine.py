@@ -45,7 +45,7 @@ from ..db import Store
 from ..errors import ConfigError, PapertagError, ProviderError
 from .pending import paper_input, pending_papers
 from .recovery import save_template
-from .run import THREADS_PER_CALL, AnnotateReport, calls_of, finish_run, start_run, work
+from .report import AnnotateReport, finish_run, start_run
 from .shards import (
     DEFAULT_ACTORS,
     DEFAULT_SHARD_SIZE,
@@ -59,6 +59,7 @@ from .shards import (
     settle,
     shard_papers,
 )
+from .work import THREADS_PER_CALL, calls_of, work
 from .writer import TABLES, Rows, write_tables
 
 #: CPUs Ray reserves for an actor: most of its time is spent waiting for answers.

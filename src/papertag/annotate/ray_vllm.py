@@ -37,8 +37,8 @@ from ..annotators.llm.records import CallRecord
 from ..db import utc_now
 from ..errors import AnnotationError, ConfigError
 from .pending import Pending
-from .run import Outcome, Work
 from .shards import OUTPUT_SCHEMA, output_row, settle
+from .work import Outcome, Work
 from .writer import Rows
 
 INSTALL_HINT = "--vllm-model needs Ray's LLM extra and vLLM: pip install 'papertag[vllm]'"

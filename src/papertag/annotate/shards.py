@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ..db import Store
 from .pending import Pending
-from .run import Work
+from .work import Work
 from .writer import TABLES, Rows
 
 #: Papers per shard: the unit of work of an actor, of the files, and of what a killed

@@ -3,7 +3,7 @@ writing to it in bulk.
 
 DuckDB lets one process write a file, or several processes read it, never both at once;
 a second process that opens it meanwhile is refused at once. An annotate run opens the
-file only for the moment it stores a batch (:mod:`papertag.annotate.run`), so a command
+file only for the moment it stores a batch (:mod:`papertag.annotate.engine`), so a command
 that finds it in use waits and tries again, for up to :data:`BUSY_WAIT` seconds, before it
 says the database is in use.
 """

@@ -75,7 +75,7 @@ def annotate_with_batches(
                 live = None if not submit else _given_up(store, ann)
             if live is None or live:
                 report = run(live)
-                total = report if total is None else _add(total, report)
+                total = report if total is None else total.add(report)
                 if report.stopped is not None:
                     break
             if submit:
@@ -111,28 +111,6 @@ def annotate_with_batches(
     total.completion_tokens += report.completion_tokens
     total.cached_tokens += report.cached_tokens
     return total
-
-
-def _add(a: Any, b: Any) -> Any:
-    """Two live runs' reports as one (the first's identity, both runs' counts)."""
-    for name in (
-        "total",
-        "done",
-        "skipped",
-        "failed",
-        "calls",
-        "prompt_tokens",
-        "completion_tokens",
-        "cost_usd",
-        "replayed",
-        "recovered",
-        "throttled",
-        "seconds",
-    ):
-        setattr(a, name, getattr(a, name) + getattr(b, name))
-    a.failures += b.failures
-    a.stopped, a.left = b.stopped, b.left
-    return a
 
 
 def _given_up(store: Store, ann: Any) -> list[str]:

@@ -14,6 +14,7 @@ from ...db import utc_now
 from ...errors import AnnotationError, ValidationFailed
 from ...schema import Annotation
 from ..pending import Pending, paper_input, pending_papers
+from ..report import start_run
 from ..writer import Writer
 from .batches import Batches
 
@@ -40,12 +41,7 @@ def settle(batches: Batches) -> None:
     ).fetchall()
     if not lines:
         return
-    batches.store.con.execute(
-        "INSERT INTO annotation_runs (run_id, annotator, model, prompt_version, "
-        "taxonomy_version, started_at) VALUES (?, ?, ?, ?, ?, ?)",
-        [batches.run_id, batches.ann.name, batches.ann.model, batches.ann.prompt_version,
-         batches.ann.taxonomy.version, utc_now()],
-    )  # fmt: skip
+    start_run(batches.store, batches.ann, batches.run_id)
     writer = Writer(batches.ann, batches.run_id)
     workers = max(1, int(getattr(batches.ann, "concurrency", 1)))
     with ThreadPoolExecutor(workers, thread_name_prefix="papertag-reask") as pool:
