@@ -250,6 +250,12 @@ def literal_prefix(pattern: str) -> str:
     return re.sub(r"\\(.)", r"\1", raw)
 
 
+def _start_word(alt: str) -> str:
+    """The literal word an alternative starts with ("" if it starts with anything else)."""
+    run = _WORD.match(literal_prefix(alt))
+    return run.group() if run is not None and alt.startswith(run.group()) else ""
+
+
 #: The start of a pattern's remainder after a word of 1 or 2 letters must not continue the
 #: word (such words are looked up as whole words).
 _SHORT_WORD_END = re.compile(
@@ -339,9 +345,8 @@ def compile_taxonomy(taxonomy: Taxonomy) -> _Compiled:
                 continue
             for alt in expand_pattern(low):
                 rx = _compile_regex(alt, where)
-                run = _WORD.match(literal_prefix(alt))
-                word = run.group() if run else ""
-                if not word or rx.groups or not alt.startswith(word):
+                word = _start_word(alt)
+                if not word or rx.groups:
                     comp.slow.append((rx, tid))
                     continue
                 if len(word) <= 2 and not _short_word_ends(alt[len(word) :]):
@@ -431,8 +436,7 @@ def _split_groups(grouped: dict[str, dict[int, list[str]]]) -> dict[str, dict[in
         longer: dict[str, dict[int, list[str]]] = {}
         for tid, rests in by_tid.items():
             for rest in rests:
-                run = _WORD.match(literal_prefix(rest))
-                if run is None or not rest.startswith(run.group()):
+                if not _start_word(rest):
                     stay.setdefault(tid, []).append(rest)
                 else:
                     sub = longer.setdefault(key + rest[0], {})
