@@ -27,7 +27,7 @@ from ...errors import ConfigError
 from ..pending import Pending, paper_input
 from ..writer import call_schema
 from .info import COLUMNS, BatchError, BatchInfo, BatchReport, batch_info, find_batch
-from .requests import Shared, request_bodies
+from .requests import request_bodies
 
 #: OpenAI's limits of one batch: 50,000 requests, an input file of 200 MB.
 MAX_REQUESTS = 50_000
@@ -51,6 +51,19 @@ REQUEST_SCHEMA = pa.schema(
         ("settled_at", pa.timestamp("us")),
     ]
 )
+
+
+class _Shared(httpx2.BaseTransport):
+    """The annotator's connections, borrowed: closing this leaves them to their owner."""
+
+    def __init__(self, inner: httpx2.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        pass
 
 
 class Batches:
@@ -77,13 +90,13 @@ class Batches:
         # fails leaves the file uploaded, and the next attempt first looks for its batch.
         self.client = self._client(
             CallTransport(
-                Shared(transport.inner),
+                _Shared(transport.inner),
                 max_attempts=5,
                 backoff=transport.backoff,
                 sleep=transport.sleep,
             )
         )
-        self.once = self._client(CallTransport(Shared(transport.inner), max_attempts=1))
+        self.once = self._client(CallTransport(_Shared(transport.inner), max_attempts=1))
         # What OpenAI's batch lines name (servers that take the format, vLLM's batch
         # runner among them, use the same), wherever the client's base URL points.
         self.endpoint = "/v1/chat/completions"

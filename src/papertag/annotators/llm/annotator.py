@@ -18,6 +18,7 @@ errors) is the client's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -160,23 +161,28 @@ class LLMAnnotator(LLMConfig):
         stores only its own part (``llm_request_templates``). None when the placeholder
         does not come out in one piece (each call then stores its whole body).
         """
-        capture = _Capture()
-        dry = self.client.with_options(http_client=httpx2.Client(transport=capture))
         messages = [
             {"role": "system", "content": self._system},
             {"role": "user", "content": _USER_SLOT},
         ]
+        bodies = self.sent_bodies([self.request(messages, self.papers_per_call)])
+        if len(bodies) != 1:
+            return None
+        parts = bodies[0].decode("utf-8").split(_USER_SLOT)
+        return RequestTemplate(parts[0], parts[1]) if len(parts) == 2 else None
+
+    def sent_bodies(self, bodies: Sequence[dict[str, Any]]) -> list[bytes]:
+        """Each body as the client sends it, sent nowhere: the same bytes, so the same
+        request hash, as a live call with that body."""
+        capture = _Capture()
+        dry = self.client.with_options(http_client=httpx2.Client(transport=capture), max_retries=0)
         try:
-            body = self.request(messages, self.papers_per_call)
-            dry.post(CHAT_PATH, body=body, cast_to=httpx2.Response)
-        except openai.APIError:
-            pass
+            for body in bodies:
+                with contextlib.suppress(openai.APIStatusError):
+                    dry.post(CHAT_PATH, body=body, cast_to=httpx2.Response)
         finally:
             dry.close()
-        if len(capture.bodies) != 1:
-            return None
-        parts = capture.bodies[0].decode("utf-8").split(_USER_SLOT)
-        return RequestTemplate(parts[0], parts[1]) if len(parts) == 2 else None
+        return capture.bodies
 
     def _create(self, body: dict[str, Any], papers: Sequence[PaperInput]) -> ChatCompletion | None:
         """One chat completion (the transport retries faults); None for a 200 that holds none.
