@@ -262,3 +262,39 @@ def test_finished_shards_left_by_a_killed_run_load_exactly_once(
     for db in (done, fresh):
         assert len(rows(db, ANNOTATIONS)) == 30 and len(rows(db, CALLS)) == 30
         assert not db.with_name(db.name + ".ray").exists()
+
+
+def test_other_commands_use_the_database_during_a_ray_run_but_not_a_second_run(
+    cluster: str, tmp_path: Path, db_path: Path
+) -> None:
+    """At each shard loaded (the run's progress callback), another process reads the
+    database, and a second annotate run is refused at once, naming this one."""
+    papers(db_path, tmp_path, 40)
+    looks: list[subprocess.CompletedProcess[str]] = []
+    second: list[subprocess.CompletedProcess[str]] = []
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PAPERTAG, "--db", str(db_path), *args], capture_output=True, text=True, timeout=120
+        )
+
+    def progress(report: Any) -> None:
+        looks.append(cli("sql", "SELECT count(*) AS n FROM annotations", "--format", "csv"))
+        if not second:
+            second.append(cli("annotate", "-a", "rules"))
+
+    with fault_server() as srv:
+        report = annotate_on_ray(
+            db_path, model="fake-model", base_url=srv.url, shard_size=10, on_progress=progress
+        )
+    assert report.done == 40 and report.unstored == 0
+    assert len(looks) == 4
+    stored = []
+    for look in looks:
+        assert look.returncode == 0, look.stderr
+        stored.append(int(look.stdout.splitlines()[1]))
+    # Each look sees the shards loaded so far: one more each time.
+    assert stored == [10, 20, 30, 40]
+    (refused,) = second
+    assert refused.returncode == 1 and "another `papertag annotate` run" in refused.stderr
+    assert rows(db_path, "SELECT count(*) FROM annotations WHERE annotator = 'rules'") == [(0,)]

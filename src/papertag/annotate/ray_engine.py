@@ -15,7 +15,11 @@ DuckDB has one writing process, so the cluster never opens the database:
    workers is needed), and this process writes each finished shard to
    ``<db>.ray/out/<shard>/<table>.parquet``: a directory renamed into place, so a shard
    is there whole or not at all;
-4. it loads the shard into DuckDB in one transaction, then deletes its files.
+4. it loads the shard into DuckDB in one transaction, then deletes its files. The file is
+   open only for that (as the local engine's is only to store a batch), so other commands
+   can use the database during the run; a shard that finds it in use waits on disk for
+   the next one, or for the end of the run (then for the next run). One run per
+   database at a time, whatever the engine (:mod:`.lock`).
 
 A killed driver loses only the shards in flight. The next run first loads the finished
 shards left in ``out/``, exactly once (a shard whose rows are already in the database
@@ -41,8 +45,10 @@ from ..annotators import DEFAULT_CONCURRENCY, AnnotatorInfo
 from ..annotators.llm.annotator import LLMAnnotator
 from ..annotators.llm.config import LLMConfig
 from ..annotators.llm.prices import price_for
-from ..db import Store
-from ..errors import ConfigError, PapertagError, ProviderError
+from ..db import Store, default_db_path, using
+from ..errors import ConfigError, DatabaseBusy, PapertagError, ProviderError
+from .engine import FINAL_WAIT, TURN_WAIT
+from .lock import RunLock
 from .pending import paper_input, pending_papers
 from .recovery import save_template
 from .report import AnnotateReport, finish_run, start_run
@@ -215,11 +221,15 @@ def annotate_on_ray(
     else:
         config = LLMConfig.from_options(options)
     ray = import_ray()
-    store = db if isinstance(db, Store) else Store(db)
+    path = db.path if isinstance(db, Store) else Path(db) if db is not None else default_db_path()
+    if str(path) == ":memory:":
+        raise ConfigError("--engine ray needs a database file (its shards are kept beside it)")
+    # One run per database, as with the local engine; given a path, the file is opened for
+    # each step that needs it, so other commands can use the database during the run.
+    lock = RunLock(path)
+    lock.acquire()
     try:
-        if str(store.path) == ":memory:":
-            raise ConfigError("--engine ray needs a database file (its shards are kept beside it)")
-        return _RayRun(store, config, on_start, on_progress).run(
+        return _RayRun(db if isinstance(db, Store) else path, config, on_start, on_progress).run(
             ray,
             options,
             vllm,
@@ -232,26 +242,27 @@ def annotate_on_ray(
             paper_ids=list(paper_ids) if paper_ids is not None else None,
         )
     finally:
-        if not isinstance(db, Store):
-            store.close()
+        lock.release()
 
 
 class _RayRun:
     def __init__(
         self,
-        store: Store,
+        db: Store | Path,
         config: AnnotatorInfo,
         on_start: Callable[[int], None] | None,
         on_progress: Callable[[AnnotateReport], None] | None,
     ) -> None:
-        self.store, self.config = store, config
+        #: An open Store (the caller's, held throughout), or the path of a file opened for
+        #: each step that needs it.
+        self.db, self.config = db, config
         self.on_start, self.on_progress = on_start, on_progress
         self.run_id = uuid.uuid4().hex[:12]
         self.report = AnnotateReport(
             config.name, config.model, config.prompt_version, config.taxonomy.version, self.run_id
         )
         self.report.cost_known = price_for(config.model) is not None
-        self.work = WorkDir(Path(store.path))
+        self.work = WorkDir(db.path if isinstance(db, Store) else db)
 
     def run(
         self,
@@ -267,30 +278,35 @@ class _RayRun:
         retry_failed: bool,
         paper_ids: list[str] | None,
     ) -> AnnotateReport:
-        report, store = self.report, self.store
+        report = self.report
         started = time.perf_counter()
-        # What a killed run finished: stored before anything else, so it is not pending.
-        recovered = self.load_finished()
-        start_run(store, self.config, self.run_id)
+        with using(self.db) as store:
+            # What a killed run finished: stored before anything else, so it is not pending.
+            recovered = self.load_finished(store)
+            start_run(store, self.config, self.run_id)
+            try:
+                todo, report.skipped = pending_papers(
+                    store,
+                    self.config,
+                    force=force,
+                    retry_failed=retry_failed,
+                    limit=limit,
+                    paper_ids=paper_ids,
+                )
+                if vllm is None:
+                    # The template every call row of the workers refers to (the same
+                    # annotator, so the same template); building it sends nothing.
+                    probe = LLMAnnotator(**options)
+                    try:
+                        save_template(store, probe.transport.template)
+                    finally:
+                        probe.close()
+            except BaseException:
+                finish_run(store, report)
+                raise
         try:
-            todo, report.skipped = pending_papers(
-                store,
-                self.config,
-                force=force,
-                retry_failed=retry_failed,
-                limit=limit,
-                paper_ids=paper_ids,
-            )
             report.skipped -= recovered
             report.total = len(todo) + recovered
-            if vllm is None:
-                # The template every call row of the workers refers to (the same
-                # annotator, so the same template); building it sends nothing.
-                probe = LLMAnnotator(**options)
-                try:
-                    save_template(store, probe.transport.template)
-                finally:
-                    probe.close()
             shards = self.work.write_inputs(todo, shard_size, self.run_id)
             if self.on_start:
                 self.on_start(report.total)
@@ -302,25 +318,37 @@ class _RayRun:
             report.stopped = "interrupted"
         finally:
             report.seconds = time.perf_counter() - started
-            report.left = report.total - report.done - report.failed
-            finish_run(store, report)
-            if report.left == 0 and report.stopped is None:
-                self.work.remove_if_empty()
+            self.finish()
         return report
 
-    def load_finished(self) -> int:
-        """Load the shards an earlier (killed) run finished; returns their papers."""
+    def finish(self) -> None:
+        """Load the shards still waiting for the database and record the run's counts; a
+        file still in use after :data:`FINAL_WAIT` leaves them on disk for the next run."""
+        report = self.report
+        try:
+            with using(self.db, wait=FINAL_WAIT) as store:
+                self.load_finished(store)
+                report.left = report.total - report.done - report.failed
+                finish_run(store, report)
+        except DatabaseBusy:
+            if isinstance(self.db, Store):
+                raise
+            report.unstored = sum(papers_in(read_output(p)) for p in self.work.finished())
+            report.left = report.total - report.done - report.failed - report.unstored
+            return
+        if report.left == 0 and report.stopped is None:
+            self.work.remove_if_empty()
+
+    def load_finished(self, store: Store) -> int:
+        """Load the finished shards not yet in the database (a killed run's, or this run's
+        that found the file in use); returns their papers."""
         papers = 0
         for path in self.work.finished():
             tables = read_output(path)
-            if not is_loaded(self.store, tables):
-                write_tables(self.store, tables)
+            if not is_loaded(store, tables):
+                write_tables(store, tables)
                 account(self.report, tables)
-                papers += sum(
-                    tables[name].num_rows
-                    for name in ("annotations", "annotation_failures")
-                    if name in tables
-                )
+                papers += papers_in(tables)
             self.work.done_with(path.name)
         return papers
 
@@ -388,14 +416,24 @@ class _RayRun:
             parts = [from_ipc(p[name]) for p in pieces if p[name] is not None]
             if parts:
                 tables[name] = pa.concat_tables(parts, promote_options="permissive")
-        path = self.work.write_output(shard, tables)
-        # Loaded from the files just written: what is stored is what the shard holds.
-        tables = read_output(path)
-        write_tables(self.store, tables)
-        self.work.done_with(shard)
-        account(self.report, tables)
+        # Loaded from the file written (what is stored is what the shard holds), now or,
+        # while another process has the database, with the next shard or at the end.
+        self.work.write_output(shard, tables)
+        try:
+            with using(self.db, wait=TURN_WAIT) as store:
+                self.load_finished(store)
+        except DatabaseBusy:
+            if isinstance(self.db, Store):
+                raise
         if self.on_progress:
             self.on_progress(self.report)
+
+
+def papers_in(tables: dict[str, pa.Table]) -> int:
+    """Papers a shard's output holds: each has an annotation or a failure."""
+    return sum(
+        tables[name].num_rows for name in ("annotations", "annotation_failures") if name in tables
+    )
 
 
 def actor_options(options: dict[str, Any], actors: int) -> dict[str, Any]:

@@ -459,8 +459,9 @@ def annotate(
     _print_failures(report)
     if report.unstored:
         kept = (
-            "their answers are kept in the journal beside it, and the next `papertag annotate` "
-            "stores them without asking again"
+            "their answers are kept beside it (in the journal, or with --engine ray in "
+            "finished shards), and the next `papertag annotate` with the same engine stores "
+            "them without asking again"
             if report.annotator == "llm"
             else "run the same command again to redo them (nothing was paid for)"
         )
