@@ -40,9 +40,12 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from ..db import Store
 from ..errors import ConfigError, FetchError, InputError, Unreachable
 from ..retry_after import retry_after_seconds
+from .bulk import compress
+from .digests import DigestFile
 from .entries import Entry
 from .formats import Digest
-from .write import DigestFile, FileReport, compress, write_digests
+from .report import FileReport
+from .write import write_digests
 
 DEFAULT_BASE_URL = "https://huggingface.co"
 API_PATH = "/api/daily_papers"
