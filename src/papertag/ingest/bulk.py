@@ -23,6 +23,11 @@ def arrow_table(rows: Iterable[Sequence[Any]], schema: pa.Schema) -> pa.Table:
     )
 
 
+def arrow_schema(names: Iterable[str], **types: pa.DataType) -> pa.Schema:
+    """The columns ``names`` in order: strings, but for those ``types`` names."""
+    return pa.schema([(name, types.get(name, pa.string())) for name in names])
+
+
 def with_table(
     store: Store, table: pa.Table, sql: str, params: list[Any] | None = None
 ) -> list[tuple[Any, ...]]:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 
 from ..db import Store
-from .bulk import arrow_table, with_table
+from .bulk import arrow_schema, arrow_table, with_table
 from .entries import Entry
 from .report import FileReport
 
@@ -40,17 +40,20 @@ _LISTING = "_papertag_listing"
 
 @functools.cache
 def _digest_schema() -> pa.Schema:
-    return pa.schema(
-        [
-            ("digest_id", pa.string()),
-            ("source", pa.string()),
-            ("format", pa.string()),
-            ("digest_date", pa.date32()),
-            ("sha256", pa.string()),
-            ("entries", pa.int32()),
-            ("ingested_at", pa.timestamp("us")),
-            ("path", pa.string()),
-        ]
+    return arrow_schema(
+        (
+            "digest_id",
+            "source",
+            "format",
+            "digest_date",
+            "sha256",
+            "entries",
+            "ingested_at",
+            "path",
+        ),
+        digest_date=pa.date32(),
+        entries=pa.int32(),
+        ingested_at=pa.timestamp("us"),
     )
 
 

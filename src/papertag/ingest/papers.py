@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..db import Store
-from .bulk import arrow_table, with_table
+from .bulk import arrow_schema, arrow_table, with_table
 from .entries import Entry
 from .identity import content_hash, make_paper_id, title_key
 from .report import FileReport
@@ -34,29 +34,21 @@ _PAPER_FIELDS = (
 )
 
 
-@functools.cache
-def _paper_schema() -> pa.Schema:
-    types = {
-        "published_at": pa.date32(),
-        "upvotes": pa.int32(),
-        "keywords": pa.list_(pa.string()),
-        "first_seen": pa.timestamp("us"),
-        "updated_at": pa.timestamp("us"),
-    }
-    return pa.schema([(name, types.get(name, pa.string())) for name in _PAPER_FIELDS])
+#: The columns of new details of a known paper, and of a text a paper has had.
+_ENRICH_FIELDS = ("paper_id", "arxiv_id", "url", "published_at", "upvotes", "keywords")
+_VERSION_FIELDS = ("paper_id", "title", "abstract", "content_hash", "seen_at")
 
 
 @functools.cache
-def _enrich_schema() -> pa.Schema:
-    return pa.schema(
-        [
-            ("paper_id", pa.string()),
-            ("arxiv_id", pa.string()),
-            ("url", pa.string()),
-            ("published_at", pa.date32()),
-            ("upvotes", pa.int32()),
-            ("keywords", pa.list_(pa.string())),
-        ]
+def _schema(names: tuple[str, ...]) -> pa.Schema:
+    return arrow_schema(
+        names,
+        published_at=pa.date32(),
+        upvotes=pa.int32(),
+        keywords=pa.list_(pa.string()),
+        first_seen=pa.timestamp("us"),
+        updated_at=pa.timestamp("us"),
+        seen_at=pa.timestamp("us"),
     )
 
 
@@ -74,19 +66,6 @@ _TITLE, _ABSTRACT, _ARXIV, _HASH, _URL, _PUBLISHED, _UPVOTES, _KEYWORDS = (
         "keywords",
     )
 )
-
-
-@functools.cache
-def _update_schema() -> pa.Schema:
-    return pa.schema(
-        [
-            ("paper_id", pa.string()),
-            ("title", pa.string()),
-            ("abstract", pa.string()),
-            ("content_hash", pa.string()),
-            ("seen_at", pa.timestamp("us")),
-        ]
-    )
 
 
 @dataclass
@@ -267,7 +246,7 @@ class Papers:
         """Write what the segments added and changed."""
         store, now = self._store, self._now
         if self._new:
-            table = arrow_table(self._new.values(), _paper_schema())
+            table = arrow_table(self._new.values(), _schema(_PAPER_FIELDS))
             store.insert_arrow("papers", table)
             # A new paper's first text is its row's, unless a later segment changed it: taken
             # from the same Arrow table, not converted from Python strings a second time.
@@ -283,12 +262,12 @@ class Papers:
         texts = [*self._first_text.values(), *self._versions]
         if texts:
             store.insert_arrow(
-                "paper_versions", arrow_table(((*v, now) for v in texts), _update_schema())
+                "paper_versions", arrow_table(((*v, now) for v in texts), _schema(_VERSION_FIELDS))
             )
         if self._updates:
             with_table(
                 store,
-                arrow_table(((*u, now) for u in self._updates.values()), _update_schema()),
+                arrow_table(((*u, now) for u in self._updates.values()), _schema(_VERSION_FIELDS)),
                 "UPDATE papers SET title = u.title, abstract = u.abstract, "
                 "content_hash = u.content_hash, updated_at = u.seen_at "
                 "FROM _papertag_rows u WHERE papers.paper_id = u.paper_id",
@@ -298,7 +277,7 @@ class Papers:
             # keywords, and rewriting thousands of unchanged rows cost more than the rest.
             with_table(
                 store,
-                arrow_table(self._enrich.values(), _enrich_schema()),
+                arrow_table(self._enrich.values(), _schema(_ENRICH_FIELDS)),
                 "UPDATE papers SET arxiv_id = coalesce(papers.arxiv_id, e.arxiv_id), url = coalesce(e.url, papers.url), "
                 "published_at = coalesce(e.published_at, papers.published_at), upvotes = coalesce(e.upvotes, papers.upvotes), "
                 "keywords = coalesce(e.keywords, papers.keywords) FROM _papertag_rows e WHERE papers.paper_id = e.paper_id "

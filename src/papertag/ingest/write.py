@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
 
-from ..db import Store
+from ..db import Store, utc_now
 from .bulk import bulk_write
 from .digests import DigestFile, Listing
 from .entries import Entry
@@ -20,10 +19,6 @@ from .report import FileReport
 
 #: Entries written per batch; bounds memory whatever the file size.
 BATCH_SIZE = 20_000
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _batches(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
@@ -45,7 +40,7 @@ def write_entries(
     ``digest`` is the file they come from, or None to record no digest and no listings.
     If the stream raises (a bad line half way through a file), everything is rolled back.
     """
-    now = _utcnow()
+    now = utc_now()
     count = 0
     with bulk_write(store):
         listing = Listing(store, BATCH_SIZE) if digest is not None else None
@@ -80,7 +75,7 @@ def write_digests(
     ``compress=False`` leaves the compression to one :func:`.bulk.compress` after many
     writes.
     """
-    now = _utcnow()
+    now = utc_now()
     with bulk_write(store, compress=compress):
         if digests:
             papers = Papers(store, [entries for _, entries, _ in digests], now)
