@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,15 @@ from typing import Any
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from ..db import Store
+from ..db import Store, utc_now
 from ..errors import ConfigError, FetchError, InputError, Unreachable
 from ..retry_after import retry_after_seconds
+from .bulk import compress
+from .digests import DigestFile
 from .entries import Entry
 from .formats import Digest
-from .write import DigestFile, FileReport, compress, write_digests
+from .report import FileReport
+from .write import write_digests
 
 DEFAULT_BASE_URL = "https://huggingface.co"
 API_PATH = "/api/daily_papers"
@@ -117,10 +120,6 @@ class PullReport:
             "errors": [d.error for d in self.failed],
             "stopped": self.stopped,
         }
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _reason(exc: BaseException) -> str:
@@ -345,7 +344,7 @@ def pull(
     timeout: float = TIMEOUT,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
-    now: Callable[[], datetime] = _utcnow,
+    now: Callable[[], datetime] = utc_now,
     on_start: Callable[[int], None] | None = None,
     on_day: Callable[[DayReport], None] | None = None,
 ) -> PullReport:

@@ -15,7 +15,8 @@ from ..annotators import DEFAULT_ANNOTATOR, AnnotatorInfo, resolve_annotator
 from ..db import Store
 from ..ingest.entries import Entry
 from ..ingest.identity import title_key
-from ..ingest.write import FileReport, write_entries
+from ..ingest.report import FileReport
+from ..ingest.write import write_entries
 from ..schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from ..scoring import EvalResult, GoldPaper, Item, load_gold, score
 
