@@ -1,4 +1,4 @@
-"""``papertag annotate``, ``run`` (pull then annotate), ``train`` and ``models``."""
+"""``papertag annotate`` and ``run`` (pull then annotate)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 from typer.core import TyperGroup
 
 from ..annotate import AnnotateReport
@@ -18,14 +17,11 @@ from ..annotate import annotate_papers as run_annotate
 from ..annotate import estimate as estimate_run
 from ..annotate.shards import DEFAULT_ACTORS, DEFAULT_SHARD_SIZE
 from ..annotators import DEFAULT_CONCURRENCY, MAX_PAPERS_PER_CALL
-from ..db.store import default_db_path
-from ..schema import ACCEPT_THRESHOLD
-from ..taxonomy import FIELDS
 
 if TYPE_CHECKING:
     # Imported by their commands: httpx is a tenth of a second that no other command needs.
     from ..daily import RunReport
-from .app import app, err, fail, guard, open_store, out, progress_bar, state
+from .app import app, err, fail, guard, open_store, out, progress_bar
 from .ingest import API_HELP, Since, Until, day_range, pull_summary, pulling
 
 
@@ -711,246 +707,3 @@ def run(
         raise typer.Exit(130)
     if not report.ok:
         raise typer.Exit(1)
-
-
-# ---------------------------------------------------------------------- train
-@app.command()
-def train(
-    from_files: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--from",
-            help="Labelled papers, JSONL in the gold/silver format (title, abstract, technique, "
-            "modality, target_metric). Repeat for several files.",
-            show_default=False,
-        ),
-    ] = None,
-    from_annotator: Annotated[
-        str | None,
-        typer.Option(
-            help="Also learn from this annotator's current labels in the database (e.g. llm: "
-            "distillation).",
-            show_default=False,
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="With --from-annotator: which of its models (e.g. gpt-4o-mini).",
-            show_default=False,
-        ),
-    ] = None,
-    reviews: Annotated[
-        bool,
-        typer.Option(
-            "--reviews/--no-reviews",
-            help="Learn from people's review decisions in the database (they win over every "
-            "other source for the fields they decide).",
-        ),
-    ] = True,
-    name: Annotated[
-        str, typer.Option(help="Save the model in the database under this name.")
-    ] = "local",
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Write the model to this file instead of the database.",
-            show_default=False,
-        ),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace the --out file if it exists.")
-    ] = False,
-    folds: Annotated[
-        int, typer.Option(help="Folds of the cross-validation (and of the calibration).", min=2)
-    ] = 5,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Train the learned annotator's model on labelled papers and save it.
-
-    Sources combine: files, an annotator's labels and review decisions; for a
-    paper and field, a person's decision wins over an annotator's label, which
-    wins over a file's. Prints k-fold cross-validated micro-F1 per field, the
-    calibration error (ECE), the training set per source and the labels left
-    out for having too few examples. `papertag annotate` then uses the newest
-    model of the database.
-    """
-    from ..annotators.learned.pipeline import train as run_train
-
-    if model is not None and from_annotator is None:
-        raise fail("--model needs --from-annotator", 2)
-    db = state.db if state.db is not None else default_db_path()
-    with progress_bar("train", None) as (progress, task):
-        result = guard(
-            lambda: run_train(
-                db,
-                files=from_files or [],
-                annotator=from_annotator,
-                annotator_model=model,
-                reviews=reviews,
-                name=name,
-                out=output,
-                overwrite=force,
-                folds=folds,
-                on_step=lambda step: progress.update(task, description=f"train: {step}"),
-            )
-        )
-    rep = result.report
-    if as_json:
-        out.print_json(json.dumps({**rep.as_dict(), "saved_to": result.saved_to}))
-        return
-    for fname, lab, n in rep.dropped:
-        err.print(
-            f"[yellow]warning:[/] {fname} label {lab!r} left out: {n} example"
-            f"{'s' if n != 1 else ''}, too few to learn"
-        )
-    sources = ", ".join(f"{k} {v:,}" for k, v in rep.sources.items())
-    out.print(f"trained on {rep.examples:,} papers ({sources}) in {rep.seconds:.1f}s")
-    t = Table(title=f"{rep.folds}-fold cross-validation")
-    for col in ("field", "micro-F1", "macro-F1", "precision", "recall", "threshold"):
-        t.add_column(col, justify="left" if col == "field" else "right")
-    for fname in FIELDS:
-        cv = rep.cv.get(fname, {})
-        t.add_row(
-            fname,
-            f"{cv.get('micro_f1', 0):.3f}",
-            f"{cv.get('macro_f1', 0):.3f}",
-            f"{cv.get('precision', 0):.3f}",
-            f"{cv.get('recall', 0):.3f}",
-            f"{rep.thresholds[fname]:.3f}",
-        )
-    out.print(t)
-    for source, figures in rep.by_source.items():
-        out.print(
-            f"  {escape(source)} ({int(figures['papers']):,} papers): "
-            + ", ".join(f"{f} {figures[f]:.3f}" for f in FIELDS)
-        )
-    out.print(
-        f"ECE (10 bins, labels and candidates): {rep.ece:.3f}; auto-accepted labels "
-        f"(confidence ≥ {ACCEPT_THRESHOLD}) {rep.auto_precision:.1%} right; "
-        f"review yield {rep.review_yield:.1%}"
-    )
-    out.print(f"saved model {rep.version} to {escape(result.saved_to)}")
-
-
-@app.command()
-def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the learned annotator's models: those trained into this database (newest
-    first; the newest is the default of `annotate --annotator learned`) and the shipped one."""
-    from ..annotators.learned.registry import list_models
-
-    db = state.db if state.db is not None else default_db_path()
-    if db.exists():
-        with open_store(read_only=True) as store:
-            infos = guard(lambda: list_models(store))
-    else:
-        infos = guard(lambda: list_models(None))
-    if as_json:
-        out.print_json(
-            json.dumps(
-                [
-                    {
-                        "name": m.name,
-                        "version": m.version,
-                        "created_at": m.created_at.isoformat() if m.created_at else None,
-                        "where": m.where,
-                        "examples": m.examples,
-                        "cv": m.meta.get("cv", {}),
-                    }
-                    for m in infos
-                ]
-            )
-        )
-        return
-    t = Table()
-    for col in ("name", "version", "where", "trained", "papers", *FIELDS):
-        t.add_column(col, justify="right" if col in ("papers", *FIELDS) else "left")
-    for m in infos:
-        t.add_row(
-            m.name,
-            m.version,
-            m.where,
-            m.created_at.strftime("%Y-%m-%d %H:%M") if m.created_at else "",
-            f"{m.examples:,}",
-            *(f"{v:.3f}" if (v := m.cv(f)) is not None else "" for f in FIELDS),
-        )
-    out.print(t)
-    out.print("[dim]technique, modality, target_metric: cross-validated micro-F1[/]")
-
-
-# -------------------------------------------------------------------- batches
-batches_cli = typer.Typer(
-    help="The Batch API batches of `annotate --batch`: list them, or cancel one.",
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(batches_cli, name="batches")
-
-
-@batches_cli.callback(invoke_without_command=True)
-def batches(
-    ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """List the batches this database sent, newest first, with their status and counts as
-    last seen (`annotate --batch` or `--wait` asks the server again). Subcommand: `cancel ID`."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from ..annotate.batch import list_batches
-
-    store = open_store(read_only=True)
-    with store:
-        rows = guard(lambda: list_batches(store))
-    if as_json:
-        out.print_json(
-            json.dumps(
-                [
-                    {
-                        **{k: v for k, v in vars(b).items() if not k.endswith("_at")},
-                        "created_at": b.created_at.isoformat(),
-                        "collected_at": b.collected_at.isoformat() if b.collected_at else None,
-                    }
-                    for b in rows
-                ]
-            )
-        )
-        return
-    if not rows:
-        out.print("no batches (send some with `papertag annotate --annotator llm --batch`)")
-        return
-    table = Table("batch", "model", "status", "requests", "done", "failed", "created", "collected")
-    for b in rows:
-        table.add_row(
-            b.batch_id or b.batch_uid,
-            b.model,
-            b.status + (f" ({b.error})" if b.error else ""),
-            str(b.requests),
-            "" if b.completed is None else str(b.completed),
-            "" if b.failed is None else str(b.failed),
-            b.created_at.strftime("%Y-%m-%d %H:%M"),
-            b.collected_at.strftime("%Y-%m-%d %H:%M") if b.collected_at else "open",
-        )
-    out.print(table)
-
-
-@batches_cli.command("cancel")
-def batches_cancel(
-    batch_id: Annotated[str, typer.Argument(help="The batch's id (`papertag batches`).")],
-    api_key_env: Annotated[
-        str,
-        typer.Option(help="Environment variable holding the API key (a local server needs none)."),
-    ] = "OPENAI_API_KEY",
-) -> None:
-    """Ask the server to cancel a batch. Its answers so far are kept and stored by the
-    next `annotate` run; its other papers go back to the queue."""
-    from ..annotate.batch import cancel_batch
-
-    store = open_store()
-    with store:
-        info = guard(lambda: cancel_batch(store, batch_id, api_key_env=api_key_env))
-    out.print(
-        f"batch {info.batch_id or info.batch_uid}: {info.status}; the next `papertag annotate` "
-        "of this annotator collects what it finished and queues the rest again"
-    )
