@@ -8,9 +8,19 @@ stage registers its commands on :data:`.app.app`.
 # isort: off
 # In the order data flows: `papertag --help` lists the commands in the order they are
 # registered (the command groups, batches and review, after them all).
-from . import ingest, annotate, models, batches, query, review
+from . import ingest, annotate, daily, models, batches, query, review
 
 # isort: on
 from .app import app, main
 
-__all__ = ["annotate", "app", "batches", "ingest", "main", "models", "query", "review"]
+__all__ = [
+    "annotate",
+    "app",
+    "batches",
+    "daily",
+    "ingest",
+    "main",
+    "models",
+    "query",
+    "review",
+]
