@@ -20,7 +20,7 @@ from ..query.export import export as run_export
 from ..query.sql import QueryResult, read_sql_file, run_script, run_sql, stats, to_csv, to_json
 from ..schema import ACCEPT_THRESHOLD, DROP_THRESHOLD
 from ..taxonomy import FIELDS
-from .annotate import AnnotatorName
+from .annotate_options import AnnotatorName
 from .app import app, err, fail, guard, open_store, out, state
 
 
