@@ -294,9 +294,5 @@ def _multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, byt
 
 @contextmanager
 def batch_server(replies: list[Reply] | None = None, **options: Any) -> Iterator[BatchServer]:
-    srv = BatchServer(replies, **options)
-    srv.start()
-    try:
+    with BatchServer(replies, **options).start() as srv:
         yield srv
-    finally:
-        srv.stop()
