@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from .local_server import LocalServer, Reply
+from .local_server import HttpRequest, LocalServer, Reply
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 #: Every real answer of the API in ../shared, by the day in its file name.
@@ -85,15 +85,8 @@ class DailyServer(LocalServer):
             return queued.pop(0)
         return Reply(body=self.body(day))
 
-    async def _exchange(
-        self,
-        writer: asyncio.StreamWriter,
-        method: str,
-        target: str,
-        headers: dict[str, str],
-        raw: bytes,
-    ) -> bool:
-        reply = self._answer(target)
+    async def _exchange(self, writer: asyncio.StreamWriter, http: HttpRequest) -> bool:
+        reply = self._answer(http.target)
         if reply.delay:
             await asyncio.sleep(reply.delay)
         return await self._send(writer, reply, {})

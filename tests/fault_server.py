@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from .local_server import LocalServer
+from .local_server import HttpRequest, LocalServer
 from .local_server import Reply as Reply  # the tests build their answers from here
 
 
@@ -314,15 +314,9 @@ class FaultServer(LocalServer):
         return Reply(body=valid_answer(request, self.cache), delay=self.latency)
 
     # -- HTTP/1.1 ----------------------------------------------------------------
-    async def _exchange(
-        self,
-        writer: asyncio.StreamWriter,
-        method: str,
-        target: str,
-        headers: dict[str, str],
-        raw: bytes,
-    ) -> bool:
-        other = self.endpoint(method, target, headers, raw)
+    async def _exchange(self, writer: asyncio.StreamWriter, http: HttpRequest) -> bool:
+        raw = http.body
+        other = self.endpoint(http.method, http.target, http.headers, raw)
         if other is not None:
             return await self._send(writer, other, {})
         request = json.loads(raw) if raw else {}
@@ -333,7 +327,7 @@ class FaultServer(LocalServer):
             self.first_at = time.monotonic()
         if self.keep_requests:
             self.requests.append(request)
-            self.headers.append(headers)
+            self.headers.append(http.headers)
         allowed, limit_headers = self._take()
         if allowed:
             reply = self._answer(request)

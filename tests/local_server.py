@@ -27,6 +27,14 @@ class Reply:
     delay: float = 0.0  # seconds before answering (a read timeout when above the client's)
 
 
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    target: str  # the path and query
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
 class LocalServer:
     #: What ``url`` adds to the server's address (an API's root).
     base_path: ClassVar[str] = ""
@@ -49,14 +57,7 @@ class LocalServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.base_path}"
 
-    async def _exchange(
-        self,
-        writer: asyncio.StreamWriter,
-        method: str,
-        target: str,
-        headers: dict[str, str],
-        raw: bytes,
-    ) -> bool:
+    async def _exchange(self, writer: asyncio.StreamWriter, http: HttpRequest) -> bool:
         """Answer one request; False when the connection is closed after it."""
         raise NotImplementedError
 
@@ -94,7 +95,7 @@ class LocalServer:
                 raw = await reader.readexactly(int(headers.get("content-length", 0)))
             except (asyncio.IncompleteReadError, ConnectionError):
                 return  # the client died while sending (the benchmark's kill -9)
-            if not await self._exchange(writer, method, target, headers, raw):
+            if not await self._exchange(writer, HttpRequest(method, target, headers, raw)):
                 return
 
     async def _send(
