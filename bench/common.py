@@ -1,5 +1,5 @@
-"""What the benchmarks share: the shared digests as a database of any size, and this
-process's memory as the kernel reports it.
+"""What the benchmarks share: the shared digests as a database of any size, a process's
+memory as the kernel reports it, and a measurement run in a fresh process.
 
 Imported as ``bench.common``: a benchmark puts the repository's root on ``sys.path``
 (bench/ray.py must keep its own folder off it, where ray.py would stand in for Ray).
@@ -7,8 +7,12 @@ Imported as ``bench.common``: a benchmark puts the repository's root on ``sys.pa
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
@@ -51,3 +55,18 @@ def peak_rss_mb() -> float:
     preferred where it exists."""
     hwm = status_mb("VmHWM")
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def counts(text: str) -> list[int]:
+    """An option's comma-separated numbers of papers: ``--sizes 10000,20000``."""
+    return [int(x) for x in text.split(",")]
+
+
+def in_child(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` with ``args`` in a fresh process, so that its memory figures are its
+    own, and return the JSON object its last line of output prints."""
+    out = subprocess.run(
+        [sys.executable, script, *args], check=True, capture_output=True, text=True
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result

@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import DIGESTS, peak_rss_mb, status_mb  # noqa: E402
+from bench.common import DIGESTS, counts, in_child, peak_rss_mb, status_mb  # noqa: E402
 
 #: A real answer of the daily-papers API (current schema): the shape of every generated day.
 API_SAMPLE = ROOT.parent / "shared" / "samples" / "hf_daily_papers_api_2026-08-21.json"
@@ -244,12 +244,10 @@ def child(path: str, db: str, trace: bool, memory_limit: str | None) -> dict[str
 def run_phase(
     path: Path, db: Path, *, trace: bool = False, memory_limit: str | None = None
 ) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", str(path), str(db)]
-    cmd += ["--trace"] if trace else []
-    cmd += ["--memory-limit", memory_limit] if memory_limit else []
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    args = ["--child", str(path), str(db)]
+    args += ["--trace"] if trace else []
+    args += ["--memory-limit", memory_limit] if memory_limit else []
+    return in_child(__file__, *args)
 
 
 # -------------------------------------------------------------------------- main
@@ -258,7 +256,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000, help="entries (default 100,000)")
     ap.add_argument(
         "--sizes",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=counts,
         help="entry counts to measure, comma-separated (default: N/4,N)",
     )
     ap.add_argument(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import peak_rss_mb, status_mb, write_copies  # noqa: E402
+from bench.common import counts, in_child, peak_rss_mb, status_mb, write_copies  # noqa: E402
 
 SILVER = ROOT.parent / "shared" / "train" / "silver.jsonl"
 ANNOTATE_TARGET = 5_000  # papers/s
@@ -80,11 +79,7 @@ def child(db: str) -> dict[str, Any]:
 
 
 def run_child(db: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", str(db)], check=True, capture_output=True, text=True
-    ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return in_child(__file__, "--child", str(db))
 
 
 # ------------------------------------------------------------------------- train
@@ -127,7 +122,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="papers to annotate (default 10,000)")
     ap.add_argument(
         "--sizes",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=counts,
         help="paper counts for the memory runs, comma-separated (default: N,2N)",
     )
     ap.add_argument("--no-train", action="store_true", help="skip the training measurement")
