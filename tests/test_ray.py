@@ -29,8 +29,9 @@ from papertag.annotators.llm.prices import estimate_cost
 from papertag.db import Store
 from papertag.ingest import ingest_digests
 
+from .conftest import ABSTRACT, write_papers
 from .fault_server import Reply, fault_server, paper_of
-from .test_batch import BASE, RATE, answer, write_papers
+from .test_batch import RATE, answer
 
 #: Ray's processes talk over 127.0.0.1 only (not the machine's address), and send no usage
 #: report; set before Ray is imported (it reads them then), and inherited by the drivers
@@ -57,7 +58,7 @@ def cluster() -> Iterator[str]:
 
 
 def papers(db: Path, tmp_path: Path, n: int, *, start: int = 0, name: str = "papers") -> None:
-    rows = [(f"Paper {i:03d}: tiny quant", BASE + f" Variant {i}.") for i in range(start, n)]
+    rows = [(f"Paper {i:03d}: tiny quant", ABSTRACT + f" Variant {i}.") for i in range(start, n)]
     assert ingest_digests([write_papers(tmp_path / f"{name}.jsonl", rows)], db).ok
 
 
