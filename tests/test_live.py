@@ -28,7 +28,7 @@ from papertag.annotate import AnnotateReport, annotate_papers
 from papertag.db import Store
 from papertag.errors import DatabaseBusy, StoreError
 
-from .conftest import ABSTRACT, PAPERTAG, FakeTime, ingest_variants, spawn_annotate
+from .conftest import ABSTRACT, PAPERTAG, FakeTime, ingest_variants, reaped, spawn_annotate
 from .fault_server import Reply, completion, fault_server, valid_answer
 
 BIN = Path(sys.executable).parent
@@ -125,8 +125,7 @@ def test_stats_sql_and_review_export_work_during_a_run(tmp_path: Path, db_path: 
     ingest_variants(db_path, tmp_path, n)
     watcher = Watcher(db_path, tmp_path)
     with fault_server(route=_doubtful, gated=True) as srv:
-        run = spawn_annotate(db_path, srv.url, "--concurrency", "2")
-        try:
+        with reaped(spawn_annotate(db_path, srv.url, "--concurrency", "2")) as run:
             # The run is under way: its first requests wait at the server.
             _until(lambda: srv.count >= 2, "the run's first requests")
             watcher.look()
@@ -159,10 +158,6 @@ def test_stats_sql_and_review_export_work_during_a_run(tmp_path: Path, db_path: 
                 srv.allow(allowed)
                 watcher.look()
             _, stderr = run.communicate(timeout=120)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.communicate()
         assert run.returncode == 0, stderr
         asked = srv.count
     # Nothing lost, nothing paid twice.
@@ -183,8 +178,7 @@ def test_stats_sql_and_review_export_work_during_a_run(tmp_path: Path, db_path: 
 def test_a_second_run_is_refused_and_sends_nothing(tmp_path: Path, db_path: Path) -> None:
     ingest_variants(db_path, tmp_path, 8)
     with fault_server(gated=True) as srv:
-        first = spawn_annotate(db_path, srv.url, "--concurrency", "2")
-        try:
+        with reaped(spawn_annotate(db_path, srv.url, "--concurrency", "2")) as first:
             _until(lambda: srv.count >= 2, "the first run's requests")
             second = _cli(
                 db_path, "annotate", "-a", "llm", "--model", "fake-model", "--base-url", srv.url
@@ -192,10 +186,6 @@ def test_a_second_run_is_refused_and_sends_nothing(tmp_path: Path, db_path: Path
             asked = srv.count
             srv.allow(None)
             _, first_err = first.communicate(timeout=120)
-        finally:
-            if first.poll() is None:
-                first.kill()
-                first.communicate()
         total = srv.count
     assert second.returncode == 1
     lines = second.stderr.strip().splitlines()
@@ -217,18 +207,15 @@ def test_other_writers_take_turns_with_a_run(tmp_path: Path, db_path: Path) -> N
     ingest_variants(db_path, tmp_path, 6)
     more = tmp_path / "more.jsonl"
     more.write_text(json.dumps({"title": "Another paper", "abstract": ABSTRACT}) + "\n")
-    with fault_server(gated=True) as srv:
-        run = spawn_annotate(db_path, srv.url, "--concurrency", "2")
-        try:
-            _until(lambda: srv.count >= 2, "the run's requests")
-            srv.allow(3)
-            added = _cli(db_path, "ingest", str(more))
-            srv.allow(None)
-            _, stderr = run.communicate(timeout=120)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.communicate()
+    with (
+        fault_server(gated=True) as srv,
+        reaped(spawn_annotate(db_path, srv.url, "--concurrency", "2")) as run,
+    ):
+        _until(lambda: srv.count >= 2, "the run's requests")
+        srv.allow(3)
+        added = _cli(db_path, "ingest", str(more))
+        srv.allow(None)
+        _, stderr = run.communicate(timeout=120)
     assert added.returncode == 0, added.stderr
     assert run.returncode == 0, stderr
     with Store(db_path, read_only=True) as s:
