@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from papertag.annotators.llm.prices import estimate_cost
 from papertag.db import Store
 from papertag.ingest import ingest_digests
 
-from .conftest import ABSTRACT, write_papers
+from .conftest import ABSTRACT, PAPERTAG, write_papers
 from .fault_server import Reply, fault_server, paper_of
 from .test_batch import RATE, answer
 
@@ -42,7 +41,6 @@ os.environ.update(RAY_ENV)
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 
-PAPERTAG = str(Path(sys.executable).with_name("papertag"))
 #: Short retry waits (what is asserted is what happened, not how long it took).
 FAST = {"backoff": 0.01}
 
