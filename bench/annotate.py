@@ -10,42 +10,40 @@ annotator on one core. Target: at least 2,000 papers/s.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_copies
+
 from papertag.annotate import annotate_papers
 from papertag.annotators import get_annotator
 from papertag.db import Store
-from papertag.ingest import Entry, FileReport, parse_file, write_entries
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=10_000)
     args = ap.parse_args()
-    base = [e for path in DIGESTS for e in parse_file(path).entries]
-    entries = [
-        Entry(i + 1, None, f"{base[i % len(base)].title} (copy {i})", base[i % len(base)].abstract)
-        for i in range(args.n)
-    ]
-    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "bench.duckdb") as store:
-        write_entries(store, entries, digest=None, report=FileReport(path="synthetic"))
-        t0 = time.perf_counter()
-        annotator = get_annotator("rules")  # compiles the taxonomy's patterns once per process
-        startup = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        report = annotate_papers(store, annotator)
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        again = annotate_papers(store, "rules")
-        second = time.perf_counter() - t0
-        labels = store.scalar("SELECT count(*) FROM annotation_labels")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.duckdb"
+        distinct = write_copies(db, args.n)
+        with Store(db) as store:
+            t0 = time.perf_counter()
+            annotator = get_annotator("rules")  # compiles the taxonomy's patterns once per process
+            startup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            report = annotate_papers(store, annotator)
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            again = annotate_papers(store, "rules")
+            second = time.perf_counter() - t0
+            labels = store.scalar("SELECT count(*) FROM annotation_labels")
     print(
-        f"rules annotator, {args.n:,} papers ({len(base)} distinct abstracts repeated), one process"
+        f"rules annotator, {args.n:,} papers ({distinct} distinct abstracts repeated), one process"
     )
     print(
         f"  annotate+validate+store: {report.done:,} done, {report.failed} failed in {first:.2f}s "

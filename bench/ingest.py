@@ -40,7 +40,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
+sys.path.insert(0, str(ROOT))
+
+from bench.common import DIGESTS, counts, in_child, peak_rss_mb, status_mb  # noqa: E402
+
 #: A real answer of the daily-papers API (current schema): the shape of every generated day.
 API_SAMPLE = ROOT.parent / "shared" / "samples" / "hf_daily_papers_api_2026-08-21.json"
 TARGET = 20_000
@@ -195,27 +198,6 @@ def many_files(tmp: Path, files: int, per_file: int) -> None:
 
 
 # -------------------------------------------------------------------- one phase
-def _status_mb(field: str) -> float | None:
-    """A memory figure of this process from /proc (Linux), in MB."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process. getrusage's ru_maxrss is the number to use, except that on
-    Linux a child keeps its parent's value from the fork (this script's parent holds the
-    generated entries), so the kernel's high-water mark of the process's own memory,
-    VmHWM, is preferred where it exists."""
-    hwm = _status_mb("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child(path: str, db: str, trace: bool, memory_limit: str | None) -> dict[str, Any]:
     """Runs in its own process: one ingest of one file, measured (opening, writing and
     closing the database, as `papertag ingest` does)."""
@@ -230,7 +212,7 @@ def child(path: str, db: str, trace: bool, memory_limit: str | None) -> dict[str
     # query with parameters: a third of a second that is not ingest's. Paid here, untimed.
     duckdb.connect().execute("SELECT ?", [1]).fetchall()
 
-    baseline = _status_mb("VmRSS") or float("nan")
+    baseline = status_mb("VmRSS") or float("nan")
     if trace:
         tracemalloc.start()
     cpu0 = time.process_time()
@@ -253,7 +235,7 @@ def child(path: str, db: str, trace: bool, memory_limit: str | None) -> dict[str
         "seconds": seconds,
         "cpu_seconds": cpu,
         "baseline_rss_mb": baseline,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_heap_mb": heap,
     }
@@ -262,12 +244,10 @@ def child(path: str, db: str, trace: bool, memory_limit: str | None) -> dict[str
 def run_phase(
     path: Path, db: Path, *, trace: bool = False, memory_limit: str | None = None
 ) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", str(path), str(db)]
-    cmd += ["--trace"] if trace else []
-    cmd += ["--memory-limit", memory_limit] if memory_limit else []
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    args = ["--child", str(path), str(db)]
+    args += ["--trace"] if trace else []
+    args += ["--memory-limit", memory_limit] if memory_limit else []
+    return in_child(__file__, *args)
 
 
 # -------------------------------------------------------------------------- main
@@ -276,7 +256,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000, help="entries (default 100,000)")
     ap.add_argument(
         "--sizes",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=counts,
         help="entry counts to measure, comma-separated (default: N/4,N)",
     )
     ap.add_argument(

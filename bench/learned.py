@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,48 +31,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-DIGESTS = sorted((SHARED / "digests").glob("*.txt"))
-SILVER = SHARED / "train" / "silver.jsonl"
+sys.path.insert(0, str(ROOT))
+
+from bench.common import counts, in_child, peak_rss_mb, status_mb, write_copies  # noqa: E402
+
+SILVER = ROOT.parent / "shared" / "train" / "silver.jsonl"
 ANNOTATE_TARGET = 5_000  # papers/s
 TRAIN_TARGET = 60.0  # seconds
-
-
-# ------------------------------------------------------------------------ memory
-def _status_mb(field: str) -> float | None:
-    """A memory figure of this process from /proc (Linux), in MB."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process: VmHWM where /proc has it (getrusage's ru_maxrss may carry
-    the parent's value from the fork on Linux), else ru_maxrss."""
-    hwm = _status_mb("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# ------------------------------------------------------------------------- data
-def build_db(path: Path, n: int) -> int:
-    """A database of ``n`` papers: the digests' abstracts repeated under distinct titles.
-    Returns the number of distinct abstracts."""
-    from papertag.db import Store
-    from papertag.ingest import Entry, FileReport, parse_file, write_entries
-
-    base = [e for p in DIGESTS for e in parse_file(p).entries]
-    entries = [
-        Entry(i + 1, None, f"{base[i % len(base)].title} (copy {i})", base[i % len(base)].abstract)
-        for i in range(n)
-    ]
-    with Store(path) as store:
-        write_entries(store, entries, digest=None, report=FileReport(path="synthetic"))
-    return len(base)
 
 
 # -------------------------------------------------------------- annotate (child)
@@ -93,10 +56,10 @@ def child(db: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         annotator = get_annotator("learned")  # the shipped model: load, rebuild vectorizers
         startup = time.perf_counter() - t0
-        marks["loaded"] = _status_mb("VmRSS") or float("nan")
+        marks["loaded"] = status_mb("VmRSS") or float("nan")
 
         def on_start(_total: int) -> None:
-            marks["started"] = _status_mb("VmRSS") or float("nan")
+            marks["started"] = status_mb("VmRSS") or float("nan")
 
         t0 = time.perf_counter()
         report = annotate_papers(store, annotator, on_start=on_start)
@@ -111,16 +74,12 @@ def child(db: str) -> dict[str, Any]:
         "labels": labels,
         "rss_loaded_mb": marks["loaded"],
         "rss_started_mb": marks.get("started", float("nan")),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
 def run_child(db: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", str(db)], check=True, capture_output=True, text=True
-    ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return in_child(__file__, "--child", str(db))
 
 
 # ------------------------------------------------------------------------- train
@@ -163,7 +122,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="papers to annotate (default 10,000)")
     ap.add_argument(
         "--sizes",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=counts,
         help="paper counts for the memory runs, comma-separated (default: N,2N)",
     )
     ap.add_argument("--no-train", action="store_true", help="skip the training measurement")
@@ -178,7 +137,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             db = Path(tmp) / f"bench-{size}.duckdb"
-            distinct = build_db(db, size)
+            distinct = write_copies(db, size)
             runs[size] = run_child(db)
             db.unlink()
     a = runs[args.n]

@@ -46,28 +46,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import DIGESTS, write_copies  # noqa: E402
 from tests.batch_server import BatchServer  # noqa: E402
 from tests.fault_server import FaultServer, PromptCache, valid_answer  # noqa: E402
 
 from papertag.annotate.journal import Journal  # noqa: E402
 from papertag.annotators.llm.prices import BATCH_DISCOUNT, estimate_cost, price_for  # noqa: E402
 from papertag.db import Store  # noqa: E402
-from papertag.ingest import Entry, FileReport, ingest_digests, parse_file, write_entries  # noqa: E402
+from papertag.ingest import ingest_digests  # noqa: E402
 
-DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
 PAPERTAG = str(Path(sys.executable).with_name("papertag"))
 #: time.monotonic() when the last command started (the server's clock, for start-up).
 started_at = 0.0
-
-
-def make_db(path: Path, n: int) -> None:
-    base = [e for p in DIGESTS for e in parse_file(p).entries]
-    entries = [
-        Entry(i + 1, None, f"{base[i % len(base)].title} (copy {i})", base[i % len(base)].abstract)
-        for i in range(n)
-    ]
-    with Store(path) as store:
-        write_entries(store, entries, digest=None, report=FileReport(path="synthetic"))
 
 
 def annotate_cmd(db: Path, url: str, *extra: str) -> list[str]:
@@ -117,7 +107,7 @@ def timed_run(
     answer)."""
     db = tmp / f"{name}.duckdb"
     db.unlink(missing_ok=True)
-    make_db(db, n)
+    write_copies(db, n)
     with FaultServer(latency=latency, keep_requests=False).start() as srv:
         seconds = run(annotate_cmd(db, srv.url, "--concurrency", "32", *extra))
         startup = (srv.first_at or started_at) - started_at
@@ -372,7 +362,7 @@ def bench_concurrency(tmp: Path, n: int, runs: int) -> None:
 
 def bench_rate_limit(tmp: Path, n: int, headers: bool) -> None:
     db = tmp / f"ratelimit-{headers}.duckdb"
-    make_db(db, n)
+    write_copies(db, n)
     with FaultServer(
         latency=0.2, rpm=600, rate_headers=headers, retry_after_header=headers, keep_requests=False
     ).start() as srv:
@@ -413,7 +403,7 @@ def recorded_requests(db: Path) -> set[str]:
 
 def bench_crash(tmp: Path, n: int, kills: int) -> None:
     db = tmp / "crash.duckdb"
-    make_db(db, n)
+    write_copies(db, n)
     rng = random.Random(1)
     repeated_at_kill = in_flight_at_kill = 0
     with FaultServer(latency=0.2, keep_requests=False).start() as srv:

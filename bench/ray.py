@@ -34,6 +34,7 @@ ROOT = HERE.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_copies  # noqa: E402
 from tests.fault_server import FaultServer  # noqa: E402
 
 import ray  # noqa: E402
@@ -42,23 +43,11 @@ from papertag.annotate.ray_engine import annotate_on_ray  # noqa: E402
 from papertag.annotate.shards import WorkDir  # noqa: E402
 from papertag.annotate.writer import TABLES  # noqa: E402
 from papertag.db import Store  # noqa: E402
-from papertag.ingest import Entry, FileReport, parse_file, write_entries  # noqa: E402
 
-DIGESTS = sorted((ROOT.parent / "shared" / "digests").glob("*.txt"))
 CONCURRENCY = 32
 ACTORS = 2
 SHARD = 125
 LATENCY = 0.2
-
-
-def make_db(path: Path, n: int) -> None:
-    base = [e for p in DIGESTS for e in parse_file(p).entries]
-    entries = [
-        Entry(i + 1, None, f"{base[i % len(base)].title} (copy {i})", base[i % len(base)].abstract)
-        for i in range(n)
-    ]
-    with Store(path) as store:
-        write_entries(store, entries, digest=None, report=FileReport(path="synthetic"))
 
 
 def shards_of(db: Path, into: Path, n: int) -> None:
@@ -99,7 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         local, on_ray, load = (Path(tmp) / f"{name}.duckdb" for name in ("local", "ray", "load"))
         for db in (local, on_ray, load):
-            make_db(db, n)
+            write_copies(db, n)
         t0 = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray_start = time.perf_counter() - t0

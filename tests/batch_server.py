@@ -223,7 +223,8 @@ class BatchServer(FaultServer):
     def _end(self, b: dict[str, Any], status: str, done: int | None) -> None:
         lines = self.lines(b["id"])
         done = len(lines) if done is None or status == "completed" else done
-        output, errors = [], []
+        output: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
         for i, line in enumerate(lines):
             if i >= done:
                 code = "batch_expired" if status == "expired" else "batch_cancelled"
@@ -294,9 +295,5 @@ def _multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, byt
 
 @contextmanager
 def batch_server(replies: list[Reply] | None = None, **options: Any) -> Iterator[BatchServer]:
-    srv = BatchServer(replies, **options)
-    srv.start()
-    try:
+    with BatchServer(replies, **options).start() as srv:
         yield srv
-    finally:
-        srv.stop()

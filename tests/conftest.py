@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from papertag.db import Store
+from papertag.ingest import ingest_digests
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DIGESTS = sorted((SHARED / "digests").glob("*.txt"))
+PAPERTAG = str(Path(sys.executable).with_name("papertag"))
+#: A paper the fault server's valid answers can quote (quantization, text, memory).
+ABSTRACT = (
+    "We propose a 4-bit post-training quantization method for large language models that "
+    "reduces memory by 3x while keeping perplexity close to the full-precision model."
+)
 #: The contract of the final_labels view: its columns stay these across migrations.
 FINAL_LABELS_COLUMNS = [
     ("paper_id", "VARCHAR"),
@@ -286,3 +297,50 @@ def example_db(built_dbs: dict[str, Path], db_path: Path) -> Path:
     """A private copy of the example database (demo + dated files + LLM calls)."""
     shutil.copyfile(built_dbs["example"], db_path)
     return db_path
+
+
+def write_papers(path: Path, papers: list[tuple[str, str]]) -> Path:
+    """A JSONL digest of (title, abstract) pairs."""
+    path.write_text(
+        "".join(json.dumps({"title": t, "abstract": a}) + "\n" for t, a in papers),
+        encoding="utf-8",
+    )
+    return path
+
+
+def ingest_variants(db: Path, tmp_path: Path, n: int) -> list[str]:
+    """``n`` papers "Paper i: tiny quant" of ABSTRACT and a last sentence of their own (each
+    distinct to the store), ingested; their ids in order."""
+    papers = [(f"Paper {i}: tiny quant", ABSTRACT + f" Variant {i}.") for i in range(n)]
+    assert ingest_digests([write_papers(tmp_path / "papers.jsonl", papers)], db).ok
+    with Store(db) as s:
+        return [r[0] for r in s.con.execute("SELECT paper_id FROM papers ORDER BY ALL").fetchall()]
+
+
+def spawn_annotate(
+    db: Path, url: str, *extra: str, columns: int | None = None
+) -> subprocess.Popen[str]:
+    """`papertag annotate -a llm` against ``url`` in its own process group, as a shell job
+    (Ctrl-C goes to the group); ``columns``: the width its output is laid out to (a pipe's
+    is 80)."""
+    cmd = [PAPERTAG, "--db", str(db), "annotate", "-a", "llm", "--model", "fake-model"]
+    return subprocess.Popen(
+        [*cmd, "--base-url", url, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": str(columns)} if columns else None,
+        process_group=0,
+    )
+
+
+@contextmanager
+def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``proc``, killed and waited for if the block leaves it running (an assertion failed):
+    no process outlives its test."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -31,19 +31,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: Any = None  # dict (sent as JSON), bytes, or None
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False  # close the connection without answering (connection reset)
-    truncate: bool = False  # send a Content-Length larger than the body
-    delay: float = 0.0  # seconds before answering (a read timeout when above the client's)
+from .local_server import HttpRequest, LocalServer
+from .local_server import Reply as Reply  # the tests build their answers from here
 
 
 def completion(
@@ -233,7 +225,9 @@ RANDOM_FAULTS: list[Reply] = [
 ]
 
 
-class FaultServer:
+class FaultServer(LocalServer):
+    base_path = "/v1"
+
     def __init__(
         self,
         replies: list[Reply] | None = None,
@@ -248,6 +242,7 @@ class FaultServer:
         gated: bool = False,
         seed: int = 0,
     ) -> None:
+        super().__init__()
         self.replies = list(replies or [])
         self.route = route
         self.latency = latency
@@ -267,26 +262,13 @@ class FaultServer:
         #: How often each distinct request body arrived (a count above 1 is a repeat).
         self.bodies: Counter[str] = Counter()
         self.first_at: float | None = None
-        self.last_at: float | None = None
         self.in_flight = 0
         self.max_in_flight = 0
-        #: Answers written back (a gated request counts once it is let go and answered).
-        self.answered = 0
         #: With ``gated``: requests numbered up to this are answered, later ones wait.
         self.allowed: int | None = 0 if gated else None
-        self._gate: asyncio.Condition | None = None
-        #: TCP connections accepted (a kept-alive connection serves many requests).
-        self.connections = 0
+        self._gate = asyncio.Condition() if gated else None
         self._bucket = float(self._depth)
         self._refilled = time.monotonic()
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     @property
     def calls(self) -> int:
@@ -332,104 +314,49 @@ class FaultServer:
         return Reply(body=valid_answer(request, self.cache), delay=self.latency)
 
     # -- HTTP/1.1 ----------------------------------------------------------------
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
+    async def _exchange(self, writer: asyncio.StreamWriter, http: HttpRequest) -> bool:
+        raw = http.body
+        other = self.endpoint(http.method, http.target, http.headers, raw)
+        if other is not None:
+            return await self._send(writer, other, {})
+        request = json.loads(raw) if raw else {}
+        self.count += 1
+        number = self.count
+        self.bodies[hashlib.sha256(raw).hexdigest()] += 1
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+        if self.keep_requests:
+            self.requests.append(request)
+            self.headers.append(http.headers)
+        allowed, limit_headers = self._take()
+        if allowed:
+            reply = self._answer(request)
+        else:
+            reply = Reply(
+                status=429,
+                body={
+                    "error": {
+                        "message": "Rate limit reached for requests",
+                        "type": "requests",
+                        "code": "rate_limit_exceeded",
+                    }
+                },
+            )
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await self._serve(reader, writer)
-        except asyncio.CancelledError:
-            # Shutting down with requests still sleeping: end quietly (asyncio logs a
-            # cancelled connection task as an error otherwise).
-            writer.transport.abort()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, _, rest = lines[0].partition(" ")
-                path = rest.rpartition(" ")[0] or rest
-                headers = {
-                    k.strip().lower(): v.strip()
-                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
-                }
-                try:
-                    raw = await reader.readexactly(int(headers.get("content-length", 0)))
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return  # the client died while sending (the benchmark's kill -9)
-                other = self.endpoint(method, path, headers, raw)
-                if other is not None:
-                    await self._send(writer, other, {})
-                    continue
-                request = json.loads(raw) if raw else {}
-                self.count += 1
-                number = self.count
-                self.bodies[hashlib.sha256(raw).hexdigest()] += 1
-                if self.first_at is None:
-                    self.first_at = time.monotonic()
-                if self.keep_requests:
-                    self.requests.append(request)
-                    self.headers.append(headers)
-                allowed, limit_headers = self._take()
-                if allowed:
-                    reply = self._answer(request)
-                else:
-                    reply = Reply(
-                        status=429,
-                        body={
-                            "error": {
-                                "message": "Rate limit reached for requests",
-                                "type": "requests",
-                                "code": "rate_limit_exceeded",
-                            }
-                        },
-                    )
-                self.in_flight += 1
-                self.max_in_flight = max(self.max_in_flight, self.in_flight)
-                try:
-                    await self._turn(number)
-                    if reply.delay:
-                        await asyncio.sleep(reply.delay)
-                finally:
-                    self.in_flight -= 1
-                self.statuses[0 if reply.drop else reply.status] += 1
-                if not await self._send(writer, reply, limit_headers):
-                    return
+            await self._turn(number)
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
         finally:
-            if not writer.is_closing():
-                writer.close()
+            self.in_flight -= 1
+        self.statuses[0 if reply.drop else reply.status] += 1
+        return await self._send(writer, reply, limit_headers)
 
     def endpoint(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> Reply | None:
         """The answer of an endpoint other than chat completions (a subclass serves
         ``/v1/files`` and ``/v1/batches``); None: the request is a chat completion."""
         return None
-
-    async def _send(
-        self, writer: asyncio.StreamWriter, reply: Reply, extra: dict[str, str]
-    ) -> bool:
-        """Write one answer; False when the connection is closed after it."""
-        if reply.drop:
-            writer.transport.abort()
-            return False
-        body = (
-            reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body or {}).encode()
-        )
-        headers = {"content-type": "application/json", **extra, **reply.headers}
-        out = [
-            f"HTTP/1.1 {reply.status} X",
-            f"content-length: {len(body) + (100 if reply.truncate else 0)}",
-        ]
-        out += [f"{k}: {v}" for k, v in headers.items()]
-        writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + body)
-        self.answered += 1
-        self.last_at = time.monotonic()
-        await writer.drain()
-        if reply.truncate:
-            writer.close()
-            return False
-        return True
 
     # -- the gate ------------------------------------------------------------------
     async def _turn(self, number: int) -> None:
@@ -452,52 +379,11 @@ class FaultServer:
             raise RuntimeError("allow() needs a server started with gated=True")
         asyncio.run_coroutine_threadsafe(set_allowed(), self.loop).result(10)
 
-    # -- lifecycle -----------------------------------------------------------------
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def start() -> None:
-            if self.allowed is not None:
-                self._gate = asyncio.Condition()
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-            self.port = self._server.sockets[0].getsockname()[1]
-            self._ready.set()
-
-        self.loop.run_until_complete(start())
-        self.loop.run_forever()
-        # Close what is still open so no socket outlives the server (warnings are errors).
-        if self._server is not None:
-            self._server.close()
-        tasks = asyncio.all_tasks(self.loop)
-        for t in tasks:
-            t.cancel()
-        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        self.loop.close()
-
-    def start(self) -> FaultServer:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-    def __enter__(self) -> FaultServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 @contextmanager
 def fault_server(replies: list[Reply] | None = None, **options: Any) -> Iterator[FaultServer]:
-    srv = FaultServer(replies, **options).start()
-    try:
+    with FaultServer(replies, **options).start() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 class _ForwardHandler(http.server.BaseHTTPRequestHandler):
@@ -579,13 +465,7 @@ def main() -> None:
         rate_headers=not args.no_rate_headers,
         keep_requests=False,
     )
-    srv.port = args.port
-    srv.start()
-    print(srv.url, flush=True)
-    try:
-        threading.Event().wait()  # until Ctrl-C
-    except KeyboardInterrupt:
-        srv.stop()
+    srv.serve_until_interrupted(args.port)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from papertag.annotate import annotate_papers, estimate
+from papertag.annotate import AnnotateReport, Estimate, annotate_papers, estimate
 from papertag.annotate.cascade import needs_llm
 from papertag.db import Store
 from papertag.review import QueueItem, decide
@@ -21,6 +21,28 @@ from .conftest import FakeTime, snapshot
 from .fault_server import fault_server
 
 LIMIT = 80
+#: Nothing listens here: an estimate sends nothing.
+NOWHERE = "http://127.0.0.1:9/v1"
+
+
+def cascade(
+    db: Path, url: str, fake_time: FakeTime, limit: int = LIMIT, **options: Any
+) -> AnnotateReport:
+    """A cascade run on gpt-4o-mini, its retries paced by the fake clock."""
+    return annotate_papers(
+        db,
+        "cascade",
+        model="gpt-4o-mini",
+        base_url=url,
+        limit=limit,
+        backoff=0.0,
+        sleep=fake_time.sleep,
+        **options,
+    )
+
+
+def estimate_cascade(db: Path, **options: Any) -> Estimate:
+    return estimate(db, "cascade", model="gpt-4o-mini", base_url=NOWHERE, limit=LIMIT, **options)
 
 
 def test_needs_llm() -> None:
@@ -42,23 +64,13 @@ def test_dry_run_shows_the_share_and_the_run_sends_exactly_it(
     demo_db: Path, fake_time: FakeTime
 ) -> None:
     before = snapshot(demo_db)
-    est = estimate(
-        demo_db, "cascade", model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1", limit=LIMIT
-    )
+    est = estimate_cascade(demo_db)
     assert snapshot(demo_db) == before  # nothing written, nothing sent
     share = est.cascade
     assert share.papers == LIMIT and 0 < share.sent < LIMIT and est.papers == share.sent
     assert share.saved_usd is not None and share.saved_usd > 0
     with fault_server() as srv:
-        report = annotate_papers(
-            demo_db,
-            "cascade",
-            model="gpt-4o-mini",
-            base_url=srv.url,
-            limit=LIMIT,
-            backoff=0.0,
-            sleep=fake_time.sleep,
-        )
+        report = cascade(demo_db, srv.url, fake_time)
     assert report.cascade.sent == share.sent and report.cascade.papers == LIMIT
     assert srv.count == share.sent and report.done == share.sent
     assert report.cascade.saved_usd == pytest.approx(share.saved_usd)
@@ -84,29 +96,13 @@ def test_dry_run_shows_the_share_and_the_run_sends_exactly_it(
     assert kept == [("learned",)]
     # Run again: nothing is sent twice.
     with fault_server() as srv:
-        again = annotate_papers(
-            demo_db,
-            "cascade",
-            model="gpt-4o-mini",
-            base_url=srv.url,
-            limit=LIMIT,
-            backoff=0.0,
-            sleep=fake_time.sleep,
-        )
+        again = cascade(demo_db, srv.url, fake_time)
     assert srv.count == 0 and again.done == 0 and again.cascade.sent == share.sent
 
 
 def test_a_person_decision_wins_over_both(demo_db: Path, fake_time: FakeTime) -> None:
     with fault_server() as srv:
-        annotate_papers(
-            demo_db,
-            "cascade",
-            model="gpt-4o-mini",
-            base_url=srv.url,
-            limit=20,
-            backoff=0.0,
-            sleep=fake_time.sleep,
-        )
+        cascade(demo_db, srv.url, fake_time, limit=20)
     paper = min(llm_papers(demo_db))
     with Store(demo_db) as s:
         row = s.con.execute(
@@ -128,30 +124,17 @@ def test_a_person_decision_wins_over_both(demo_db: Path, fake_time: FakeTime) ->
 
 
 def test_cascade_with_batch_sends_only_the_doubtful(demo_db: Path, fake_time: FakeTime) -> None:
-    est = estimate(
-        demo_db,
-        "cascade",
-        model="gpt-4o-mini",
-        base_url="http://127.0.0.1:9/v1",
-        limit=LIMIT,
-        batch=True,
-    )
-    live = estimate(
-        demo_db, "cascade", model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1", limit=LIMIT
-    )
+    est = estimate_cascade(demo_db, batch=True)
+    live = estimate_cascade(demo_db)
     assert est.cost_usd == pytest.approx(live.cost_usd / 2)
     with batch_server(auto=True) as srv:
-        report = annotate_papers(
+        report = cascade(
             demo_db,
-            "cascade",
-            model="gpt-4o-mini",
-            base_url=srv.url,
-            limit=LIMIT,
+            srv.url,
+            fake_time,
             batch=True,
             wait=True,
             poll_every=30,
-            backoff=0.0,
-            sleep=fake_time.sleep,
             clock=fake_time.clock,
         )
         (bid,) = srv.batches
@@ -169,10 +152,9 @@ def test_cli_cascade_dry_run_prints_the_share(demo_db: Path) -> None:
     result = CliRunner().invoke(
         app,
         ["annotate", "-a", "cascade", "--model", "gpt-4o-mini", "--base-url",
-         "http://127.0.0.1:9/v1", "--limit", str(LIMIT), "--dry-run", "--batch"],
+         NOWHERE, "--limit", str(LIMIT), "--dry-run", "--batch"],
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    est = estimate(demo_db, "cascade", model="gpt-4o-mini", base_url="http://127.0.0.1:9/v1",
-                   limit=LIMIT)  # fmt: skip
+    est = estimate_cascade(demo_db)
     assert f"cascade would send {est.cascade.sent} of {LIMIT} papers" in result.stdout
     assert "at the Batch API price" in result.stdout and snapshot(demo_db) == before

@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,9 @@ from papertag.review import add_label, record_decision, undo_decision
 from papertag.schema import DROP_THRESHOLD, MAX_EVIDENCE_CHARS, MAX_LABELS, Annotation
 from papertag.taxonomy import FIELDS, load_taxonomy, prompts_dir
 
-from .conftest import ROOT, snapshot
+from .conftest import PAPERTAG, ROOT, snapshot
 
 SILVER = ROOT.parent / "shared" / "train" / "silver.jsonl"
-PAPERTAG = str(Path(sys.executable).with_name("papertag"))
 #: The labels the small training sets keep; every one has well over 5 examples in them.
 KEEP = {
     "technique": ("quantization", "neural_fields_3d", "retrieval_indexing"),

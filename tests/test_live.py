@@ -27,30 +27,11 @@ import pytest
 from papertag.annotate import AnnotateReport, annotate_papers
 from papertag.db import Store
 from papertag.errors import DatabaseBusy, StoreError
-from papertag.ingest import ingest_digests
 
-from .conftest import FakeTime
+from .conftest import ABSTRACT, PAPERTAG, FakeTime, ingest_variants, reaped, spawn_annotate
 from .fault_server import Reply, completion, fault_server, valid_answer
 
 BIN = Path(sys.executable).parent
-PAPERTAG = str(BIN / "papertag")
-BASE = (
-    "We propose a 4-bit post-training quantization method for large language models that "
-    "reduces memory by 3x while keeping perplexity close to the full-precision model."
-)
-
-
-def _papers(db: Path, tmp_path: Path, n: int) -> None:
-    path = tmp_path / "papers.jsonl"
-    path.write_text(
-        "".join(
-            json.dumps({"title": f"Paper {i}: tiny quant", "abstract": BASE + f" Variant {i}."})
-            + "\n"
-            for i in range(n)
-        ),
-        encoding="utf-8",
-    )
-    assert ingest_digests([path], db).ok
 
 
 def _doubtful(request: dict[str, Any], n: int) -> Reply:
@@ -80,17 +61,6 @@ def _cli(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         env={**os.environ, "COLUMNS": "200"},
-    )
-
-
-def _spawn_run(db: Path, url: str, *extra: str) -> subprocess.Popen[str]:
-    cmd = [PAPERTAG, "--db", str(db), "annotate", "-a", "llm", "--model", "fake-model"]
-    return subprocess.Popen(
-        [*cmd, "--base-url", url, *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        process_group=0,
     )
 
 
@@ -152,11 +122,10 @@ class Watcher:
 
 def test_stats_sql_and_review_export_work_during_a_run(tmp_path: Path, db_path: Path) -> None:
     n = 24
-    _papers(db_path, tmp_path, n)
+    ingest_variants(db_path, tmp_path, n)
     watcher = Watcher(db_path, tmp_path)
     with fault_server(route=_doubtful, gated=True) as srv:
-        run = _spawn_run(db_path, srv.url, "--concurrency", "2")
-        try:
+        with reaped(spawn_annotate(db_path, srv.url, "--concurrency", "2")) as run:
             # The run is under way: its first requests wait at the server.
             _until(lambda: srv.count >= 2, "the run's first requests")
             watcher.look()
@@ -189,10 +158,6 @@ def test_stats_sql_and_review_export_work_during_a_run(tmp_path: Path, db_path: 
                 srv.allow(allowed)
                 watcher.look()
             _, stderr = run.communicate(timeout=120)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.communicate()
         assert run.returncode == 0, stderr
         asked = srv.count
     # Nothing lost, nothing paid twice.
@@ -211,10 +176,9 @@ def test_stats_sql_and_review_export_work_during_a_run(tmp_path: Path, db_path: 
 
 
 def test_a_second_run_is_refused_and_sends_nothing(tmp_path: Path, db_path: Path) -> None:
-    _papers(db_path, tmp_path, 8)
+    ingest_variants(db_path, tmp_path, 8)
     with fault_server(gated=True) as srv:
-        first = _spawn_run(db_path, srv.url, "--concurrency", "2")
-        try:
+        with reaped(spawn_annotate(db_path, srv.url, "--concurrency", "2")) as first:
             _until(lambda: srv.count >= 2, "the first run's requests")
             second = _cli(
                 db_path, "annotate", "-a", "llm", "--model", "fake-model", "--base-url", srv.url
@@ -222,10 +186,6 @@ def test_a_second_run_is_refused_and_sends_nothing(tmp_path: Path, db_path: Path
             asked = srv.count
             srv.allow(None)
             _, first_err = first.communicate(timeout=120)
-        finally:
-            if first.poll() is None:
-                first.kill()
-                first.communicate()
         total = srv.count
     assert second.returncode == 1
     lines = second.stderr.strip().splitlines()
@@ -244,21 +204,18 @@ def test_a_second_run_is_refused_and_sends_nothing(tmp_path: Path, db_path: Path
 def test_other_writers_take_turns_with_a_run(tmp_path: Path, db_path: Path) -> None:
     """A command that writes (ingest, review import) also finds the file free between the
     run's batches; what it adds is kept, and the run's answers too."""
-    _papers(db_path, tmp_path, 6)
+    ingest_variants(db_path, tmp_path, 6)
     more = tmp_path / "more.jsonl"
-    more.write_text(json.dumps({"title": "Another paper", "abstract": BASE}) + "\n")
-    with fault_server(gated=True) as srv:
-        run = _spawn_run(db_path, srv.url, "--concurrency", "2")
-        try:
-            _until(lambda: srv.count >= 2, "the run's requests")
-            srv.allow(3)
-            added = _cli(db_path, "ingest", str(more))
-            srv.allow(None)
-            _, stderr = run.communicate(timeout=120)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.communicate()
+    more.write_text(json.dumps({"title": "Another paper", "abstract": ABSTRACT}) + "\n")
+    with (
+        fault_server(gated=True) as srv,
+        reaped(spawn_annotate(db_path, srv.url, "--concurrency", "2")) as run,
+    ):
+        _until(lambda: srv.count >= 2, "the run's requests")
+        srv.allow(3)
+        added = _cli(db_path, "ingest", str(more))
+        srv.allow(None)
+        _, stderr = run.communicate(timeout=120)
     assert added.returncode == 0, added.stderr
     assert run.returncode == 0, stderr
     with Store(db_path, read_only=True) as s:
@@ -307,7 +264,7 @@ def _count(db: Path, sql: str) -> int:
 def test_answers_wait_for_a_held_database_and_are_stored_once_it_is_free(
     tmp_path: Path, db_path: Path
 ) -> None:
-    _papers(db_path, tmp_path, 10)
+    ingest_variants(db_path, tmp_path, 10)
     settled = threading.Event()
     done: list[AnnotateReport] = []
 
@@ -353,7 +310,7 @@ def test_answers_the_run_could_not_store_are_kept_for_the_next_run(
 
     # How long the end of a run waits for a held database (a minute by default).
     monkeypatch.setattr(engine_module, "FINAL_WAIT", 0.5)
-    _papers(db_path, tmp_path, 10)
+    ingest_variants(db_path, tmp_path, 10)
     with fault_server(gated=True) as srv:
         result: list[AnnotateReport] = []
         thread = threading.Thread(

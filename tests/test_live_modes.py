@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,8 @@ from papertag.db import Store
 from papertag.ingest import ingest_digests
 
 from .batch_server import batch_server
-from .conftest import FakeTime
+from .conftest import PAPERTAG, FakeTime
 from .fault_server import Reply, fault_server
-
-PAPERTAG = str(Path(sys.executable).parent / "papertag")
 
 
 def _look(db: Path) -> subprocess.CompletedProcess[str]:

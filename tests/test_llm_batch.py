@@ -23,28 +23,8 @@ from papertag.db import Store
 from papertag.ingest import ingest_digests
 
 from .batch_server import BatchServer, batch_server
-from .conftest import FakeTime
+from .conftest import ABSTRACT, FakeTime, ingest_variants
 from .fault_server import Reply, paper_of, papers_of, valid_answer
-
-BASE = (
-    "We propose a 4-bit post-training quantization method for large language models that "
-    "reduces memory by 3x while keeping perplexity close to the full-precision model."
-)
-
-
-def papers(db: Path, tmp_path: Path, n: int) -> list[str]:
-    src = tmp_path / "papers.jsonl"
-    src.write_text(
-        "".join(
-            json.dumps({"title": f"Paper {i}: tiny quant", "abstract": BASE + f" Variant {i}."})
-            + "\n"
-            for i in range(n)
-        ),
-        encoding="utf-8",
-    )
-    assert ingest_digests([src], db).ok
-    with Store(db) as s:
-        return [r[0] for r in s.con.execute("SELECT paper_id FROM papers ORDER BY ALL").fetchall()]
 
 
 def run(db: Path, srv: BatchServer, fake_time: FakeTime, **kw: Any) -> AnnotateReport:
@@ -75,7 +55,7 @@ def calls(db: Path, where: str = "TRUE") -> list[dict[str, Any]]:
 def test_batch_is_sent_then_collected_through_the_live_path(
     tmp_path: Path, db_path: Path, fake_time: FakeTime
 ) -> None:
-    papers(db_path, tmp_path, 5)
+    ingest_variants(db_path, tmp_path, 5)
     with batch_server() as srv:
         first = run(db_path, srv, fake_time, batch=True)
         # Sent, recorded, and nothing asked live.
@@ -149,7 +129,7 @@ def route_faults(request: dict[str, Any], n: int) -> Reply | None:
 def test_error_lines_go_to_a_follow_up_batch_and_invalid_answers_are_reasked_live(
     tmp_path: Path, db_path: Path, fake_time: FakeTime
 ) -> None:
-    papers(db_path, tmp_path, 4)
+    ingest_variants(db_path, tmp_path, 4)
     with batch_server(route=route_faults) as srv:
         run(db_path, srv, fake_time, batch=True)
         srv.finish()
@@ -170,7 +150,7 @@ def test_error_lines_go_to_a_follow_up_batch_and_invalid_answers_are_reasked_liv
 def test_error_lines_are_asked_live_without_batch(
     tmp_path: Path, db_path: Path, fake_time: FakeTime
 ) -> None:
-    papers(db_path, tmp_path, 4)
+    ingest_variants(db_path, tmp_path, 4)
     with batch_server(route=route_faults) as srv:
         run(db_path, srv, fake_time, batch=True)
         srv.finish()
@@ -183,7 +163,7 @@ def test_error_lines_are_asked_live_without_batch(
 def test_ended_batch_keeps_partial_output_and_requeues_the_rest(
     tmp_path: Path, db_path: Path, fake_time: FakeTime, status: str
 ) -> None:
-    papers(db_path, tmp_path, 5)
+    ingest_variants(db_path, tmp_path, 5)
     with batch_server() as srv:
         run(db_path, srv, fake_time, batch=True)
         (bid,) = srv.batches
@@ -212,7 +192,7 @@ def test_ended_batch_keeps_partial_output_and_requeues_the_rest(
 def test_wait_polls_with_the_injected_sleep_and_shows_progress(
     tmp_path: Path, db_path: Path, fake_time: FakeTime
 ) -> None:
-    papers(db_path, tmp_path, 3)
+    ingest_variants(db_path, tmp_path, 3)
     seen: list[list[str]] = []
     with batch_server(auto=True) as srv:
         report = run(
@@ -251,7 +231,7 @@ annotate_papers(sys.argv[1], "llm", model="gpt-4o-mini", base_url=sys.argv[2], b
 def test_kill_at_each_step_loses_nothing_and_pays_nothing_twice(
     tmp_path: Path, db_path: Path, fake_time: FakeTime, step: str, per_call: int
 ) -> None:
-    papers(db_path, tmp_path, 6)
+    ingest_variants(db_path, tmp_path, 6)
     with batch_server(auto=True) as srv:
         proc = subprocess.run(
             [sys.executable, "-c", KILL, str(db_path), srv.url, step, str(per_call)],
@@ -282,7 +262,7 @@ def test_cli_batch_then_wait_then_list_and_cancel(tmp_path: Path, db_path: Path)
 
     from papertag.cli import app
 
-    papers(db_path, tmp_path, 4)
+    ingest_variants(db_path, tmp_path, 4)
     runner = CliRunner()
     with batch_server() as srv:
         args = ["annotate", "-a", "llm", "--model", "gpt-4o-mini", "--base-url", srv.url]
@@ -300,7 +280,7 @@ def test_cli_batch_then_wait_then_list_and_cancel(tmp_path: Path, db_path: Path)
         )
         # A new paper in a batch, then cancelled before the server ran it.
         src = tmp_path / "more.jsonl"
-        src.write_text(json.dumps({"title": "One more", "abstract": BASE}) + "\n")
+        src.write_text(json.dumps({"title": "One more", "abstract": ABSTRACT}) + "\n")
         assert ingest_digests([src], db_path).ok
         srv.auto = False
         assert runner.invoke(app, [*args, "--batch"]).exit_code == 0
@@ -321,7 +301,7 @@ def test_max_cost_limits_what_a_batch_carries(
 ) -> None:
     from papertag.annotate import estimate
 
-    papers(db_path, tmp_path, 5)
+    ingest_variants(db_path, tmp_path, 5)
     with batch_server() as srv:
         est = estimate(db_path, "llm", model="gpt-4o-mini", base_url=srv.url, batch=True)
         assert est.cost_usd is not None
@@ -344,7 +324,7 @@ def test_several_papers_a_request_each_validated_on_its_own(
             return invalid(request)  # the first entry of the first request fails
         return None
 
-    papers(db_path, tmp_path, 6)
+    ingest_variants(db_path, tmp_path, 6)
     with batch_server(route=route) as srv:
         run(db_path, srv, fake_time, batch=True, papers_per_call=4)
         (bid,) = srv.batches
@@ -368,8 +348,8 @@ def test_a_batch_line_is_the_live_request_byte_for_byte(
     tmp_path: Path, fake_time: FakeTime, per_call: int
 ) -> None:
     batch_db, live_db = tmp_path / "batch.duckdb", tmp_path / "live.duckdb"
-    papers(batch_db, tmp_path, 4)
-    papers(live_db, tmp_path, 4)
+    ingest_variants(batch_db, tmp_path, 4)
+    ingest_variants(live_db, tmp_path, 4)
     with batch_server() as srv:
         run(batch_db, srv, fake_time, batch=True, papers_per_call=per_call)
         run(live_db, srv, fake_time, papers_per_call=per_call)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +28,9 @@ from papertag.annotators.llm.prices import estimate_cost
 from papertag.db import Store
 from papertag.ingest import ingest_digests
 
+from .conftest import ABSTRACT, PAPERTAG, write_papers
 from .fault_server import Reply, fault_server, paper_of
-from .test_batch import BASE, RATE, answer, write_papers
+from .test_batch import RATE, answer
 
 #: Ray's processes talk over 127.0.0.1 only (not the machine's address), and send no usage
 #: report; set before Ray is imported (it reads them then), and inherited by the drivers
@@ -41,7 +41,6 @@ os.environ.update(RAY_ENV)
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 
-PAPERTAG = str(Path(sys.executable).with_name("papertag"))
 #: Short retry waits (what is asserted is what happened, not how long it took).
 FAST = {"backoff": 0.01}
 
@@ -57,7 +56,7 @@ def cluster() -> Iterator[str]:
 
 
 def papers(db: Path, tmp_path: Path, n: int, *, start: int = 0, name: str = "papers") -> None:
-    rows = [(f"Paper {i:03d}: tiny quant", BASE + f" Variant {i}.") for i in range(start, n)]
+    rows = [(f"Paper {i:03d}: tiny quant", ABSTRACT + f" Variant {i}.") for i in range(start, n)]
     assert ingest_digests([write_papers(tmp_path / f"{name}.jsonl", rows)], db).ok
 
 

@@ -21,8 +21,8 @@ from papertag.db import Store
 from papertag.errors import ConfigError
 from papertag.ingest import ingest_digests
 
+from .conftest import ABSTRACT, write_papers
 from .fault_server import valid_answer
-from .test_batch import BASE, write_papers
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ray-vllm.yaml"
 MODEL = "/models/Qwen2.5-7B-Instruct"
@@ -40,7 +40,7 @@ def test_the_example_config_and_the_requests_vllm_is_given() -> None:
         http.prompt_version,
         http.taxonomy.version,
     )
-    row = {"shard": "s", "paper_id": "p1", "title": "T", "abstract": BASE, "content_hash": "h"}
+    row = {"shard": "s", "paper_id": "p1", "title": "T", "abstract": ABSTRACT, "content_hash": "h"}
     request = settings.preprocess(row)
     assert {k: request[k] for k in row} == row
     assert request["messages"] == http.messages([http_paper(row)])
@@ -77,7 +77,7 @@ def test_a_bad_config_is_one_line_naming_the_file(
 
 def test_answers_become_the_local_engines_rows(tmp_path: Path, db_path: Path) -> None:
     titles = ["valid", "evidence not in the text", "engine error", "cut off"]
-    src = write_papers(tmp_path / "p.jsonl", [(t, BASE + f" ({t}).") for t in titles])
+    src = write_papers(tmp_path / "p.jsonl", [(t, ABSTRACT + f" ({t}).") for t in titles])
     assert ingest_digests([src], db_path).ok
     settings = VLLMSettings.build(MODEL, None, {"max_tokens": 500})
     with Store(db_path) as store:
