@@ -202,7 +202,7 @@ def _unknown_label(row: dict[str, Any]) -> str:
 BAD_LINES = {
     "unknown-label-id": (_unknown_label, ["technique label 'quantisation_typo'", "taxonomy"]),
     "malformed-json": (lambda r: json.dumps(r)[:-2], ["invalid JSON"]),
-    "not-an-object": (lambda r: json.dumps([r]), ["expected a JSON object"]),
+    "not-an-object": (lambda r: json.dumps([r]), ["line is a JSON list, expected an object"]),
     "empty-title": (lambda r: json.dumps({**r, "title": " "}), ["non-empty 'title'"]),
     "labels-not-a-list": (
         lambda r: json.dumps({**r, "modality": "text"}),

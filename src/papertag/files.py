@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,21 @@ def json_objects(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise InputError(path, f"cannot read {what}: {reason}") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    yield from object_lines(path, text.splitlines())
+
+
+def object_lines(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a line that is not JSON or not an
+    object is an :class:`InputError` naming the file and line."""
+    for lineno, line in enumerate(lines, start=1):
+        if not line or line.isspace():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(path, f"invalid JSON: {exc.msg}", line=lineno) from None
         if not isinstance(obj, dict):
-            raise InputError(path, "expected a JSON object", line=lineno)
+            raise InputError(
+                path, f"line is a JSON {type(obj).__name__}, expected an object", line=lineno
+            )
         yield lineno, obj

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..files import object_lines
 from .entries import Entry, Parsed, check_entry, parse_date, short
 from .identity import clean_text, parse_arxiv_id
 from .records import has_columns, lower_keys, record_entry
@@ -101,22 +102,10 @@ def parse_json(path: Path, text: str) -> Parsed:
 
 
 def jsonl_entries(path: Path, lines: Iterable[str]) -> Iterator[Entry]:
-    n = 0
-    for lineno, line in enumerate(lines, start=1):
-        if not line or line.isspace():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(path, f"invalid JSON: {exc.msg}", line=lineno) from None
-        if not isinstance(rec, dict):
-            raise InputError(
-                path, f"line is a JSON {type(rec).__name__}, expected an object", line=lineno
-            )
+    for n, (lineno, rec) in enumerate(object_lines(path, lines), start=1):
         low = lower_keys(rec)
         if "title" not in low:
             raise InputError(path, "no 'title' key", line=lineno)
         if "abstract" not in low and "summary" not in low:
             raise InputError(path, "no 'abstract' or 'summary' key", line=lineno)
-        n += 1
         yield record_entry(path, low, n, lineno, "line")
