@@ -9,10 +9,13 @@ server, a poll's pause), never after a fixed sleep.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from papertag.annotate import annotate_papers
 from papertag.db import Store
@@ -21,6 +24,7 @@ from papertag.ingest import ingest_digests
 from .batch_server import batch_server
 from .conftest import PAPERTAG, FakeTime
 from .fault_server import Reply, fault_server
+from .test_live import holding
 
 
 def _look(db: Path) -> subprocess.CompletedProcess[str]:
@@ -32,6 +36,19 @@ def _look(db: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def _ingest(db: Path, tmp_path: Path, n: int) -> None:
+    src = tmp_path / "papers.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"title": f"Paper {i}", "abstract": f"A 4-bit quantization method, {i}."})
+            + "\n"
+            for i in range(n)
+        ),
+        encoding="utf-8",
+    )
+    assert ingest_digests([src], db).ok
 
 
 def test_the_cascade_leaves_the_database_free_during_its_llm_calls(
@@ -63,16 +80,7 @@ def test_the_cascade_leaves_the_database_free_during_its_llm_calls(
 def test_a_waiting_batch_run_leaves_the_database_free_between_polls(
     tmp_path: Path, db_path: Path, fake_time: FakeTime
 ) -> None:
-    src = tmp_path / "papers.jsonl"
-    src.write_text(
-        "".join(
-            json.dumps({"title": f"Paper {i}", "abstract": f"A 4-bit quantization method, {i}."})
-            + "\n"
-            for i in range(3)
-        ),
-        encoding="utf-8",
-    )
-    assert ingest_digests([src], db_path).ok
+    _ingest(db_path, tmp_path, 3)
     looks: list[subprocess.CompletedProcess[str]] = []
 
     def sleep(seconds: float) -> None:
@@ -99,5 +107,44 @@ def test_a_waiting_batch_run_leaves_the_database_free_between_polls(
     for look in looks:
         assert look.returncode == 0, look.stderr
         assert json.loads(look.stdout)["papers"] == 3
+    with Store(db_path, read_only=True) as s:
+        assert s.scalar("SELECT count(DISTINCT paper_id) FROM annotations") == 3
+
+
+def test_a_database_held_during_a_wait_puts_the_poll_off_instead_of_ending_the_run(
+    tmp_path: Path, db_path: Path, fake_time: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone opens the database (a duckdb session) while a `--wait` run waits: the next
+    poll finds it in use and is put off to the one after, and the run ends as usual."""
+    _ingest(db_path, tmp_path, 3)
+    monkeypatch.setenv("PAPERTAG_BUSY_WAIT", "0.5")  # how long a poll tries the held file
+    held = contextlib.ExitStack()
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        if seconds == 60:
+            pauses.append(seconds)
+            if len(pauses) == 1:
+                held.enter_context(holding(db_path))  # another process has it until...
+            else:
+                held.close()  # ... the next pause
+        fake_time.sleep(seconds)
+
+    with held, batch_server(auto=True) as srv:
+        report = annotate_papers(
+            db_path,
+            "llm",
+            model="gpt-4o-mini",
+            base_url=srv.url,
+            backoff=0.0,
+            clock=fake_time.clock,
+            sleep=sleep,
+            batch=True,
+            wait=True,
+            poll_every=60,
+        )
+    assert report.done == 3 and srv.count == 0
+    # The plain run pauses twice (sent, in progress); the poll put off adds one.
+    assert len(pauses) == 3
     with Store(db_path, read_only=True) as s:
         assert s.scalar("SELECT count(DISTINCT paper_id) FROM annotations") == 3

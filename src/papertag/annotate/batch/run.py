@@ -10,6 +10,7 @@ from typing import Any
 from ...annotators import get_annotator
 from ...annotators.llm.annotator import LLMAnnotator
 from ...db import Store, using
+from ...errors import DatabaseBusy
 from ..pending import Pending
 from .batches import Batches
 from .info import BatchInfo, find_batch
@@ -66,13 +67,21 @@ def annotate_with_batches(
     total: Any = None
     try:
         while True:
-            with using(db) as store:
-                if batches is None:
-                    batches = Batches(store, ann, "batch-" + uuid.uuid4().hex[:8], hook=hook)
-                batches.store = store
-                waiting = batches.refresh()
-                settle(batches)
-                live = None if not submit else _given_up(store, ann)
+            try:
+                with using(db) as store:
+                    if batches is None:
+                        batches = Batches(store, ann, "batch-" + uuid.uuid4().hex[:8], hook=hook)
+                    batches.store = store
+                    waiting = batches.refresh()
+                    settle(batches)
+                    live = None if not submit else _given_up(store, ann)
+            except DatabaseBusy:
+                # A file someone holds while --wait waits (a duckdb session left open) only
+                # puts this poll off: the batches' state is in the file, nothing is lost.
+                if batches is None or not wait or isinstance(db, Store):
+                    raise
+                ann.throttle.sleep(every)
+                continue
             if live is None or live:
                 report = run(live)
                 total = report if total is None else total.add(report)
