@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,9 @@ import pytest
 
 from papertag.annotate import annotate_papers
 from papertag.db import Store
-from papertag.ingest import ingest_digests
 
 from .batch_server import batch_server
-from .conftest import PAPERTAG, FakeTime
+from .conftest import PAPERTAG, FakeTime, ingest_variants
 from .fault_server import Reply, fault_server
 from .test_live import holding
 
@@ -38,17 +38,20 @@ def _look(db: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _ingest(db: Path, tmp_path: Path, n: int) -> None:
-    src = tmp_path / "papers.jsonl"
-    src.write_text(
-        "".join(
-            json.dumps({"title": f"Paper {i}", "abstract": f"A 4-bit quantization method, {i}."})
-            + "\n"
-            for i in range(n)
-        ),
-        encoding="utf-8",
+def _wait_run(db: Path, url: str, fake_time: FakeTime, sleep: Callable[[float], None]) -> Any:
+    """`annotate -a llm --batch --wait`, polling every 60 s by ``sleep``."""
+    return annotate_papers(
+        db,
+        "llm",
+        model="gpt-4o-mini",
+        base_url=url,
+        backoff=0.0,
+        clock=fake_time.clock,
+        sleep=sleep,
+        batch=True,
+        wait=True,
+        poll_every=60,
     )
-    assert ingest_digests([src], db).ok
 
 
 def test_the_cascade_leaves_the_database_free_during_its_llm_calls(
@@ -80,7 +83,7 @@ def test_the_cascade_leaves_the_database_free_during_its_llm_calls(
 def test_a_waiting_batch_run_leaves_the_database_free_between_polls(
     tmp_path: Path, db_path: Path, fake_time: FakeTime
 ) -> None:
-    _ingest(db_path, tmp_path, 3)
+    ingest_variants(db_path, tmp_path, 3)
     looks: list[subprocess.CompletedProcess[str]] = []
 
     def sleep(seconds: float) -> None:
@@ -89,18 +92,7 @@ def test_a_waiting_batch_run_leaves_the_database_free_between_polls(
         fake_time.sleep(seconds)
 
     with batch_server(auto=True) as srv:
-        report = annotate_papers(
-            db_path,
-            "llm",
-            model="gpt-4o-mini",
-            base_url=srv.url,
-            backoff=0.0,
-            clock=fake_time.clock,
-            sleep=sleep,
-            batch=True,
-            wait=True,
-            poll_every=60,
-        )
+        report = _wait_run(db_path, srv.url, fake_time, sleep)
     assert report.done == 3 and srv.count == 0
     # One look at each pause: the batch sent, then in progress, then collected.
     assert len(looks) == 2
@@ -116,7 +108,7 @@ def test_a_database_held_during_a_wait_puts_the_poll_off_instead_of_ending_the_r
 ) -> None:
     """Someone opens the database (a duckdb session) while a `--wait` run waits: the next
     poll finds it in use and is put off to the one after, and the run ends as usual."""
-    _ingest(db_path, tmp_path, 3)
+    ingest_variants(db_path, tmp_path, 3)
     monkeypatch.setenv("PAPERTAG_BUSY_WAIT", "0.5")  # how long a poll tries the held file
     held = contextlib.ExitStack()
     pauses: list[float] = []
@@ -131,18 +123,7 @@ def test_a_database_held_during_a_wait_puts_the_poll_off_instead_of_ending_the_r
         fake_time.sleep(seconds)
 
     with held, batch_server(auto=True) as srv:
-        report = annotate_papers(
-            db_path,
-            "llm",
-            model="gpt-4o-mini",
-            base_url=srv.url,
-            backoff=0.0,
-            clock=fake_time.clock,
-            sleep=sleep,
-            batch=True,
-            wait=True,
-            poll_every=60,
-        )
+        report = _wait_run(db_path, srv.url, fake_time, sleep)
     assert report.done == 3 and srv.count == 0
     # The plain run pauses twice (sent, in progress); the poll put off adds one.
     assert len(pauses) == 3
